@@ -1,0 +1,126 @@
+"""From kernel records to log lines: which records are events, and the line format.
+
+Pure functions and tables; the per-record hot path is `LineFormatter.format`.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+
+from .msgtypes import MSG_TYPE_NAMES
+from .netlink import AUDIT_EOE, AUDIT_REPLACE
+
+#: Lines of this many characters or more are cut to it, as the C daemon does.
+MAX_LINE = 8969
+#: The payload limit: MAX_AUDIT_MESSAGE_LENGTH - 32, for lines without a node name.
+MAX_PAYLOAD = 8970 - 32
+
+DAEMON_START = 1200
+DAEMON_END = 1201
+DAEMON_ABORT = 1202
+DAEMON_CONFIG = 1203
+DAEMON_RECONFIG = 1204
+DAEMON_ROTATE = 1205
+DAEMON_RESUME = 1206
+
+
+def is_event(msg_type: int) -> bool:
+    """Whether a message from the kernel is an event to log and dispatch.
+
+    Control replies (status, rule and feature replies, acks) and the daemon range are not:
+    the latter only ever comes from user space and must not be forged through the kernel.
+    """
+    if msg_type < 1000:
+        return False
+    if msg_type < 1100:
+        return msg_type not in (1000, 1001, 1007, 1008, 1009, 1010) and not 1011 <= msg_type <= 1019
+    if 1200 <= msg_type <= 1299:
+        return False
+    return msg_type != AUDIT_REPLACE
+
+
+#: The non-event types a kernel can send, for a set lookup on the hot path.
+NOT_EVENTS = frozenset(t for t in range(0, 1400) if not is_event(t))
+
+
+def type_name(msg_type: int) -> str:
+    return MSG_TYPE_NAMES.get(msg_type) or f"UNKNOWN[{msg_type}]"
+
+
+def clean_payload(payload: bytes, limit: int = MAX_PAYLOAD) -> bytes:
+    """The payload as it goes on one line: cut at the limit, newlines to spaces, and one
+    trailing space removed (the kernel ends some records with one)."""
+    if len(payload) > limit:
+        payload = payload[:limit]
+    if b"\n" in payload:
+        payload = payload.replace(b"\n", b" ")
+    if payload[-1:] == b" ":
+        payload = payload[:-1]
+    return payload
+
+
+def node_name(name_format: str, name: str | None) -> str | None:
+    """The node= value for `name_format`, or None for NONE. Raises OSError when the host name
+    cannot be resolved, which the daemon reports as a start-up failure as auditd does."""
+    fmt = name_format.upper()
+    if fmt == "NONE":
+        return None
+    if fmt == "USER":
+        return name or None
+    host = socket.gethostname()
+    if fmt == "HOSTNAME":
+        return host.replace(" ", "_")
+    if fmt == "FQD":
+        info = socket.getaddrinfo(host, None, flags=socket.AI_CANONNAME)
+        return info[0][3] or host
+    if fmt == "NUMERIC":
+        info = socket.getaddrinfo(host, None)
+        return str(info[0][4][0])
+    raise ValueError(f"unknown name_format {name_format}")
+
+
+Enrich = Callable[[int, bytes], bytes]
+
+
+class LineFormatter:
+    """Formats records into log lines; one instance per configuration.
+
+    Line prefixes (node and type name) are cached per type so that the hot path is a dict
+    lookup and one concatenation.
+    """
+
+    def __init__(self, node: str | None = None, enrich: Enrich | None = None) -> None:
+        self.node_prefix = f"node={node} ".encode() if node else b""
+        self.limit = MAX_PAYLOAD if not node else MAX_PAYLOAD + 64
+        self.enrich = enrich
+        self._prefix: dict[int, bytes] = {}
+
+    def prefix(self, msg_type: int) -> bytes:
+        prefix = self._prefix.get(msg_type)
+        if prefix is None:
+            prefix = self.node_prefix + f"type={type_name(msg_type)} msg=".encode()
+            self._prefix[msg_type] = prefix
+        return prefix
+
+    def format(self, msg_type: int, payload: bytes) -> bytes:
+        """The log line for one record, with its newline."""
+        prefix = self._prefix.get(msg_type) or self.prefix(msg_type)
+        if b"\n" in payload or payload[-1:] == b" " or len(payload) > self.limit:
+            payload = clean_payload(payload, self.limit)
+        if not payload:
+            payload = b"lost"
+        line = prefix + payload
+        if len(line) >= MAX_LINE:
+            line = line[:MAX_LINE]
+        if self.enrich is not None:
+            body_start = payload.find(b"): ")
+            suffix = self.enrich(msg_type, payload[body_start + 3 :] if body_start >= 0 else b"")
+            if suffix and len(line) + len(suffix) < MAX_LINE:
+                line += suffix
+        return line + b"\n"
+
+    def format_batch(self, records: list[tuple[int, bytes]]) -> list[bytes]:
+        """Lines for the records that go to disk (EOE never does)."""
+        fmt = self.format
+        return [fmt(t, p) for t, p in records if t != AUDIT_EOE]
