@@ -25,8 +25,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
-from auditpy.netlink import STATUS_ENABLED, AuditSocket, AuditStatus  # noqa: E402
-from auditpy.records import type_name  # noqa: E402
+from auditpy.netlink import STATUS_ENABLED, AuditSocket, AuditStatus
+from auditpy.records import type_name
 
 STAMP = re.compile(rb"audit\((\d+\.\d+:\d+)\)")
 

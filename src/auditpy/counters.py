@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 @dataclass
 class Counters:
-    """Every record is accounted for: received = written + not_written + not_logged_types.
+    """What the daemon counts itself; what the log file counts (records and bytes written)
+    is read from it when a report is made.
 
     `suspended_dropped` are events received while logging was suspended or failing; they were
     still dispatched, but are not on disk, and the state report says so.
@@ -16,8 +17,6 @@ class Counters:
 
     started: float = field(default_factory=time.time)
     received: int = 0
-    written: int = 0
-    bytes_written: int = 0
     enobufs: int = 0
     suspended_dropped: int = 0
     write_errors: int = 0
@@ -30,6 +29,8 @@ def state_report(
     priority: int,
     writing: bool,
     counters: Counters,
+    written: int,
+    bytes_written: int,
     kernel_lost: int | None,
     kernel_backlog: int | None,
     log_state: dict[str, str],
@@ -47,8 +48,8 @@ def state_report(
     lines += list(log_state.items())
     lines += [
         ("records received", str(counters.received)),
-        ("records written", str(counters.written)),
-        ("bytes written", str(counters.bytes_written)),
+        ("records written", str(written)),
+        ("bytes written", str(bytes_written)),
         ("records not written (suspended or disk error)", str(counters.suspended_dropped)),
         ("netlink ENOBUFS errors", str(counters.enobufs)),
         ("log rotations", str(counters.rotations)),

@@ -76,7 +76,9 @@ def unpack_status(data: bytes) -> AuditStatus:
     return AuditStatus(*_STATUS.unpack(padded))
 
 
-def pack_message(msg_type: int, seq: int, payload: bytes = b"", flags: int = NLM_F_REQUEST) -> bytes:
+def pack_message(
+    msg_type: int, seq: int, payload: bytes = b"", flags: int = NLM_F_REQUEST
+) -> bytes:
     """A request to the kernel: header with the standard length, payload padded to 4 bytes."""
     length = NLMSG_HDRLEN + len(payload)
     padding = b"\0" * (-length % 4)

@@ -1,0 +1,474 @@
+"""pyauditd's running state: one asyncio loop reading the kernel, writing the log, and
+answering signals.
+
+Data flows one way: kernel socket -> `records` (filter, format) -> the log file (and, later,
+the dispatcher link). Signals only ever set things in motion from the loop's own thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import resource
+import signal
+from dataclasses import dataclass, fields
+
+from . import AUDIT_VERSION, daemon_records
+from .actions import ActionKind, FollowUp, run_action
+from .config import AuditdConfig, ConfigError, changed_keys, load_auditd_conf
+from .counters import Counters, state_report
+from .daemon_records import DaemonSerials, Sender
+from .diskspace import SpacePolicy, SpaceSettings, Trigger
+from .enrich import Enricher
+from .logfile import AuditLog, LogEvent, LogFileError, LogSettings
+from .netlink import (
+    STATUS_ENABLED,
+    AuditSocket,
+    AuditStatus,
+    NetlinkError,
+)
+from .records import (
+    DAEMON_CONFIG,
+    DAEMON_END,
+    DAEMON_RESUME,
+    DAEMON_ROTATE,
+    DAEMON_START,
+    NOT_EVENTS,
+    LineFormatter,
+    node_name,
+)
+
+log = logging.getLogger("auditpy")
+
+#: Datagrams read per wakeup: one write and one dispatch per batch keeps the per-record cost
+#: to a recv, a format and a list append.
+RECV_BATCH = 512
+#: The kernel keeps sending while we write; a large buffer absorbs bursts between reads.
+RCVBUF = 16 << 20
+
+
+@dataclass(frozen=True)
+class Options:
+    config_dir: str = "/etc/audit"
+    foreground: bool = False
+    no_fork: bool = False
+    enable: str = "enable"
+    run_dir: str = "/run"
+    allow_symlink: bool = False
+    #: relative paths in auditd.conf are taken from here (the directory pyauditd started in)
+    base_dir: str = "/"
+
+    @property
+    def config_path(self) -> str:
+        return os.path.join(self.config_dir, "auditd.conf")
+
+    @property
+    def pid_file(self) -> str:
+        return os.path.join(self.run_dir, "auditd.pid")
+
+    @property
+    def state_file(self) -> str:
+        return os.path.join(self.run_dir, "auditd.state")
+
+
+def load_config(options: Options) -> tuple[AuditdConfig, list[str]]:
+    """Read and check auditd.conf; raises ConfigError naming the file, line and reason."""
+    config, problems = load_auditd_conf(
+        options.config_path, allow_symlink=options.allow_symlink, base_dir=options.base_dir
+    )
+    return config, [str(p) for p in problems]
+
+
+def log_settings(config: AuditdConfig) -> LogSettings:
+    return LogSettings(
+        log_file=config.log_file,
+        log_gid=config.log_gid,
+        flush=config.flush,
+        freq=config.freq,
+        num_logs=config.num_logs,
+        max_log_file=config.max_log_file,
+        max_log_file_action=config.max_log_file_action,
+    )
+
+
+def space_settings(config: AuditdConfig) -> SpaceSettings:
+    return SpaceSettings(
+        space_left=config.space_left,
+        space_left_percent=config.space_left_percent,
+        space_left_action=config.space_left_action,
+        admin_space_left=config.admin_space_left,
+        admin_space_left_percent=config.admin_space_left_percent,
+        admin_space_left_action=config.admin_space_left_action,
+        disk_full_action=config.disk_full_action,
+        disk_error_action=config.disk_error_action,
+    )
+
+
+def make_formatter(config: AuditdConfig) -> LineFormatter:
+    enricher = Enricher() if config.log_format == "ENRICHED" else None
+    return LineFormatter(
+        node=node_name(config.name_format, config.name),
+        enrich=enricher.suffix if enricher else None,
+    )
+
+
+class Daemon:
+    def __init__(self, options: Options, config: AuditdConfig) -> None:
+        self.options = options
+        self.config = config
+        self.counters = Counters()
+        self.serials = DaemonSerials()
+        self.formatter = make_formatter(config)
+        self.loop = asyncio.new_event_loop()
+        self.kernel: AuditSocket | None = None
+        self.control: AuditSocket | None = None
+        self.registered = False
+        self.log_file: AuditLog | None = None
+        self.space = SpacePolicy(space_settings(config))
+        self._write_failing = False
+        self._size_action_done = False
+        self._stop: asyncio.Future[int] = self.loop.create_future()
+
+    # -- start and stop -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Everything that can fail at start, in the C daemon's order; raises on failure."""
+        self._raise_limits()
+        self._boost_priority()
+        self.control = AuditSocket()
+        multicast = self.config.kernel_link == "MULTICAST"
+        self.kernel = AuditSocket(multicast=multicast, rcvbuf=RCVBUF)
+        if self.config.write_logs:
+            self.log_file = AuditLog(log_settings(self.config), notify=self._notify)
+            self.log_file.open()
+            self._check_space()
+        if not multicast and self.config.local_events:
+            self.kernel.register(os.getpid())
+            self.registered = True
+            self._set_enabled()
+        self._daemon_record(
+            DAEMON_START, daemon_records.start_text(AUDIT_VERSION, self.config.log_format)
+        )
+        self.loop.add_reader(self.kernel.fileno(), self._on_readable)
+        handlers = {
+            signal.SIGHUP: self._reload,
+            signal.SIGUSR1: self._rotate,
+            signal.SIGUSR2: self._resume,
+            signal.SIGCONT: self._write_state,
+            signal.SIGTERM: self._terminate,
+            signal.SIGINT: self._terminate,
+        }
+        for signum, handler in handlers.items():
+            self.loop.add_signal_handler(signum, handler)
+        log.info(
+            "Started audit daemon %s: %s, logging to %s",
+            AUDIT_VERSION,
+            "read-only multicast listener" if multicast else f"registered as pid {os.getpid()}",
+            self.config.log_file if self.config.write_logs else "nowhere (write_logs = no)",
+        )
+
+    def run(self) -> int:
+        try:
+            return self.loop.run_until_complete(self._stop)
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        """Undo everything `start` did that outlives us: the kernel registration above all."""
+        if self.kernel is not None:
+            self.loop.remove_reader(self.kernel.fileno())
+        if self.registered and self.control is not None:
+            try:
+                self.control.unregister()
+            except (OSError, TimeoutError) as exc:
+                log.error("Could not unregister from the kernel: %s", exc)
+            self.registered = False
+        if self.log_file is not None:
+            self.log_file.close()
+            self.log_file = None
+        for sock in (self.kernel, self.control):
+            if sock is not None:
+                sock.close()
+        self.kernel = self.control = None
+        self.loop.close()
+
+    def _raise_limits(self) -> None:
+        for limit in (resource.RLIMIT_FSIZE, resource.RLIMIT_CPU):
+            with contextlib.suppress(OSError, ValueError):
+                resource.setrlimit(limit, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        try:
+            with open("/proc/self/oom_score_adj", "w") as f:
+                f.write("-1000")
+        except OSError:
+            pass
+
+    def _boost_priority(self) -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, -self.config.priority_boost)
+        except OSError as exc:
+            log.warning("Cannot set priority boost %d: %s", self.config.priority_boost, exc)
+
+    def _set_enabled(self) -> None:
+        assert self.control is not None
+        if self.options.enable == "nochange":
+            return
+        wanted = 1 if self.options.enable == "enable" else 0
+        if self.control.get_status().enabled == 2:
+            log.warning("The audit system is locked (enabled 2); leaving it as it is")
+            return
+        self.control.set_status(AuditStatus(mask=STATUS_ENABLED, enabled=wanted))
+
+    # -- the record path ------------------------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        assert self.kernel is not None
+        records, enobufs = self.kernel.recv_records(RECV_BATCH)
+        if enobufs:
+            self.counters.enobufs += enobufs
+            log.warning("Kernel socket overrun (ENOBUFS), %d in all", self.counters.enobufs)
+        if records:
+            self._handle(records)
+
+    def _handle(self, records: list[tuple[int, bytes]]) -> None:
+        events = [r for r in records if r[0] not in NOT_EVENTS]
+        self.counters.received += len(events)
+        self._write(self.formatter.format_batch(events))
+
+    def _write(self, lines: list[bytes]) -> None:
+        log_file = self.log_file
+        if log_file is None or not lines:
+            return  # write_logs = no: records are only dispatched
+        events = log_file.write(lines)
+        if events:
+            self._after_write(events, len(lines))
+        elif self._write_failing:
+            self._write_failing = False
+            self.space.write_ok()
+
+    def _after_write(self, events: LogEvent, count: int) -> None:
+        """The rare path: something about the log needs the daemon's attention."""
+        assert self.log_file is not None
+        if events & (LogEvent.NOT_OPEN | LogEvent.DISK_FULL | LogEvent.DISK_ERROR):
+            self.counters.suspended_dropped += count
+        if events & LogEvent.DISK_FULL:
+            self._write_failing = True
+            self._run_triggers(self.space.disk_full())
+        elif events & LogEvent.DISK_ERROR:
+            self._write_failing = True
+            self._run_triggers(self.space.disk_error())
+        if events & LogEvent.SPACE_SAMPLE and self.log_file.last_statvfs is not None:
+            self._run_triggers(self.space.evaluate_statvfs(self.log_file.last_statvfs))
+        if events & LogEvent.SIZE_LIMIT and not self._size_action_done:
+            action = self.config.max_log_file_action
+            # Reported after every write while the file is too big: act once until a
+            # rotation or a resume makes it small again, except for the rotating actions.
+            self._size_action_done = action not in ("ROTATE", "KEEP_LOGS")
+            self._run_action(action, ActionKind.MAX_LOG_FILE)
+
+    def _check_space(self) -> None:
+        if self.log_file is not None:
+            st = self.log_file.sample_space()
+            if st is not None:
+                self.space.resolve(st)
+                self._run_triggers(self.space.evaluate_statvfs(st))
+
+    def _run_triggers(self, triggers: list[Trigger]) -> None:
+        for trigger in triggers:
+            self._run_action(trigger.action, ActionKind(trigger.event.value))
+
+    def _run_action(self, action: str, kind: ActionKind) -> None:
+        error = self.log_file.last_error if self.log_file else None
+        outcome = run_action(
+            action,
+            kind=kind,
+            exe=getattr(self.config, f"{kind.value}_exe", None),
+            mail_acct=self.config.action_mail_acct,
+            log=self.log_file,
+            notify=self._notify,
+            op=error.op if error else "write",
+            error=error.error if error else None,
+            num_logs=self.config.num_logs,
+        )
+        if outcome.child is not None:
+            resume = outcome.resume_on_exit
+            outcome.child.attach(
+                self.loop, lambda _child: self._resume_logging() if resume else None
+            )
+        follow = outcome.follow_up
+        if follow is FollowUp.SUSPEND and self.log_file is not None:
+            self.log_file.suspend()
+        elif follow is FollowUp.ROTATE:
+            self._rotate_log(keep=False)
+        elif follow is FollowUp.KEEP_LOGS:
+            self._rotate_log(keep=True)
+        elif follow is FollowUp.STOP:
+            self._terminate()
+
+    def _notify(self, priority: int, message: str) -> None:
+        """Messages from the log and the actions, at syslog priorities, to our logger."""
+        level = logging.ERROR if priority <= 3 else logging.WARNING if priority <= 4 else (
+            logging.INFO if priority <= 6 else logging.DEBUG
+        )
+        log.log(level, "%s", message)
+
+    def _daemon_record(self, msg_type: int, text: str, serial: int | None = None) -> None:
+        serial = self.serials.next() if serial is None else serial
+        self._write([self.formatter.format(msg_type, daemon_records.payload(text, serial))])
+
+    def _sender(self) -> Sender | None:
+        info = self.control.signal_info() if self.control and self.registered else None
+        return Sender.from_signal(info)
+
+    # -- signals ---------------------------------------------------------------------------------
+
+    def _terminate(self) -> None:
+        if self._stop.done():
+            return
+        self._on_readable_drain()
+        self._daemon_record(DAEMON_END, daemon_records.end_text(self._sender()))
+        log.info("The audit daemon is exiting.")
+        self._stop.set_result(0)
+
+    def _on_readable_drain(self) -> None:
+        if self.kernel is None:
+            return
+        while True:
+            records, _ = self.kernel.recv_records(RECV_BATCH)
+            if not records:
+                return
+            self._handle(records)
+
+    def _rotate(self) -> None:
+        sender = self._sender()
+        keep = self.config.max_log_file_action == "KEEP_LOGS"
+        self._rotate_log(keep=keep)
+        self._daemon_record(DAEMON_ROTATE, daemon_records.rotate_text(sender))
+
+    def _rotate_log(self, *, keep: bool) -> None:
+        if self.log_file is None:
+            return
+        result = self.log_file.keep_logs() if keep else self.log_file.rotate()
+        if result:
+            self.counters.rotations += 1
+            self._size_action_done = False
+        for error in result.errors:
+            log.error("Log rotation: %s", error.strerror)
+        if result.errors:
+            self._run_triggers(self.space.disk_error())
+
+    def _resume(self) -> None:
+        sender = self._sender()
+        self._resume_logging()
+        self._daemon_record(DAEMON_RESUME, daemon_records.resume_text(sender))
+
+    def _resume_logging(self) -> None:
+        """SIGUSR2, or an exec helper for max_log_file finished: write again."""
+        self.space.reset()
+        self._size_action_done = False
+        if self.log_file is None:
+            return
+        try:
+            self.log_file.resume()
+        except LogFileError as exc:
+            log.error("Could not resume logging: %s", exc)
+            return
+        log.info("Audit daemon is attempting to resume logging.")
+        self._check_space()
+
+    def _reload(self) -> None:
+        sender = self._sender()
+        try:
+            new, warnings = load_config(self.options)
+        except ConfigError as exc:
+            log.error("Configuration not reloaded, the old one stays in force:\n%s", exc)
+            self._daemon_record(DAEMON_CONFIG, daemon_records.config_text(sender, ok=False))
+            return
+        for warning in warnings:
+            log.warning("%s", warning)
+        try:
+            self._apply(new)
+        except (OSError, ValueError, LogFileError) as exc:
+            log.error("Configuration not applied, the old one stays in force: %s", exc)
+            self._daemon_record(DAEMON_CONFIG, daemon_records.config_text(sender, ok=False))
+            return
+        self._daemon_record(
+            DAEMON_CONFIG, daemon_records.config_text(sender, ok=True), self.serials.fresh()
+        )
+
+    def _apply(self, new: AuditdConfig) -> None:
+        """Put a validated configuration in force; what cannot change while running is kept
+        and named in a warning."""
+        changed = changed_keys(self.config, new)
+        for key in sorted(changed & {"local_events", "kernel_link"}):
+            log.warning("%s changes only at the next start of the daemon", key)
+        formatter = self.formatter
+        if changed & {"log_format", "name_format", "name"}:
+            formatter = make_formatter(new)
+        if "write_logs" in changed and not new.write_logs and self.log_file is not None:
+            self.log_file.close()
+            self.log_file = None
+        elif new.write_logs and self.log_file is None:
+            self.log_file = AuditLog(log_settings(new), notify=self._notify)
+            self.log_file.open()
+        elif self.log_file is not None and self.log_file.reopen(log_settings(new)):
+            self._size_action_done = False
+        self.formatter = formatter
+        self.space.configure(
+            space_settings(new), self.log_file.sample_space() if self.log_file else None
+        )
+        self.config = new
+        if "priority_boost" in changed:
+            self._boost_priority()
+        self._check_space()
+
+    def _write_state(self) -> None:
+        status: AuditStatus | None = None
+        if self.control is not None:
+            try:
+                status = self.control.get_status()
+            except (NetlinkError, TimeoutError):
+                status = None
+        config_items = {f.name: str(getattr(self.config, f.name)) for f in fields(self.config)}
+        text = state_report(
+            version=AUDIT_VERSION,
+            priority=os.getpriority(os.PRIO_PROCESS, 0),
+            writing=self.log_file is not None,
+            counters=self.counters,
+            written=self.log_file.records_written if self.log_file else 0,
+            bytes_written=self.log_file.bytes_written if self.log_file else 0,
+            kernel_lost=status.lost if status else None,
+            kernel_backlog=status.backlog if status else None,
+            log_state=self._log_state(),
+            config_items=config_items,
+        )
+        path = self.options.state_file
+        old_umask = os.umask(0o137)
+        try:
+            with open(path, "w") as f:
+                f.write(text)
+        except OSError as exc:
+            log.error("Cannot write the state report %s: %s", path, exc)
+        finally:
+            os.umask(old_umask)
+
+
+    def _log_state(self) -> dict[str, str]:
+        lf = self.log_file
+        if lf is None:
+            return {}
+        st = lf.last_statvfs
+        free = f"{st.f_bavail * st.f_frsize / (1 << 20):.1f} MiB" if st else "unknown"
+        return {
+            "current log file": lf.path,
+            "current log size": f"{lf.size // 1024} KiB",
+            "max log size": f"{self.config.max_log_file * 1024} KiB",
+            "Logging partition free space": free,
+            "space_left setting": f"{self.space.space_left_mib:.0f} MiB",
+            "admin_space_left setting": f"{self.space.admin_space_left_mib:.0f} MiB",
+            "logging suspended": "yes" if lf.suspended or not lf.is_open else "no",
+            "file system space action performed": "yes" if self.space.space_warning else "no",
+            "admin space action performed": "yes" if self.space.admin_space_warning else "no",
+            "disk error detected": "yes" if self._write_failing else "no",
+        }

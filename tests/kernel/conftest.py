@@ -1,0 +1,259 @@
+"""Fixtures for tests against the real kernel audit system.
+
+The kernel's audit state is shared by the whole machine and outlives the test: every fixture
+here puts back what it changed (enabled, backlog settings, rules) and makes sure no daemon of
+ours stays registered, even when a test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from auditpy.netlink import (
+    STATUS_BACKLOG_LIMIT,
+    STATUS_BACKLOG_WAIT_TIME,
+    STATUS_ENABLED,
+    AuditSocket,
+    AuditStatus,
+)
+
+
+def _kernel_unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (CAP_AUDIT_CONTROL) to talk to the kernel audit system"
+    try:
+        sock = AuditSocket()
+        status = sock.get_status()
+        sock.close()
+    except OSError as exc:
+        return f"the kernel audit netlink interface is not usable here: {exc}"
+    if status.enabled == 2:
+        return "kernel audit configuration is locked (enabled 2)"
+    for tool in ("auditctl", "ausearch", "aureport"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (Debian package auditd)"
+    return None
+
+
+UNAVAILABLE = _kernel_unavailable()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.kernel)
+            if UNAVAILABLE:
+                item.add_marker(pytest.mark.skip(reason=UNAVAILABLE))
+
+
+def get_status() -> AuditStatus:
+    sock = AuditSocket()
+    try:
+        return sock.get_status()
+    finally:
+        sock.close()
+
+
+def set_status(status: AuditStatus) -> None:
+    sock = AuditSocket()
+    try:
+        sock.set_status(status)
+    finally:
+        sock.close()
+
+
+def auditctl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["auditctl", *args], check=check, capture_output=True, text=True)
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+@pytest.fixture
+def kernel_state() -> Iterator[AuditStatus]:
+    """Enable auditing for the test and put back enabled/backlog settings afterwards."""
+    before = get_status()
+    rules_before = auditctl("-l").stdout
+    set_status(AuditStatus(mask=STATUS_ENABLED, enabled=1))
+    try:
+        yield before
+    finally:
+        set_status(AuditStatus(
+            mask=STATUS_ENABLED | STATUS_BACKLOG_LIMIT | STATUS_BACKLOG_WAIT_TIME,
+            enabled=before.enabled, backlog_limit=before.backlog_limit,
+            backlog_wait_time=before.backlog_wait_time,
+        ))
+        if auditctl("-l").stdout != rules_before:
+            # A test left a rule behind: remove only rules tagged by our tests.
+            for line in auditctl("-l").stdout.splitlines():
+                if "pytest-" in line and line.startswith("-a "):
+                    auditctl("-d", *line[3:].split(), check=False)
+                elif "pytest-" in line and line.startswith("-w "):
+                    auditctl("-W", *line[3:].split(), check=False)
+
+
+@dataclass
+class DaemonDir:
+    root: Path
+
+    @property
+    def conf_dir(self) -> Path:
+        return self.root / "etc"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "log" / "audit.log"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / "run"
+
+    def write_config(self, extra: str = "", **overrides: str) -> None:
+        settings = {
+            "log_file": str(self.log),
+            "log_format": "RAW",
+            "flush": "INCREMENTAL_ASYNC",
+            "freq": "20",
+            "num_logs": "4",
+            "max_log_file": "0",
+            "max_log_file_action": "IGNORE",
+            "space_left": "2",
+            "admin_space_left": "1",
+            "space_left_action": "SYSLOG",
+            "admin_space_left_action": "SUSPEND",
+            "disk_full_action": "SUSPEND",
+            "disk_error_action": "SUSPEND",
+            "priority_boost": "0",
+            "plugin_dir": str(self.conf_dir / "plugins.d"),
+        }
+        settings.update(overrides)
+        text = "".join(f"{k} = {v}\n" for k, v in settings.items()) + textwrap.dedent(extra)
+        path = self.conf_dir / "auditd.conf"
+        path.write_text(text)
+        os.chmod(path, 0o640)
+
+    def lines(self, path: Path | None = None) -> list[str]:
+        target = path or self.log
+        if not target.exists():
+            return []
+        # Not str.splitlines(): it also splits at 0x1d, the ENRICHED separator.
+        text = target.read_bytes().decode("utf-8", "replace")
+        return text.split("\n")[:-1] if text.endswith("\n") else text.split("\n")
+
+
+@pytest.fixture
+def daemon_dir(tmp_path: Path) -> DaemonDir:
+    d = DaemonDir(tmp_path)
+    d.conf_dir.mkdir()
+    (d.conf_dir / "plugins.d").mkdir()
+    d.log.parent.mkdir(mode=0o700)
+    d.run_dir.mkdir()
+    d.write_config()
+    return d
+
+
+class RunningDaemon:
+    def __init__(self, d: DaemonDir, proc: subprocess.Popen[bytes]) -> None:
+        self.dir = d
+        self.proc = proc
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def signal(self, signum: int) -> None:
+        os.kill(self.proc.pid, signum)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def stderr(self) -> str:
+        assert self.proc.stderr is not None
+        if self.proc.poll() is None:
+            return ""
+        return self.proc.stderr.read().decode("utf-8", "replace")
+
+    def wait_for_line(self, needle: str, timeout: float = 10.0, path: Path | None = None) -> str:
+        found = wait_for(
+            lambda: next((line for line in self.dir.lines(path) if needle in line), None),
+            timeout,
+        )
+        tail = "\n".join(self.dir.lines(path)[-20:])
+        assert found, f"no log line with {needle!r}; log:\n{tail}"
+        return found
+
+
+def start_pyauditd(d: DaemonDir, *args: str, log_path: Path | None = None) -> RunningDaemon:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "auditpy.cli", "-n", "-s", "nochange", "-c", str(d.conf_dir),
+         "--run-dir", str(d.run_dir), *args],
+        stderr=subprocess.PIPE,
+    )
+    running = RunningDaemon(d, proc)
+    if not wait_for(lambda: get_status().pid == proc.pid or proc.poll() is not None):
+        running.stop()
+        pytest.fail("pyauditd did not register with the kernel")
+    if proc.poll() is not None:
+        pytest.fail(f"pyauditd exited at start: {running.stderr()}")
+    try:
+        running.wait_for_line("type=DAEMON_START", path=log_path)
+    except BaseException:
+        running.stop()
+        raise
+    return running
+
+
+@pytest.fixture
+def pyauditd(kernel_state: AuditStatus, daemon_dir: DaemonDir) -> Iterator[RunningDaemon]:
+    running = start_pyauditd(daemon_dir)
+    try:
+        yield running
+    finally:
+        running.stop()
+        assert wait_for(lambda: get_status().pid != running.pid, 5), "still registered"
+
+
+@pytest.fixture(scope="session")
+def load_generator(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny C program whose getppid() calls a rule can match by its exe alone."""
+    build = tmp_path_factory.mktemp("loadgen")
+    src = build / "loadgen.c"
+    src.write_text(textwrap.dedent("""
+        #include <stdlib.h>
+        #include <unistd.h>
+        int main(int argc, char **argv) {
+            long n = argc > 1 ? atol(argv[1]) : 1;
+            for (long i = 0; i < n; i++) getppid();
+            return 0;
+        }
+    """))
+    exe = build / "loadgen"
+    subprocess.run(["gcc", "-O2", "-o", str(exe), str(src)], check=True)
+    return exe
