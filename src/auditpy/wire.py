@@ -1,0 +1,67 @@
+"""The dispatcher protocol: `struct audit_dispatcher_header` and the string line.
+
+Used on the pyauditd -> pyaudispd link and from pyaudispd to binary plugins, exactly as the
+C tools frame records (host byte order, 16-byte header, then `size` bytes of payload).
+"""
+
+from __future__ import annotations
+
+import struct
+
+from .records import type_name
+
+#: Payload is the kernel's text, `audit(...): ...`; the type is only in the header.
+PROTOCOL_V0 = 0
+#: Payload is a complete formatted line, starting `node=` or `type=`.
+PROTOCOL_V1 = 1
+HEADER = struct.Struct("=IIII")
+HEADER_LEN = HEADER.size
+MAX_PAYLOAD = 8970
+
+
+def pack_header(version: int, msg_type: int, size: int) -> bytes:
+    return HEADER.pack(version, HEADER_LEN, msg_type, size)
+
+
+def frame(version: int, msg_type: int, payload: bytes) -> bytes:
+    """One record as it goes on the stream."""
+    return HEADER.pack(version, HEADER_LEN, msg_type, len(payload)) + payload
+
+
+class FrameError(ValueError):
+    """The stream is not in the dispatcher protocol (bad version or header length)."""
+
+
+def unpack_frames(buffer: bytearray) -> list[tuple[int, int, bytes]]:
+    """Take every complete frame off the front of `buffer` as (version, type, payload).
+
+    Incomplete trailing data stays in the buffer for the next read. Raises FrameError on a
+    header no writer of this protocol produces, since the stream cannot be resynchronised.
+    """
+    out: list[tuple[int, int, bytes]] = []
+    offset = 0
+    end = len(buffer)
+    unpack_from = HEADER.unpack_from
+    while end - offset >= HEADER_LEN:
+        version, hlen, msg_type, size = unpack_from(buffer, offset)
+        if hlen != HEADER_LEN or version > PROTOCOL_V1 or size > MAX_PAYLOAD * 2:
+            raise FrameError(f"bad dispatcher header: ver={version} hlen={hlen} size={size}")
+        stop = offset + HEADER_LEN + size
+        if stop > end:
+            break
+        out.append((version, msg_type, bytes(buffer[offset + HEADER_LEN : stop])))
+        offset = stop
+    if offset:
+        del buffer[:offset]
+    return out
+
+
+def string_line(version: int, msg_type: int, payload: bytes) -> bytes:
+    """The line a `format = string` plugin gets: one record, one line, newline-terminated."""
+    if version == PROTOCOL_V0:
+        text = b"type=" + type_name(msg_type).encode() + b" msg=" + payload
+    else:
+        text = payload
+    if b"\n" in text:
+        text = text.replace(b"\n", b" ")
+    return text + b"\n"
