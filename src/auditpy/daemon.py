@@ -30,6 +30,7 @@ from .netlink import (
     NetlinkError,
 )
 from .records import (
+    DAEMON_ABORT,
     DAEMON_CONFIG,
     DAEMON_END,
     DAEMON_RESUME,
@@ -145,9 +146,17 @@ class Daemon:
             self.log_file.open()
             self._check_space()
         if not multicast and self.config.local_events:
-            self.kernel.register(os.getpid())
-            self.registered = True
-            self._set_enabled()
+            try:
+                self.kernel.register(os.getpid())
+                self.registered = True
+            except (OSError, TimeoutError) as exc:
+                self._abort("set-pid", exc)
+                raise
+            try:
+                self._set_enabled()
+            except (OSError, TimeoutError) as exc:
+                self._abort("set-enable", exc)
+                raise
         self._daemon_record(
             DAEMON_START, daemon_records.start_text(AUDIT_VERSION, self.config.log_format)
         )
@@ -193,6 +202,11 @@ class Daemon:
                 sock.close()
         self.kernel = self.control = None
         self.loop.close()
+
+    def _abort(self, op: str, reason: Exception) -> None:
+        """Start-up failed after the log was opened: say so in the log, as auditd does."""
+        log.error("Start-up failed (%s): %s", op, reason)
+        self._daemon_record(DAEMON_ABORT, daemon_records.abort_text(op))
 
     def _raise_limits(self) -> None:
         for limit in (resource.RLIMIT_FSIZE, resource.RLIMIT_CPU):

@@ -101,14 +101,13 @@ def config_text(sender: Sender | None, ok: bool) -> str:
     return f"op=reconfigure state=no-change {who} res=failed"
 
 
-def abort_text(op: str, reason: str | None = None) -> str:
+def abort_text(op: str) -> str:
+    """op is set-pid, set-enable, error-halt or network-init; the reason goes to syslog."""
     subj = own_context()
-    extra = f" reason={reason!r}" if reason else ""
     return (
         f"op={op} auid={_proc_int('/proc/self/loginuid')} pid={os.getpid()} "
         f"uid={os.getuid()} ses={_proc_int('/proc/self/sessionid')}"
         + (f" subj={subj}" if subj else "")
-        + extra
         + " res=failed"
     )
 

@@ -45,6 +45,9 @@ def test_registers_and_a_second_daemon_names_the_first(
     assert proc.returncode == 1
     assert f"pid {pyauditd.pid}" in proc.stderr
     assert get_status().pid == pyauditd.pid
+    abort = other.lines()[-1]
+    assert abort.startswith("type=DAEMON_ABORT ") and "op=set-pid" in abort
+    assert abort.endswith("res=failed")
 
 
 def test_user_messages_land_exactly_once(pyauditd: RunningDaemon) -> None:
