@@ -71,3 +71,11 @@ def test_any_record_gives_one_bounded_line(msg_type: int, payload: bytes) -> Non
     line = LineFormatter(node="n").format(msg_type, payload)
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     assert len(line) <= MAX_LINE + 1
+
+
+@pytest.mark.parametrize("msg_type,payload,c_line", [e for e in corpus() if e[2] is not None])
+def test_enriched_line_matches_c_auditd(msg_type: int, payload: bytes, c_line: bytes) -> None:
+    """The corpus was written by the C auditd with log_format = ENRICHED."""
+    from auditpy.enrich import Enricher
+
+    assert LineFormatter(enricher=Enricher()).format(msg_type, payload) == c_line + b"\n"

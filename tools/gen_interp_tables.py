@@ -105,11 +105,12 @@ def field_kinds(auparse: ctypes.CDLL) -> tuple[dict[str, int], dict[int, dict[st
     rtypes = sorted(set(MSG_TYPE_NAMES) | set(range(0, 10000)) | {-1})
 
     def kind(rtype: int, name: bytes) -> int:
-        kinds = {auparse.auparse_interp_adjust_type(rtype, name, v) for v in probe_vals}
+        kinds: set[int] = {auparse.auparse_interp_adjust_type(rtype, name, v) for v in probe_vals}
         kinds = {k if k in INTERESTING_TYPES else 0 for k in kinds}
         if len(kinds) != 1:
             raise RuntimeError(f"type of {name!r} in {rtype} depends on the value: {kinds}")
-        return kinds.pop()
+        only: int = kinds.pop()
+        return only
 
     # Unknown record types get no special treatment in auparse_interp_adjust_type; -1 is what
     # auparse uses when the type name cannot be mapped.
@@ -235,7 +236,9 @@ def _wrap_items(items: Iterable[str], indent: str, width: int = 99) -> Iterator[
         yield line.rstrip()
 
 
-def _dict_lines(name: str, ann: str, d: dict[int, str] | dict[int, int] | dict[str, int]) -> list[str]:
+def _dict_lines(
+    name: str, ann: str, d: dict[int, str] | dict[int, int] | dict[str, int]
+) -> list[str]:
     out = [f"{name}: {ann} = {{"]
     out += _wrap_items((f"{k!r}: {v!r}" for k, v in d.items()), "    ")
     out.append("}")
@@ -286,11 +289,13 @@ def main() -> None:
         "#: Field name -> kind for any record type without a special rule.",
         *_dict_lines("FIELD_KINDS", "dict[str, int]", defaults),
         "",
-        "#: Record type -> {field name: kind (0 = not enriched)} where it differs from FIELD_KINDS.",
+        "#: Record type -> {field name: kind (0: not enriched)} where it differs from FIELD_KINDS.",
         "KIND_OVERRIDES: dict[int, dict[str, int]] = {",
     ]
     for rt, d in sorted(overrides.items()):
-        lines.append(f"    {rt}: {{{', '.join(f'{k!r}: {v}' for k, v in sorted(d.items()))}}},")
+        lines.append(f"    {rt}: {{")
+        lines += _wrap_items((f"{k!r}: {v}" for k, v in sorted(d.items())), "        ")
+        lines.append("    },")
     lines += [
         "}",
         "",

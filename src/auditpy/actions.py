@@ -6,26 +6,25 @@ keep_logs, exit) is returned as a `FollowUp` for the daemon to do, so the order 
 stays in one place.  Failures are returned, never raised: an action runs because
 something already went wrong, and it must not take the daemon down with it.
 
-Children: every process started here is created with posix_spawn (fork+exec semantics,
-safe in a threaded process), with an empty environment and default signal dispositions,
-and is tracked by a pidfd.  Exactly one owner reaps it, through `ChildHandle` and
-``waitid(P_PIDFD)``; nothing here ever waits for "any child", so plugin and helper pids
-can never be stolen from their owners (the bug this project started from).
+Children: every process started here comes from `children.spawn_helper` (posix_spawn,
+empty environment, default signal dispositions) and is tracked by a pidfd.  Exactly one
+owner reaps it, through `ChildHandle` and ``waitid(P_PIDFD)``; nothing here ever waits for
+"any child", so plugin and helper pids can never be stolen from their owners (the bug this
+project started from).
 """
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import errno
 import os
-import select
-import signal
 import stat
 import syslog
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
+
+from .children import ChildHandle, spawn_helper
 
 SENDMAIL_PATH = "/usr/lib/sendmail"
 INIT_PATH = "/sbin/init"
@@ -33,10 +32,6 @@ INIT_PATH = "/sbin/init"
 EXEC_MODES = frozenset({0o750, 0o755, 0o555, 0o550})
 
 Notify = Callable[[int, str], None]
-
-#: Dispositions the daemon set (SIG_IGN for most signals) survive exec; a helper script
-#: must start with a clean slate, so every catchable signal is reset to its default.
-_RESET_SIGNALS = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
 
 
 def syslog_notify(priority: int, message: str) -> None:
@@ -131,139 +126,6 @@ _MAIL = {
         "Audit daemon is very low on disk space for logging",
     ),
 }
-
-
-class ChildHandle:
-    """A child process owned by exactly one reaper, through its pidfd.
-
-    Register it with `attach(loop, on_exit)`: the pidfd becomes readable when the child
-    exits, the callback reaps it with waitid(P_PIDFD) once, unregisters the reader before
-    the pidfd is closed (so asyncio never holds a stale fd number), then calls on_exit.
-    `wait()` is the blocking equivalent for shutdown paths and tests.
-    """
-
-    __slots__ = ("_pidfd", "_reaped", "_status", "name", "pid")
-
-    def __init__(self, pid: int, pidfd: int, name: str) -> None:
-        self.pid = pid
-        self.name = name
-        self._pidfd = pidfd
-        self._reaped = False
-        self._status: int | None = None
-
-    def __repr__(self) -> str:
-        state = f"status={self._status}" if self._reaped else "running"
-        return f"<ChildHandle {self.name} pid={self.pid} {state}>"
-
-    @property
-    def pidfd(self) -> int:
-        """-1 once closed."""
-        return self._pidfd
-
-    @property
-    def reaped(self) -> bool:
-        return self._reaped
-
-    @property
-    def returncode(self) -> int | None:
-        """Exit status, or -signal if killed; None while running (or if the status was
-        lost because something else reaped the child, which would be a bug)."""
-        return self._status
-
-    def reap(self) -> int | None:
-        """Collect the exit status if the child has exited; never blocks, never waits
-        twice."""
-        if self._reaped or self._pidfd < 0:
-            return self._status
-        try:
-            res = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | os.WNOHANG)
-        except ChildProcessError:
-            self._reaped = True
-            return None
-        if res is None:
-            return None
-        self._reaped = True
-        if res.si_code == os.CLD_EXITED:
-            self._status = res.si_status
-        else:
-            self._status = -res.si_status
-        return self._status
-
-    def attach(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        on_exit: Callable[[ChildHandle], None] | None = None,
-    ) -> None:
-        if self._pidfd < 0:
-            raise ValueError(f"{self!r} has no pidfd")
-        fd = self._pidfd
-
-        def readable() -> None:
-            if not self._reaped:
-                self.reap()
-                if not self._reaped:
-                    return  # spurious wake-up
-            loop.remove_reader(fd)
-            self.close()
-            if on_exit is not None:
-                on_exit(self)
-
-        loop.add_reader(fd, readable)
-
-    def wait(self, timeout: float | None = None) -> int | None:
-        """Block until the child exits (or timeout); closes the pidfd once reaped."""
-        if not self._reaped and self._pidfd >= 0:
-            poller = select.poll()
-            poller.register(self._pidfd, select.POLLIN)
-            poller.poll(None if timeout is None else int(timeout * 1000))
-            self.reap()
-        if self._reaped:
-            self.close()
-        return self._status
-
-    def send_signal(self, signum: int) -> bool:
-        """Signal through the pidfd, which cannot hit a recycled pid."""
-        if self._reaped or self._pidfd < 0:
-            return False
-        try:
-            signal.pidfd_send_signal(self._pidfd, signum)
-        except ProcessLookupError:
-            return False
-        return True
-
-    def close(self) -> None:
-        """Drop the pidfd.  An unreaped child then stays a zombie, so call this only after
-        reaping or when the daemon is exiting anyway."""
-        fd, self._pidfd = self._pidfd, -1
-        if fd >= 0:
-            os.close(fd)
-
-
-def spawn_helper(
-    path: str, args: Sequence[str] = (), *, stdin_fd: int | None = None
-) -> ChildHandle:
-    """Start `path` with argv [path, *args], an empty environment and default signals.
-
-    Raises OSError if the program cannot be started (glibc reports exec failures).  The
-    caller owns the returned handle and must reap it (attach or wait).
-    """
-    file_actions = [] if stdin_fd is None else [(os.POSIX_SPAWN_DUP2, stdin_fd, 0)]
-    pid = os.posix_spawn(
-        path,
-        [path, *args],
-        {},
-        file_actions=file_actions,
-        setsigmask=(),
-        setsigdef=_RESET_SIGNALS,
-    )
-    try:
-        pidfd = os.pidfd_open(pid)
-    except OSError:
-        # Cannot track it the normal way: reap this exact pid before giving up.
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        raise
-    return ChildHandle(pid, pidfd, os.path.basename(path))
 
 
 def check_exe(path: str) -> str | None:

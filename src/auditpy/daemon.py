@@ -13,6 +13,7 @@ import logging
 import os
 import resource
 import signal
+import sys
 from dataclasses import dataclass, fields
 
 from . import AUDIT_VERSION, daemon_records
@@ -21,14 +22,17 @@ from .config import AuditdConfig, ConfigError, changed_keys, load_auditd_conf
 from .counters import Counters, state_report
 from .daemon_records import DaemonSerials, Sender
 from .diskspace import SpacePolicy, SpaceSettings, Trigger
+from .dispatch_link import DispatcherLink
 from .enrich import Enricher
 from .logfile import AuditLog, LogEvent, LogFileError, LogSettings
 from .netlink import (
+    AUDIT_EOE,
     STATUS_ENABLED,
     AuditSocket,
     AuditStatus,
     NetlinkError,
 )
+from .plugin_config import any_active
 from .records import (
     DAEMON_ABORT,
     DAEMON_CONFIG,
@@ -40,6 +44,7 @@ from .records import (
     LineFormatter,
     node_name,
 )
+from .wire import HEADER, MAX_PAYLOAD, PROTOCOL_V0, PROTOCOL_V1
 
 log = logging.getLogger("auditpy")
 
@@ -109,10 +114,7 @@ def space_settings(config: AuditdConfig) -> SpaceSettings:
 
 def make_formatter(config: AuditdConfig) -> LineFormatter:
     enricher = Enricher() if config.log_format == "ENRICHED" else None
-    return LineFormatter(
-        node=node_name(config.name_format, config.name),
-        enrich=enricher.suffix if enricher else None,
-    )
+    return LineFormatter(node=node_name(config.name_format, config.name), enricher=enricher)
 
 
 class Daemon:
@@ -127,6 +129,7 @@ class Daemon:
         self.control: AuditSocket | None = None
         self.registered = False
         self.log_file: AuditLog | None = None
+        self.dispatcher: DispatcherLink | None = None
         self.space = SpacePolicy(space_settings(config))
         self._write_failing = False
         self._size_action_done = False
@@ -157,6 +160,13 @@ class Daemon:
             except (OSError, TimeoutError) as exc:
                 self._abort("set-enable", exc)
                 raise
+        self.dispatcher = DispatcherLink(
+            self.loop,
+            self._dispatcher_argv(),
+            wanted=self._plugins_active,
+            max_pending_bytes=self.config.q_depth * (MAX_PAYLOAD + HEADER.size),
+        )
+        self.dispatcher.reconcile()
         self._daemon_record(
             DAEMON_START, daemon_records.start_text(AUDIT_VERSION, self.config.log_format)
         )
@@ -188,6 +198,9 @@ class Daemon:
         """Undo everything `start` did that outlives us: the kernel registration above all."""
         if self.kernel is not None:
             self.loop.remove_reader(self.kernel.fileno())
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
+            self.dispatcher = None
         if self.registered and self.control is not None:
             try:
                 self.control.unregister()
@@ -247,8 +260,48 @@ class Daemon:
 
     def _handle(self, records: list[tuple[int, bytes]]) -> None:
         events = [r for r in records if r[0] not in NOT_EVENTS]
+        if not events:
+            return
         self.counters.received += len(events)
-        self._write(self.formatter.format_batch(events))
+        link = self.dispatcher
+        if link is None or link.sock is None:
+            self._write(self.formatter.format_batch(events))
+            if link is not None:
+                link.missed(len(events))
+            return
+        fmt = self.formatter.format
+        lines = [fmt(t, p) for t, p in events]
+        self._write([line for (t, _p), line in zip(events, lines, strict=True) if t != AUDIT_EOE])
+        link.send(self._frames(events, lines), len(events))
+
+    def _frames(self, events: list[tuple[int, bytes]], lines: list[bytes]) -> bytes:
+        """The batch in the dispatcher protocol: kernel text (V0) for RAW lines without a
+        node name, the formatted line (V1) otherwise, as the C daemon chooses."""
+        pack = HEADER.pack
+        if self._dispatch_v0:
+            return b"".join(
+                [pack(PROTOCOL_V0, 16, t, len(p)) + p for t, p in events]
+            )
+        return b"".join(
+            [pack(PROTOCOL_V1, 16, t, len(line) - 1) + line[:-1]
+             for (t, _p), line in zip(events, lines, strict=True)]
+        )
+
+    @property
+    def _dispatch_v0(self) -> bool:
+        return self.config.log_format == "RAW" and not self.formatter.node_prefix
+
+    def _dispatcher_argv(self) -> list[str]:
+        argv = [sys.executable, "-m", "auditpy.audispd", "-c", self.options.config_dir,
+                "--base-dir", self.options.base_dir, "--run-dir", self.options.run_dir]
+        return argv + (["-f"] if self.options.foreground or self.options.no_fork else [])
+
+    def _plugins_active(self) -> bool:
+        try:
+            return any_active(self.config.plugin_dir)
+        except OSError as exc:
+            log.error("Cannot read the plugin directory %s: %s", self.config.plugin_dir, exc)
+            return False
 
     def _write(self, lines: list[bytes]) -> None:
         log_file = self.log_file
@@ -327,9 +380,15 @@ class Daemon:
         )
         log.log(level, "%s", message)
 
-    def _daemon_record(self, msg_type: int, text: str, serial: int | None = None) -> None:
+    def _daemon_record(
+        self, msg_type: int, text: str, serial: int | None = None, *, dispatch: bool = True
+    ) -> None:
         serial = self.serials.next() if serial is None else serial
-        self._write([self.formatter.format(msg_type, daemon_records.payload(text, serial))])
+        payload = daemon_records.payload(text, serial)
+        line = self.formatter.format(msg_type, payload)
+        self._write([line])
+        if dispatch and self.dispatcher is not None and self.dispatcher.sock is not None:
+            self.dispatcher.send(self._frames([(msg_type, payload)], [line]), 1)
 
     def _sender(self) -> Sender | None:
         info = self.control.signal_info() if self.control and self.registered else None
@@ -375,6 +434,8 @@ class Daemon:
     def _resume(self) -> None:
         sender = self._sender()
         self._resume_logging()
+        if self.dispatcher is not None:
+            self.dispatcher.forward(signal.SIGUSR2)
         self._daemon_record(DAEMON_RESUME, daemon_records.resume_text(sender))
 
     def _resume_logging(self) -> None:
@@ -407,9 +468,16 @@ class Daemon:
             log.error("Configuration not applied, the old one stays in force: %s", exc)
             self._daemon_record(DAEMON_CONFIG, daemon_records.config_text(sender, ok=False))
             return
+        # Logged, never dispatched, like the C daemon's.
         self._daemon_record(
-            DAEMON_CONFIG, daemon_records.config_text(sender, ok=True), self.serials.fresh()
+            DAEMON_CONFIG,
+            daemon_records.config_text(sender, ok=True),
+            self.serials.fresh(),
+            dispatch=False,
         )
+        if self.dispatcher is not None:
+            self.dispatcher.max_pending_bytes = new.q_depth * (MAX_PAYLOAD + HEADER.size)
+            self.dispatcher.reconcile()
 
     def _apply(self, new: AuditdConfig) -> None:
         """Put a validated configuration in force; what cannot change while running is kept
@@ -438,6 +506,8 @@ class Daemon:
         self._check_space()
 
     def _write_state(self) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.forward(signal.SIGCONT)
         status: AuditStatus | None = None
         if self.control is not None:
             try:
@@ -456,6 +526,7 @@ class Daemon:
             kernel_backlog=status.backlog if status else None,
             log_state=self._log_state(),
             config_items=config_items,
+            extra=self.dispatcher.state() if self.dispatcher else None,
         )
         path = self.options.state_file
         old_umask = os.umask(0o137)

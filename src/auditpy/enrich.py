@@ -83,7 +83,6 @@ _DEC_RUN: Final = re.compile(rb"[0-9]*").match
 _C_SPACE: Final = b" \t\n\v\f\r"
 #: Bytes that audit_value_needs_encoding accepts unencoded: 0x21..0x7E except '"'.
 _SAFE_VALUE_BYTES: Final = bytes(b for b in range(0x21, 0x7F) if b != 0x22)
-_NO_SPACE_LEFT: Final = FORMAT_BUF_LEN  # sentinel raw_len meaning "do not enrich"
 _CACHE_LIMIT: Final = 4096
 #: Estimated length of ``type=X msg=audit(SSSSSSSSSS.MMM:NNNNN): `` minus the type name.
 _HEADER_ESTIMATE: Final = len("type= msg=audit(1700000000.000:1000000): ")
@@ -329,6 +328,180 @@ def _load_interpretations(text: bytes) -> dict[bytes, bytes]:
     return out
 
 
+#: (fields to enrich as (name, value, kind), record machine, record syscall, record a0 text;
+#: a0 is only decoded when a socketcall/ipc name needs it)
+_Picked = tuple[list[tuple[bytes, bytes, int]], int, int, bytes]
+
+
+def _strip_value(value: bytes) -> bytes:
+    """parse_up_record() drops one trailing ':' then ',' then "'" then ')' (not from
+    "(none)"/"(null)")."""
+    if value[-1] == 0x3A:  # ":"
+        value = value[:-1]
+    if value and value[-1] == 0x2C:  # ","
+        value = value[:-1]
+    if value and value[-1] == 0x27:  # "'"
+        value = value[:-1]
+    if value and value[-1] == 0x29 and value != b"(none)" and value != b"(null)":
+        value = value[:-1]
+    return value
+
+
+def _split_field(name: bytes, value: bytes) -> tuple[bytes, bytes] | None:
+    """Name and value auparse keeps for one ``name=value`` token, None if it drops it."""
+    if name == b"msg":
+        c = value[:1]
+        if c == b"a":
+            return None  # "msg=audit(...)" and anything else starting so
+        if c == b"'":
+            name, eq, value = value[1:].partition(b"=")
+            if not eq:
+                return None
+    if name[:1] == b"(":
+        name = name[1:]
+    if not value:
+        return None
+    return name, _strip_value(value)
+
+
+def _field_count(name: bytes, value: bytes) -> int:
+    """How many auparse fields one kept token becomes (key lists expand, may vanish)."""
+    if name == b"key" and value[:1] != b"(" and value[:1] != b'"':
+        return _virtual_key_count(value)
+    return 1
+
+
+class _RecordState:
+    """Record-wide values auparse records from fixed field positions."""
+
+    __slots__ = ("a0", "machine", "syscall")
+
+    def __init__(self) -> None:
+        self.machine = -1
+        self.syscall = -1
+        self.a0 = b"0"
+
+    def see(self, count: int, name: bytes, value: bytes) -> None:
+        """Field number `count` (the header's "type" is 1) is `name=value`."""
+        if count == 2 or count == 11:
+            if name == b"arch":
+                machine = _MACHINE_BY_ARCH_TEXT.get(value)
+                if machine is None:
+                    ival = _strtoul(value, 16)
+                    machine = -2 if ival is None else ELF_TO_MACHINE.get(ival & _U32, -1)
+                    if len(_MACHINE_BY_ARCH_TEXT) < _CACHE_LIMIT:
+                        _MACHINE_BY_ARCH_TEXT[value] = machine
+                self.machine = machine
+        elif count == 3 or count == 12:
+            if name == b"syscall":
+                num = _strtoul(value, 10)
+                self.syscall = -1 if num is None else _to_int32(num)
+        elif count == 6 and name == b"a0":
+            self.a0 = value
+
+
+#: r->machine for arch values seen (pure function of the text, bounded).
+_MACHINE_BY_ARCH_TEXT: dict[bytes, int] = {}
+
+
+#: A record state nothing was learnt into (shared, never modified).
+_NO_STATE: Final = _RecordState()
+#: Field numbers at which auparse records arch (2, 11), syscall (3, 12) or a0 (6).
+_POSITIONAL: Final = frozenset({2, 3, 6, 11, 12})
+#: Last bytes _strip_value may remove.
+_TRAILING_PUNCT: Final = b":,')"
+
+
+def _pick_fast(body: bytes, kinds: dict[bytes, int]) -> _Picked | None:
+    """parse_up_record() for the common record shape; None when the record needs the full
+    emulation (_pick_by_tokens).
+
+    Records without "msg=", names starting with "(" or empty values split into fields in the
+    obvious way; only the first dozen fields need counting (they decide the record's arch,
+    syscall and a0), the others are only looked up by name.
+    """
+    if b"msg=" in body or b" (" in body or b"= " in body or body[:1] == b"(" or body[-1:] == b"=":
+        return None
+    tokens = body.split(b" ")
+    picked: list[tuple[bytes, bytes, int]] = []
+    state = _NO_STATE
+    count = 1
+    i, n = 0, len(tokens)
+    while i < n and count < 12:
+        name, eq, value = tokens[i].partition(b"=")
+        i += 1
+        if not eq:
+            continue
+        if name == b"key" and value[:1] != b"(":
+            count += _field_count(name, value)
+            continue
+        count += 1
+        if count in _POSITIONAL:
+            if state is _NO_STATE:
+                state = _RecordState()
+            state.see(count, name, value)
+        kind = kinds.get(name)
+        if kind:
+            if value[-1] in _TRAILING_PUNCT:
+                value = _strip_value(value)
+            picked.append((name, value, kind))
+    if i < n:
+        get = kinds.get
+        for tok in tokens[i:]:
+            name, _, value = tok.partition(b"=")
+            kind = get(name)
+            if kind and value:
+                if value[-1] in _TRAILING_PUNCT:
+                    value = _strip_value(value)
+                picked.append((name, value, kind))
+    return picked, state.machine, state.syscall, state.a0
+
+
+def _pick_by_tokens(body: bytes, kinds: dict[bytes, int], avc: bool) -> _Picked | None:
+    """Token-by-token emulation of parse_up_record(), including the unlabelled SELinux AVC
+    result and permission set; None when auparse rejects the record."""
+    picked: list[tuple[bytes, bytes, int]] = []
+    state = _RecordState()
+    count = 1  # the header's "type" field
+    tokens = iter(body.split(b" "))
+    for tok in tokens:
+        if not tok:
+            continue
+        name, eq, value = tok.partition(b"=")
+        if not eq:
+            if not avc:
+                continue
+            if count == 1:
+                if not tok.startswith(b"avc"):
+                    count += 1  # "seresult"
+            elif count == 2 and tok[0] == 0x7B:  # "{"
+                total = 0
+                for perm in tokens:
+                    if not perm:
+                        continue
+                    if perm[0] == 0x7D:  # "}"
+                        break
+                    if len(perm) + 1 >= 256 - total:
+                        return None  # auparse's 256-byte permission buffer overflows
+                    total += len(perm) + (1 if total else 0)
+                count += 1  # "seperms"
+            continue
+        kept = _split_field(name, value)
+        if kept is None:
+            continue
+        name, value = kept
+        if name == b"key" and value[:1] != b"(":
+            count += _field_count(name, value)
+            continue
+        count += 1
+        if count <= 12:
+            state.see(count, name, value)
+        kind = kinds.get(name)
+        if kind:
+            picked.append((name, value, kind))
+    return picked, state.machine, state.syscall, state.a0
+
+
 def _detect_machine() -> int:
     """audit_detect_machine(): the machine this host runs, from uname(2)."""
     return UNAME_TO_MACHINE.get(os.uname().machine, -1)
@@ -418,7 +591,7 @@ class Enricher:
             self._sockaddr_cache[value] = out
         return out
 
-    def _syscall(self, value: bytes, machine: int, syscall: int, a0: int) -> bytes:
+    def _syscall(self, value: bytes, machine: int, syscall: int, a0_text: bytes) -> bytes:
         """print_syscall(): uses the record's machine and syscall number, not this value."""
         if machine < 0:
             machine = self._machine
@@ -427,13 +600,13 @@ class Enricher:
         name = _SYSCALL_BYTES.get(machine, {}).get(syscall)
         if name is None:
             return b"unknown-syscall(%d)" % syscall
+        if name != b"socketcall" and name != b"ipc":
+            return name
+        parsed_a0 = _strtoul(a0_text, 16)
+        a0 = _ULONG_MAX if parsed_a0 is None else parsed_a0
+        # C: `(int)a0 == a0`, then a lookup by int; negative calls have no name.
         if a0 < 0x80000000:
-            if name == b"socketcall":
-                sub = _SOCKETCALL_BYTES.get(a0)
-            elif name == b"ipc":
-                sub = _IPC_BYTES.get(a0)
-            else:
-                return name
+            sub = (_SOCKETCALL_BYTES if name == b"socketcall" else _IPC_BYTES).get(a0)
             if sub is not None:
                 return name + b"(" + sub + b")"
         return name
@@ -475,78 +648,13 @@ class Enricher:
             body = body[:cut]
 
         kinds = _KINDS_BY_RTYPE.get(rtype, _DEFAULT_KINDS)
-        avc = rtype in (_AUDIT_AVC, _AUDIT_USER_AVC)
-        picked: list[tuple[bytes, bytes, int]] = []
-        count = 1  # fields auparse holds so far: the header's "type"
-        machine = -1
-        syscall = -1
-        a0 = 0
-        tokens = iter(body.split(b" "))
-        for tok in tokens:
-            if not tok:
-                continue
-            eq = tok.find(b"=")
-            if eq < 0:
-                if not avc:
-                    continue
-                # SELinux AVC text has two unlabelled parts: the result and the permissions.
-                if count == 1:
-                    if not tok.startswith(b"avc"):
-                        count += 1
-                elif count == 2 and tok[0] == 0x7B:  # "{"
-                    total = 0
-                    for perm in tokens:
-                        if not perm:
-                            continue
-                        if perm[0] == 0x7D:  # "}"
-                            break
-                        if len(perm) + 1 >= 256 - total:
-                            return b""  # auparse rejects the whole record
-                        total += len(perm) + (1 if total else 0)
-                    count += 1
-                continue
-            if tok.startswith(b"msg="):
-                c = tok[4:5]
-                if c == b"a":
-                    continue
-                if c == b"'":
-                    tok = tok[5:]
-                    eq = tok.find(b"=")
-                    if eq < 0:
-                        continue
-            name = tok[:eq]
-            if name[:1] == b"(":
-                name = name[1:]
-            value = tok[eq + 1 :]
-            if not value:
-                continue
-            if value[-1] == 0x3A:  # ":"
-                value = value[:-1]
-            if value and value[-1] == 0x2C:  # ","
-                value = value[:-1]
-            if value and value[-1] == 0x27:  # "'"
-                value = value[:-1]
-            if value and value[-1] == 0x29 and value != b"(none)" and value != b"(null)":
-                value = value[:-1]
-            if name == b"key" and value[:1] != b"(":
-                count += 1 if value[:1] == b'"' else _virtual_key_count(value)
-                continue
-            count += 1
-            if count <= 12:
-                if count == 2 or count == 11:
-                    if name == b"arch":
-                        ival = _strtoul(value, 16)
-                        machine = -2 if ival is None else ELF_TO_MACHINE.get(ival & _U32, -1)
-                elif count == 3 or count == 12:
-                    if name == b"syscall":
-                        num = _strtoul(value, 10)
-                        syscall = -1 if num is None else _to_int32(num)
-                elif count == 6 and name == b"a0":
-                    num = _strtoul(value, 16)
-                    a0 = _ULONG_MAX if num is None else num
-            kind = kinds.get(name)
-            if kind:
-                picked.append((name, value, kind))
+        if rtype in (_AUDIT_AVC, _AUDIT_USER_AVC):
+            parsed = _pick_by_tokens(body, kinds, True)
+        else:
+            parsed = _pick_fast(body, kinds) or _pick_by_tokens(body, kinds, False)
+        if parsed is None:
+            return b""
+        picked, machine, syscall, a0 = parsed
         if not picked:
             return b""
 
@@ -575,7 +683,7 @@ class Enricher:
         interp: dict[bytes, bytes] | None,
         machine: int,
         syscall: int,
-        a0: int,
+        a0: bytes,
     ) -> bytes:
         """``NAME=interpretation`` for one field, as add_simple_field() writes it."""
         label = _UPPER_NAMES.get(name) or name.upper()[:_NAME_MAX] + b"="

@@ -19,15 +19,32 @@ FIELD_KINDS: dict[str, int] = {
     'suid': 1, 'syscall': 3, 'uid': 1,
 }
 
-#: Record type -> {field name: kind (0 = not enriched)} where it differs from FIELD_KINDS.
+#: Record type -> {field name: kind (0: not enriched)} where it differs from FIELD_KINDS.
 KIND_OVERRIDES: dict[int, dict[str, int]] = {
-    1116: {'id': 2},
-    1117: {'id': 2},
-    1121: {'arch': 0, 'auid': 0, 'egid': 0, 'euid': 0, 'fsgid': 0, 'fsuid': 0, 'gid': 0, 'id': 0, 'igid': 0, 'inode_gid': 0, 'inode_uid': 0, 'iuid': 0, 'new_gid': 0, 'oauid': 0, 'obj_gid': 0, 'obj_uid': 0, 'ogid': 0, 'old-auid': 0, 'ouid': 0, 'saddr': 0, 'sauid': 0, 'sgid': 0, 'suid': 0, 'syscall': 0, 'uid': 0},
-    1132: {'id': 2},
-    1309: {'arch': 0, 'auid': 0},
-    1324: {'saddr': 0},
-    1400: {'saddr': 0},
+    1116: {
+        'id': 2,
+    },
+    1117: {
+        'id': 2,
+    },
+    1121: {
+        'arch': 0, 'auid': 0, 'egid': 0, 'euid': 0, 'fsgid': 0, 'fsuid': 0, 'gid': 0, 'id': 0,
+        'igid': 0, 'inode_gid': 0, 'inode_uid': 0, 'iuid': 0, 'new_gid': 0, 'oauid': 0,
+        'obj_gid': 0, 'obj_uid': 0, 'ogid': 0, 'old-auid': 0, 'ouid': 0, 'saddr': 0, 'sauid': 0,
+        'sgid': 0, 'suid': 0, 'syscall': 0, 'uid': 0,
+    },
+    1132: {
+        'id': 2,
+    },
+    1309: {
+        'arch': 0, 'auid': 0,
+    },
+    1324: {
+        'saddr': 0,
+    },
+    1400: {
+        'saddr': 0,
+    },
 }
 
 #: Message types whose name maps back to a different number in libaudit.

@@ -6,8 +6,7 @@ Pure functions and tables; the per-record hot path is `LineFormatter.format`.
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
-
+from .enrich import Enricher
 from .msgtypes import MSG_TYPE_NAMES
 from .netlink import AUDIT_EOE, AUDIT_REPLACE
 
@@ -80,9 +79,6 @@ def node_name(name_format: str, name: str | None) -> str | None:
     raise ValueError(f"unknown name_format {name_format}")
 
 
-Enrich = Callable[[int, bytes], bytes]
-
-
 class LineFormatter:
     """Formats records into log lines; one instance per configuration.
 
@@ -90,10 +86,10 @@ class LineFormatter:
     lookup and one concatenation.
     """
 
-    def __init__(self, node: str | None = None, enrich: Enrich | None = None) -> None:
+    def __init__(self, node: str | None = None, enricher: Enricher | None = None) -> None:
         self.node_prefix = f"node={node} ".encode() if node else b""
         self.limit = MAX_PAYLOAD if not node else MAX_PAYLOAD + 64
-        self.enrich = enrich
+        self.enricher = enricher
         self._prefix: dict[int, bytes] = {}
 
     def prefix(self, msg_type: int) -> bytes:
@@ -113,11 +109,11 @@ class LineFormatter:
         line = prefix + payload
         if len(line) >= MAX_LINE:
             line = line[:MAX_LINE]
-        if self.enrich is not None:
+        if self.enricher is not None:
             body_start = payload.find(b"): ")
-            suffix = self.enrich(msg_type, payload[body_start + 3 :] if body_start >= 0 else b"")
-            if suffix and len(line) + len(suffix) < MAX_LINE:
-                line += suffix
+            body = payload[body_start + 3 :] if body_start >= 0 else b""
+            # The enricher knows the C daemon's buffer limits: it appends what fits.
+            line += self.enricher.suffix(msg_type, body, raw_len=len(line))
         return line + b"\n"
 
     def format_batch(self, records: list[tuple[int, bytes]]) -> list[bytes]:

@@ -1,0 +1,260 @@
+"""pyauditd's end of the dispatcher: it owns the pyaudispd child and the socket to it.
+
+The C daemon's original bug lived here: a second reaper took the dispatcher's exit status
+and auditd kept signalling a dead pid. This link is the dispatcher's only owner: the child
+is watched through its pidfd on the daemon's event loop, reaped exactly once, and signalled
+only through that pidfd, so a stale pid can never be hit. After every exit the link asks
+again whether a dispatcher should run, so a reload that races with an exit still ends with
+the processes the configuration asks for.
+
+Records never wait for the dispatcher: frames go out with non-blocking sends; what the
+socket does not take is kept up to a bound, and beyond that dropped and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Sequence
+
+from .children import ChildHandle, spawn_child
+
+log = logging.getLogger("auditpy")
+
+#: Back-off before restarting a dispatcher that died: doubles from the first value up to the
+#: second, and starts again from the first once one has run for STABLE_AFTER seconds.
+RESTART_DELAY = (0.2, 30.0)
+STABLE_AFTER = 60.0
+SNDBUF = 4 << 20
+STOP_TIMEOUT = 5.0
+
+
+class DispatcherLink:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        argv: Sequence[str],
+        *,
+        wanted: Callable[[], bool],
+        max_pending_bytes: int,
+    ) -> None:
+        self.loop = loop
+        self.argv = list(argv)
+        #: asked after every exit and reload: should a dispatcher run now?
+        self.wanted = wanted
+        self.max_pending_bytes = max_pending_bytes
+        self.child: ChildHandle | None = None
+        self.sock: socket.socket | None = None
+        self._pending: collections.deque[tuple[memoryview, int]] = collections.deque()
+        self._pending_bytes = 0
+        self._writing = False
+        self._stopping = False
+        self._delay = RESTART_DELAY[0]
+        self._started_at = 0.0
+        self._restart: asyncio.TimerHandle | None = None
+        #: the last answer of `wanted`; asked only at reloads and exits, never per record
+        self._want = False
+        self.records_sent = 0
+        self.records_dropped = 0
+        self.starts = 0
+
+    @property
+    def running(self) -> bool:
+        return self.child is not None
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def reconcile(self) -> None:
+        """Start, signal or leave the dispatcher so that it matches the configuration.
+
+        A running dispatcher gets SIGHUP even when no plugin is active any more: it then
+        stops its plugins and exits by itself, and its exit brings us back here.
+        """
+        if self._stopping:
+            return
+        self._want = self.wanted()
+        if self.child is not None:
+            self.child.send_signal(signal.SIGHUP)
+        elif self._want:
+            self._cancel_restart()
+            self._start()
+
+    def forward(self, signum: int) -> None:
+        if self.child is not None:
+            self.child.send_signal(signum)
+
+    def _start(self) -> None:
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            parent_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
+            parent_end.setblocking(False)
+            child = spawn_child(self.argv, stdin_fd=child_end.fileno(), env=dict(os.environ))
+        except OSError as exc:
+            parent_end.close()
+            log.error("Cannot start the dispatcher %s: %s", self.argv[0], exc)
+            self._schedule_restart()
+            return
+        finally:
+            child_end.close()
+        self.sock = parent_end
+        self.child = child
+        self.starts += 1
+        self._started_at = time.monotonic()
+        child.attach(self.loop, self._exited)
+        log.info("Started dispatcher: %s pid: %d", " ".join(self.argv[:3]), child.pid)
+
+    def _exited(self, child: ChildHandle) -> None:
+        if child is not self.child:
+            return
+        self.child = None
+        self._drop_pending()
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        status = child.returncode
+        if self._stopping:
+            return
+        if status == 0:
+            log.info("Dispatcher %d exited (no active plugins)", child.pid)
+            self._delay = RESTART_DELAY[0]
+            self._want = self.wanted()
+            if self._want:  # a reload activated a plugin while it was exiting
+                self._start()
+            return
+        how = f"killed by signal {-status}" if status is not None and status < 0 else (
+            f"exit status {status}"
+        )
+        log.error("Dispatcher %d died (%s)", child.pid, how)
+        if time.monotonic() - self._started_at >= STABLE_AFTER:
+            self._delay = RESTART_DELAY[0]
+        self._want = self.wanted()
+        if self._want:
+            self._schedule_restart()
+
+    def _schedule_restart(self) -> None:
+        if self._stopping or self._restart is not None:
+            return
+        delay = self._delay
+        self._delay = min(self._delay * 2, RESTART_DELAY[1])
+        log.info("Restarting the dispatcher in %.1f s", delay)
+        self._restart = self.loop.call_later(delay, self._restart_now)
+
+    def _restart_now(self) -> None:
+        self._restart = None
+        self._want = self.wanted()
+        if self.child is None and not self._stopping and self._want:
+            self._start()
+
+    def _cancel_restart(self) -> None:
+        if self._restart is not None:
+            self._restart.cancel()
+            self._restart = None
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Shut down: end of input tells pyaudispd to stop its plugins and exit; it is
+        waited for (bounded), then killed, and always reaped."""
+        self._stopping = True
+        self._cancel_restart()
+        child, self.child = self.child, None
+        self._flush_blocking(deadline=time.monotonic() + min(1.0, timeout))
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        if child is not None and child.wait(timeout) is None:
+            child.send_signal(signal.SIGKILL)
+            child.wait(None)
+
+    # -- records ------------------------------------------------------------------------------
+
+    def send(self, data: bytes, records: int) -> None:
+        """Queue one batch of frames; never blocks."""
+        sock = self.sock
+        if sock is None:
+            self.missed(records)
+            return
+        view = memoryview(data)
+        if not self._pending:
+            try:
+                sent = sock.send(view)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self.records_dropped += records
+                return  # the exit of the child follows; its pidfd reports it
+            if sent == len(data):
+                self.records_sent += records
+                return
+            view = view[sent:]
+        if self._pending_bytes + len(view) > self.max_pending_bytes:
+            self.records_dropped += records
+            return
+        self._pending.append((view, records))
+        self._pending_bytes += len(view)
+        if not self._writing:
+            self._writing = True
+            self.loop.add_writer(sock.fileno(), self._drain)
+
+    def missed(self, records: int) -> None:
+        """Records that passed while no dispatcher ran: lost to plugins if one should run."""
+        if self._want:
+            self.records_dropped += records
+
+    def _drain(self) -> None:
+        sock = self.sock
+        while self._pending and sock is not None:
+            view, records = self._pending[0]
+            try:
+                sent = sock.send(view)
+            except BlockingIOError:
+                return
+            except OSError:
+                self._drop_pending()
+                return
+            self._pending_bytes -= sent
+            if sent < len(view):
+                self._pending[0] = (view[sent:], records)
+                return
+            self._pending.popleft()
+            self.records_sent += records
+        self._stop_writing()
+
+    def _stop_writing(self) -> None:
+        if self._writing and self.sock is not None:
+            self.loop.remove_writer(self.sock.fileno())
+        self._writing = False
+
+    def _drop_pending(self) -> None:
+        self._stop_writing()
+        self.records_dropped += sum(records for _view, records in self._pending)
+        self._pending.clear()
+        self._pending_bytes = 0
+
+    def _flush_blocking(self, deadline: float) -> None:
+        """At shutdown, give the dispatcher what is still queued, for a bounded time."""
+        sock = self.sock
+        if sock is None:
+            return
+        self._stop_writing()
+        sock.settimeout(max(0.0, deadline - time.monotonic()))
+        try:
+            while self._pending:
+                view, records = self._pending.popleft()
+                sock.sendall(view)
+                self.records_sent += records
+        except OSError:
+            pass
+        self._drop_pending()
+
+    def state(self) -> dict[str, str]:
+        return {
+            "dispatcher pid": str(self.child.pid) if self.child else "none",
+            "dispatcher starts": str(self.starts),
+            "records sent to the dispatcher": str(self.records_sent),
+            "records not sent to the dispatcher (dropped)": str(self.records_dropped),
+            "dispatcher backlog bytes": str(self._pending_bytes),
+        }
