@@ -516,3 +516,46 @@ def test_generated_tables_cover_the_main_arches() -> None:
     assert SYSCALL_NAMES[by_name["i386"]][11] == "execve"
     assert SYSCALL_NAMES[by_name["aarch64"]][221] == "execve"
     assert os.uname().machine in enrich.UNAME_TO_MACHINE or enrich._detect_machine() == -1
+
+
+# ---------------------------------------------------------------- the SYSCALL hot path
+
+_ARCHES = [b"c000003e", b"40000003", b"c00000b7", b"deadbeef"]
+
+
+@given(
+    arch=st.sampled_from(_ARCHES),
+    syscall=st.integers(0, 500),
+    a0=st.sampled_from([b"0", b"1", b"3", b"ffffffff", b"7ffe1234"]),
+    ids=st.lists(st.sampled_from([b"0", b"1", b"65534", b"4294967295", b"12345", b"99999"]),
+                 min_size=9, max_size=9),
+    key=st.sampled_from([b"(null)", b'"bench"', b"6B6579"]),
+    subj=st.booleans(),
+)
+def test_syscall_fast_path_equals_the_general_one(
+    arch: bytes, syscall: int, a0: bytes, ids: list[bytes], key: bytes, subj: bool
+) -> None:
+    names = [b"auid", b"uid", b"gid", b"euid", b"suid", b"fsuid", b"egid", b"sgid", b"fsgid"]
+    block = b" ".join(n + b"=" + v for n, v in zip(names, ids, strict=True))
+    body = (b"arch=" + arch + b" syscall=%d success=yes exit=0 a0=" % syscall + a0
+            + b" a1=0 a2=0 a3=0 items=0 ppid=1 pid=2 " + block
+            + b' tty=(none) ses=4294967295 comm="x" exe="/bin/x"'
+            + (b" subj=unconfined" if subj else b"") + b" key=" + key)
+    from auditpy.enrich import _SYSCALL_SHAPE
+
+    assert _SYSCALL_SHAPE.match(body) is not None
+    cached = Enricher()
+    first = cached.suffix(1300, body, raw_len=len(body) + 40)
+    again = cached.suffix(1300, body, raw_len=len(body) + 40)
+    general = Enricher()._suffix(1300, body, len(body) + 40)
+    assert first == again == general
+
+
+def test_syscall_fast_path_declines_unusual_records() -> None:
+    from auditpy.enrich import _SYSCALL_SHAPE
+
+    odd = (b"arch=c000003e syscall=59 success=yes exit=0 a0=0 a1=0 a2=0 a3=0 items=0 ppid=1 "
+           b"pid=2 auid=0 uid=0 gid=0 euid=0 suid=0 fsuid=0 egid=0 sgid=0 fsgid=0 tty=(none) "
+           b'ses=1 comm="x" exe="/bin/x" key=(null) ouid=0')
+    assert _SYSCALL_SHAPE.match(odd) is None
+    assert Enricher().suffix(1300, odd, raw_len=300).endswith(b' OUID="root"')

@@ -404,6 +404,20 @@ class _RecordState:
 _MACHINE_BY_ARCH_TEXT: dict[bytes, int] = {}
 
 
+_AUDIT_SYSCALL: Final = 1300
+#: Lines shorter than this leave room for every field of a SYSCALL record's suffix.
+_ROOMY_LINE: Final = FORMAT_BUF_LEN - 1024
+_TOKEN = rb"[^\s\x00\x1d=]+"
+#: The layout the kernel gives every SYSCALL record (audit_log_exit); values of the tail
+#: are hex-encoded when they hold spaces, so a match leaves no other field to enrich.
+_SYSCALL_SHAPE: Final = re.compile(
+    rb"arch=(" + _TOKEN + rb") syscall=(\d+) (?:per=[0-9a-f]+ )?success=" + _TOKEN
+    + rb" exit=" + _TOKEN + rb"(?: a[0-3]=" + _TOKEN + rb"){4} items=\d+ ppid=\d+ pid=\d+ "
+    rb"(auid=\d+ uid=\d+ gid=\d+ euid=\d+ suid=\d+ fsuid=\d+ egid=\d+ sgid=\d+ fsgid=\d+)"
+    rb" tty=" + _TOKEN + rb" ses=\d+ comm=[^\s\x00\x1d]+ exe=[^\s\x00\x1d]+"
+    rb"(?: subj=[^\s\x00\x1d]+)? key=[^\s\x00\x1d]+\Z"
+)
+
 #: A record state nothing was learnt into (shared, never modified).
 _NO_STATE: Final = _RecordState()
 #: Field numbers at which auparse records arch (2, 11), syscall (3, 12) or a0 (6).
@@ -436,14 +450,14 @@ def _pick_fast(body: bytes, kinds: dict[bytes, int]) -> _Picked | None:
             count += _field_count(name, value)
             continue
         count += 1
+        if value[-1] in _TRAILING_PUNCT:
+            value = _strip_value(value)
         if count in _POSITIONAL:
             if state is _NO_STATE:
                 state = _RecordState()
             state.see(count, name, value)
         kind = kinds.get(name)
         if kind:
-            if value[-1] in _TRAILING_PUNCT:
-                value = _strip_value(value)
             picked.append((name, value, kind))
     if i < n:
         get = kinds.get
@@ -524,6 +538,7 @@ class Enricher:
         self._uid_misses: dict[int, float] = {}
         self._gid_misses: dict[int, float] = {}
         self._sockaddr_cache: dict[bytes, bytes] = {}
+        self._syscall_suffixes: dict[tuple[bytes, ...], bytes] = {}
         self._machine = _detect_machine()
 
     # ---------------------------------------------------------------- caches
@@ -533,6 +548,7 @@ class Enricher:
         self._gid_values.clear()
         self._uid_misses.clear()
         self._gid_misses.clear()
+        self._syscall_suffixes.clear()
 
     def _id_value(self, value: bytes, is_gid: bool) -> bytes:
         """Encoded interpretation of a uid/gid field value (print_uid/print_gid)."""
@@ -621,6 +637,14 @@ class Enricher:
         when omitted it is estimated from a usual header.  Returns b"" when nothing is
         appended, else 0x1D followed by the space-separated fields.
         """
+        if (
+            msg_type == _AUDIT_SYSCALL
+            and raw_len is not None
+            and raw_len < _ROOMY_LINE
+            and isinstance(body, bytes)
+            and (shape := _SYSCALL_SHAPE.match(body)) is not None
+        ):
+            return self._syscall_suffix(shape.groups(), body, raw_len)
         if msg_type in _FLUSH_BEFORE:
             self.flush_caches()
         try:
@@ -632,6 +656,25 @@ class Enricher:
         finally:
             if msg_type in _FLUSH_AFTER:
                 self.flush_caches()
+
+    def _syscall_suffix(self, key: tuple[bytes, ...], body: bytes, raw_len: int) -> bytes:
+        """The hot path: a kernel SYSCALL record of the usual shape.
+
+        Its suffix depends only on arch, syscall and the uid/gid block (a0 only for
+        socketcall/ipc, which are not cached), so a process's records share one entry.
+        Suffixes holding a failed name lookup are not kept, so the lookup is retried.
+        """
+        hit = self._syscall_suffixes.get(key)
+        if hit is not None:
+            return hit
+        out = self._suffix(_AUDIT_SYSCALL, body, raw_len)
+        if b"SYSCALL=socketcall" not in out and b"SYSCALL=ipc" not in out and (
+            b"unknown(" not in out
+        ):
+            if len(self._syscall_suffixes) >= _CACHE_LIMIT:
+                self._syscall_suffixes.clear()
+            self._syscall_suffixes[key] = out
+        return out
 
     def _suffix(self, rtype: int, body: bytes, raw_len: int) -> bytes:
         left = FORMAT_BUF_LEN - raw_len
