@@ -6,6 +6,7 @@ Pure functions and tables; the per-record hot path is `LineFormatter.format`.
 from __future__ import annotations
 
 import socket
+
 from .enrich import Enricher
 from .msgtypes import MSG_TYPE_NAMES
 from .netlink import AUDIT_EOE, AUDIT_REPLACE
