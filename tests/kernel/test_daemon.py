@@ -234,3 +234,41 @@ def test_suspend_on_admin_space_left_and_resume_on_sigusr2(
         assert not any("pytest-while-suspended" in ln for ln in d.lines(log_path))
     finally:
         assert daemon.stop() == 0
+
+
+def test_max_log_file_rotates_by_size(kernel_state: AuditStatus, daemon_dir: DaemonDir) -> None:
+    daemon_dir.write_config(max_log_file="1", max_log_file_action="ROTATE", num_logs="3")
+    daemon = start_pyauditd(daemon_dir)
+    try:
+        filler = "x" * 900
+        for i in range(1400):  # about 1.4 MiB of USER records
+            auditctl("-m", f"pytest-size-{i} {filler}")
+        daemon.wait_for_line("pytest-size-1399")
+        logs = sorted(p.name for p in daemon_dir.log.parent.iterdir())
+        assert logs == ["audit.log", "audit.log.1"]
+        assert (daemon_dir.log.parent / "audit.log.1").stat().st_size >= 1 << 20
+        texts = [ln for p in (daemon_dir.log, daemon_dir.log.parent / "audit.log.1")
+                 for ln in daemon_dir.lines(p) if "pytest-size-" in ln]
+        assert len(texts) == 1400
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_daemonizes_and_reports_success_through_its_exit_status(
+    kernel_state: AuditStatus, daemon_dir: DaemonDir
+) -> None:
+    proc = subprocess.run(
+        ["pyauditd", "-s", "nochange", "-c", str(daemon_dir.conf_dir),
+         "--run-dir", str(daemon_dir.run_dir)], capture_output=True, text=True, timeout=30,
+    )
+    assert proc.returncode == 0, proc.stderr
+    pid = int((daemon_dir.run_dir / "auditd.pid").read_text())
+    try:
+        assert get_status().pid == pid
+        assert os.getsid(pid) == pid  # a session of its own, detached from ours
+        auditctl("-m", "pytest-detached")
+        assert wait_for(lambda: any("pytest-detached" in ln for ln in daemon_dir.lines()), 10)
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        assert wait_for(lambda: get_status().pid == 0, 10)
+    assert wait_for(lambda: not (daemon_dir.run_dir / "auditd.pid").exists(), 5)
