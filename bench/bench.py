@@ -1,0 +1,455 @@
+#!/usr/bin/env python3
+"""Benchmark pyauditd side by side with the C auditd on this kernel.
+
+For each scenario both daemons run in turn, several rounds alternating, on one shared
+configuration; the figures are medians, and the ratio is pyauditd / C from the same run.
+Writes RESULTS.md (a Markdown table) and RESULTS.png (a chart, if matplotlib is installed)
+into --out. Run as root with no audit daemon registered:
+
+    python3 bench/bench.py [--events 100000] [--rounds 3] [--scenarios raw,enriched,...]
+
+The kernel settings it changes (enabled, backlog_limit, backlog_wait_time) and the rules it
+adds are put back whatever happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+
+from auditpy.netlink import (
+    STATUS_BACKLOG_LIMIT,
+    STATUS_BACKLOG_WAIT_TIME,
+    STATUS_ENABLED,
+    AuditSocket,
+    AuditStatus,
+)
+
+HERE = Path(__file__).resolve().parent
+C_AUDITD = "/sbin/auditd"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    log_format: str = "RAW"
+    plugins: int = 0
+    workload: str = "getppid"
+    lossy: bool = False
+
+
+SCENARIOS = {
+    s.name: s
+    for s in [
+        Scenario("raw", "lossless, RAW"),
+        Scenario("enriched", "lossless, ENRICHED", log_format="ENRICHED"),
+        Scenario("plugin1", "lossless, RAW, 1 plugin", plugins=1),
+        Scenario("plugin3", "lossless, RAW, 3 plugins", plugins=3),
+        Scenario("lossy", "burst, backlog_wait_time 0", lossy=True),
+        Scenario("exec", "fork/exec of true, execve rule", workload="exec"),
+    ]
+}
+
+
+@dataclass
+class Run:
+    events: int
+    seconds: float
+    cpu: float
+    rss_kib: int
+    dispatcher_rss_kib: int
+    lost: int
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def cpu_per_100k(self) -> float:
+        return self.cpu / self.events * 100_000 if self.events else 0.0
+
+
+@dataclass
+class Result:
+    scenario: Scenario
+    runs: dict[str, list[Run]] = field(default_factory=lambda: {"c": [], "py": []})
+
+
+# -- the kernel -------------------------------------------------------------------------------
+
+
+def status() -> AuditStatus:
+    sock = AuditSocket()
+    try:
+        return sock.get_status()
+    finally:
+        sock.close()
+
+
+def set_status(st: AuditStatus) -> None:
+    sock = AuditSocket()
+    try:
+        sock.set_status(st)
+    finally:
+        sock.close()
+
+
+@contextmanager
+def kernel_settings(backlog_wait_time: int | None) -> Iterator[None]:
+    before = status()
+    try:
+        set_status(AuditStatus(
+            mask=STATUS_ENABLED | STATUS_BACKLOG_LIMIT | STATUS_BACKLOG_WAIT_TIME,
+            enabled=1, backlog_limit=8192,
+            backlog_wait_time=before.backlog_wait_time if backlog_wait_time is None
+            else backlog_wait_time,
+        ))
+        yield
+    finally:
+        set_status(AuditStatus(
+            mask=STATUS_ENABLED | STATUS_BACKLOG_LIMIT | STATUS_BACKLOG_WAIT_TIME,
+            enabled=before.enabled, backlog_limit=before.backlog_limit,
+            backlog_wait_time=before.backlog_wait_time,
+        ))
+
+
+@contextmanager
+def rule(args: list[str]) -> Iterator[None]:
+    subprocess.run(["auditctl", "-a", *args], check=True, stdout=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        subprocess.run(["auditctl", "-d", *args], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+
+
+# -- processes ----------------------------------------------------------------------------------
+
+
+def tree(pid: int) -> list[int]:
+    """pid and all its descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields_ = f.read().rsplit(")", 1)[1].split()
+            total += int(fields_[11]) + int(fields_[12])  # utime, stime
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / CLK_TCK
+
+
+def peak_rss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.02) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
+class LogCounter:
+    """Counts the SYSCALL records of a rule key as the log grows, reading only what is new.
+
+    The key ends those lines (RAW) or comes right before the ENRICHED separator; the
+    CONFIG_CHANGE records of adding and deleting the rule carry it in mid-line.
+    """
+
+    def __init__(self, path: Path, key: str) -> None:
+        self.path = path
+        self.markers = (f'key="{key}"\n'.encode(), f'key="{key}"\x1d'.encode())
+        self.offset = 0
+        self.tail = b""
+        self.count = 0
+
+    def poll(self) -> int:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return self.count
+        self.offset += len(data)
+        data = self.tail + data
+        cut = data.rfind(b"\n") + 1
+        self.tail = data[cut:]
+        self.count += sum(data[:cut].count(marker) for marker in self.markers)
+        return self.count
+
+
+# -- one run ----------------------------------------------------------------------------------
+
+
+def write_config(root: Path, scenario: Scenario) -> Path:
+    conf = root / "etc"
+    plugins = conf / "plugins.d"
+    plugins.mkdir(parents=True)
+    (root / "log").mkdir(mode=0o700)
+    (root / "run").mkdir()
+    (conf / "auditd.conf").write_text(
+        f"log_file = {root}/log/audit.log\n"
+        f"log_format = {scenario.log_format}\n"
+        "flush = INCREMENTAL_ASYNC\nfreq = 50\nnum_logs = 2\nmax_log_file = 0\n"
+        "max_log_file_action = IGNORE\nspace_left = 2\nadmin_space_left = 1\n"
+        "space_left_action = SYSLOG\nadmin_space_left_action = SUSPEND\n"
+        "disk_full_action = SUSPEND\ndisk_error_action = SUSPEND\npriority_boost = 4\n"
+        f"q_depth = 2000\noverflow_action = SYSLOG\nplugin_dir = {plugins}\n"
+    )
+    for i in range(scenario.plugins):
+        (plugins / f"cat{i}.conf").write_text(
+            "active = yes\ndirection = out\npath = /bin/cat\ntype = always\nformat = string\n"
+        )
+    for path in [conf / "auditd.conf", *plugins.iterdir()]:
+        os.chmod(path, 0o640)
+    return conf
+
+
+def one_run(daemon: str, scenario: Scenario, events: int, loadgen: Path, true_copy: Path,
+            pyauditd: list[str]) -> Run:
+    root = Path(tempfile.mkdtemp(prefix=f"bench-{daemon}-"))
+    try:
+        conf = write_config(root, scenario)
+        if daemon == "c":
+            argv = [C_AUDITD, "-n", "-s", "nochange", "-c", str(conf)]
+        else:
+            argv = [*pyauditd, "-n", "-s", "nochange", "-c", str(conf),
+                    "--run-dir", str(root / "run")]
+        with kernel_settings(0 if scenario.lossy else None), \
+                open(root / "daemon.err", "wb") as errors:
+            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=errors)
+            try:
+                return measure(proc, scenario, events, loadgen, true_copy, root)
+            finally:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                wait_for(lambda: status().pid != proc.pid, 10)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def measure(proc: subprocess.Popen[bytes], scenario: Scenario, events: int, loadgen: Path,
+            true_copy: Path, root: Path) -> Run:
+    if not wait_for(lambda: status().pid == proc.pid or proc.poll() is not None, 15):
+        raise RuntimeError(f"daemon {proc.args} did not register")
+    if proc.poll() is not None:
+        raise RuntimeError(f"daemon exited: {(root / 'daemon.err').read_text()}")
+    if scenario.plugins:
+        wait_for(lambda: len(tree(proc.pid)) >= 1 + scenario.plugins, 10)
+        time.sleep(0.3)
+    log = root / "log" / "audit.log"
+    if scenario.workload == "exec":
+        key = "bench-exec"
+        rule_args = ["always,exit", "-F", "arch=b64", "-S", "execve", "-F", f"exe={true_copy}",
+                     "-k", key]
+        command = [str(loadgen), "exec", str(events), str(true_copy)]
+    else:
+        key = "bench"
+        rule_args = ["always,exit", "-F", "arch=b64", "-S", "getppid", "-F", f"exe={loadgen}",
+                     "-k", key]
+        command = [str(loadgen), "getppid", str(events)]
+    counter = LogCounter(log, key)
+    with rule(rule_args):
+        counter.poll()
+        base = counter.count
+        lost_before = status().lost
+        pids = tree(proc.pid)
+        cpu_before = cpu_seconds(pids)
+        start = time.monotonic()
+        subprocess.run(command, check=True)
+        if scenario.lossy:
+            last, still = -1, time.monotonic()
+            while time.monotonic() - still < 1.5:
+                now = counter.poll()
+                if now != last:
+                    last, still = now, time.monotonic()
+                time.sleep(0.05)
+            end = still
+        else:
+            while counter.poll() - base < events:
+                if proc.poll() is not None:
+                    raise RuntimeError("daemon died during the run")
+                time.sleep(0.005)
+            end = time.monotonic()
+        pids = tree(proc.pid)
+        cpu = cpu_seconds(pids) - cpu_before
+        rss = peak_rss_kib(proc.pid)
+        dispatcher_rss = max((peak_rss_kib(p) for p in pids[1:]
+                              if b"audispd" in Path(f"/proc/{p}/cmdline").read_bytes()),
+                             default=0) if len(pids) > 1 else 0
+        lost = status().lost - lost_before
+    logged = counter.count - base
+    return Run(logged, end - start, cpu, rss, dispatcher_rss, lost)
+
+
+# -- report -----------------------------------------------------------------------------------
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0
+
+
+def table(results: list[Result], events: int, exec_events: int, rounds: int) -> str:
+    lines = [
+        f"Benchmark of {time.strftime('%Y-%m-%d')} on {platform.node()}: "
+        f"{os.cpu_count()} CPUs, kernel {platform.release()}, Python "
+        f"{platform.python_version()}; {events} events per run ({exec_events} for exec), "
+        f"median of {rounds} rounds, C auditd = Debian {c_version()}.",
+        "",
+        "| scenario | C events/s | pyauditd events/s | ratio | C CPU s/100k | "
+        "py CPU s/100k | C logged / lost | py logged / lost | C RSS MiB | py RSS MiB "
+        "(+ dispatcher) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for res in results:
+        c, py = res.runs["c"], res.runs["py"]
+        c_rate, py_rate = median([r.rate for r in c]), median([r.rate for r in py])
+        ratio = py_rate / c_rate if c_rate else 0.0
+        disp = median([r.dispatcher_rss_kib for r in py]) / 1024
+        lines.append(
+            f"| {res.scenario.title} | {c_rate:,.0f} | {py_rate:,.0f} | {ratio:.2f} | "
+            f"{median([r.cpu_per_100k for r in c]):.2f} | "
+            f"{median([r.cpu_per_100k for r in py]):.2f} | "
+            f"{median([r.events for r in c]):,.0f} / {median([r.lost for r in c]):,.0f} | "
+            f"{median([r.events for r in py]):,.0f} / {median([r.lost for r in py]):,.0f} | "
+            f"{median([r.rss_kib for r in c]) / 1024:.1f} | "
+            f"{median([r.rss_kib for r in py]) / 1024:.1f}"
+            + (f" (+{disp:.1f})" if disp else "") + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def c_version() -> str:
+    out = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "auditd"],
+                         capture_output=True, text=True)
+    return f"auditd {out.stdout.strip() or 'unknown'}"
+
+
+def chart(results: list[Result], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    names = [r.scenario.title for r in results]
+    c = [median([x.rate for x in r.runs["c"]]) for r in results]
+    py = [median([x.rate for x in r.runs["py"]]) for r in results]
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    xs = range(len(names))
+    ax.bar([x - 0.2 for x in xs], c, width=0.4, label="C auditd")
+    ax.bar([x + 0.2 for x in xs], py, width=0.4, label="pyauditd")
+    ax.set_xticks(list(xs), names, rotation=15, ha="right", fontsize=8)
+    ax.set_ylabel("events/s logged")
+    ax.set_title("pyauditd vs C auditd (median)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--exec-events", type=int, default=5_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--pyauditd", default=f"{sys.executable} -m auditpy.cli")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("the benchmark needs root", file=sys.stderr)
+        return 1
+    if status().pid:
+        print(f"an audit daemon (pid {status().pid}) is registered; stop it first",
+              file=sys.stderr)
+        return 1
+    build = Path(tempfile.mkdtemp(prefix="bench-build-"))
+    try:
+        loadgen = build / "loadgen"
+        subprocess.run(["gcc", "-O2", "-o", str(loadgen), str(HERE / "loadgen.c")], check=True)
+        true_copy = build / "bench-true"
+        shutil.copy("/bin/true", true_copy)
+        results = []
+        for name in args.scenarios.split(","):
+            scenario = SCENARIOS[name]
+            result = Result(scenario)
+            count = args.exec_events if scenario.workload == "exec" else args.events
+            for round_ in range(args.rounds):
+                order = ("c", "py") if round_ % 2 == 0 else ("py", "c")
+                for daemon in order:
+                    run = one_run(daemon, scenario, count, loadgen, true_copy,
+                                  args.pyauditd.split())
+                    result.runs[daemon].append(run)
+                    print(f"{scenario.name:9} round {round_ + 1} {daemon:2}: "
+                          f"{run.rate:10,.0f} events/s  {run.events:8,} logged  "
+                          f"{run.lost:8,} lost  cpu {run.cpu:6.2f}s  rss {run.rss_kib // 1024} MiB",
+                          flush=True)
+            results.append(result)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    text = table(results, args.events, args.exec_events, args.rounds)
+    (args.out / "RESULTS.md").write_text(text)
+    print()
+    print(text)
+    if chart(results, args.out / "RESULTS.png"):
+        print(f"chart: {args.out / 'RESULTS.png'}")
+    else:
+        print("matplotlib is not installed: no chart")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

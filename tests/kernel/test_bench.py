@@ -1,0 +1,34 @@
+"""The benchmark script runs end to end on a tiny workload (its figures are not checked:
+timing belongs to the benchmark, not to the test suite)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from auditpy.netlink import AuditStatus
+
+from .conftest import auditctl, get_status
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench.py"
+
+
+def test_benchmark_runs_and_writes_its_table(kernel_state: AuditStatus, tmp_path: Path) -> None:
+    rules_before = auditctl("-l").stdout
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--events", "300", "--exec-events", "20", "--rounds", "1",
+         "--scenarios", "raw,exec", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    table = (tmp_path / "RESULTS.md").read_text()
+    rows = [ln for ln in table.splitlines() if ln.startswith("| lossless, RAW")
+            or ln.startswith("| fork/exec")]
+    assert len(rows) == 2
+    assert "300 / 0" in rows[0]  # every event logged by both daemons
+    after = get_status()
+    assert after.backlog_limit == kernel_state.backlog_limit
+    assert after.backlog_wait_time == kernel_state.backlog_wait_time
+    assert after.pid == 0
+    assert auditctl("-l").stdout == rules_before
