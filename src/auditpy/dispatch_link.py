@@ -32,6 +32,7 @@ RESTART_DELAY = (0.2, 30.0)
 STABLE_AFTER = 60.0
 SNDBUF = 4 << 20
 STOP_TIMEOUT = 5.0
+HELD_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR2, signal.SIGCONT)
 
 
 class DispatcherLink:
@@ -93,7 +94,14 @@ class DispatcherLink:
         try:
             parent_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
             parent_end.setblocking(False)
-            child = spawn_child(self.argv, stdin_fd=child_end.fileno(), env=dict(os.environ))
+            # Born with its signals blocked: a SIGHUP before its handlers exist is held,
+            # not fatal (pyaudispd unblocks them once its loop handles them).
+            child = spawn_child(
+                self.argv,
+                stdin_fd=child_end.fileno(),
+                env=dict(os.environ),
+                blocked_signals=HELD_SIGNALS,
+            )
         except OSError as exc:
             parent_end.close()
             log.error("Cannot start the dispatcher %s: %s", self.argv[0], exc)

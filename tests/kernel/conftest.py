@@ -195,10 +195,10 @@ class RunningDaemon:
         return self.proc.returncode
 
     def stderr(self) -> str:
-        assert self.proc.stderr is not None
-        if self.proc.poll() is None:
-            return ""
-        return self.proc.stderr.read().decode("utf-8", "replace")
+        """What the daemon (and its dispatcher) said: a file, never a pipe, so that a
+        talkative daemon cannot block on a full pipe nobody reads."""
+        path = self.dir.root / "daemon.err"
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def wait_for_line(self, needle: str, timeout: float = 10.0, path: Path | None = None) -> str:
         found = wait_for(
@@ -211,11 +211,12 @@ class RunningDaemon:
 
 
 def start_pyauditd(d: DaemonDir, *args: str, log_path: Path | None = None) -> RunningDaemon:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "auditpy.cli", "-n", "-s", "nochange", "-c", str(d.conf_dir),
-         "--run-dir", str(d.run_dir), *args],
-        stderr=subprocess.PIPE,
-    )
+    with open(d.root / "daemon.err", "ab") as errors:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "auditpy.cli", "-n", "-s", "nochange", "-c",
+             str(d.conf_dir), "--run-dir", str(d.run_dir), *args],
+            stderr=errors,
+        )
     running = RunningDaemon(d, proc)
     if not wait_for(lambda: get_status().pid == proc.pid or proc.poll() is not None):
         running.stop()

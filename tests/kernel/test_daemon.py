@@ -162,7 +162,7 @@ def test_read_only_multicast_mode_runs_beside_the_registered_daemon(
     other.write_config(kernel_link="multicast")
     proc = subprocess.Popen(
         ["pyauditd", "-n", "-s", "nochange", "-c", str(other.conf_dir),
-         "--run-dir", str(other.run_dir)], stderr=subprocess.PIPE,
+         "--run-dir", str(other.run_dir)], stderr=subprocess.DEVNULL,
     )
     reader = RunningDaemon(other, proc)
     try:

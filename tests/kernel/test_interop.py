@@ -21,8 +21,9 @@ C_AUDITD = "/sbin/auditd"
 
 
 def start_c_auditd(d: DaemonDir) -> RunningDaemon:
-    proc = subprocess.Popen([C_AUDITD, "-n", "-s", "nochange", "-c", str(d.conf_dir)],
-                            stderr=subprocess.PIPE)
+    with open(d.root / "daemon.err", "ab") as errors:
+        proc = subprocess.Popen([C_AUDITD, "-n", "-s", "nochange", "-c", str(d.conf_dir)],
+                                stderr=errors)
     running = RunningDaemon(d, proc)
     if not wait_for(lambda: get_status().pid == proc.pid or proc.poll() is not None):
         running.stop()
