@@ -14,7 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -210,10 +210,12 @@ class RunningDaemon:
         return found
 
 
-def start_pyauditd(d: DaemonDir, *args: str, log_path: Path | None = None) -> RunningDaemon:
+def start_pyauditd(
+    d: DaemonDir, *args: str, log_path: Path | None = None, wrapper: Sequence[str] = ()
+) -> RunningDaemon:
     with open(d.root / "daemon.err", "ab") as errors:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "auditpy.cli", "-n", "-s", "nochange", "-c",
+            [*wrapper, sys.executable, "-m", "auditpy.cli", "-n", "-s", "nochange", "-c",
              str(d.conf_dir), "--run-dir", str(d.run_dir), *args],
             stderr=errors,
         )

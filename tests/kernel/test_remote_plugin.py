@@ -1,0 +1,94 @@
+"""Debian's audisp-remote, unmodified, as a plugin of pyaudispd: events sent through the
+kernel reach a C auditd listening on loopback (local_events = no, so it does not register)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from auditpy.netlink import AuditStatus
+
+from .conftest import DaemonDir, RunningDaemon, auditctl, start_pyauditd, wait_for
+
+AUDISP_REMOTE = "/sbin/audisp-remote"
+REMOTE_CONF = "/etc/audit/audisp-remote.conf"
+
+pytestmark = pytest.mark.skipif(
+    not (os.path.exists(AUDISP_REMOTE) and os.path.exists(REMOTE_CONF)
+         and subprocess.run(["which", "unshare"], capture_output=True).returncode == 0),
+    reason="needs Debian's audispd-plugins (audisp-remote) and unshare",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_audisp_remote_delivers_to_a_c_auditd_server(
+    kernel_state: AuditStatus, tmp_path: Path, daemon_dir: DaemonDir
+) -> None:
+    port = free_port()
+    server = DaemonDir(tmp_path / "server")
+    server.root.mkdir()
+    for sub in (server.conf_dir, server.conf_dir / "plugins.d", server.log.parent,
+                server.run_dir):
+        sub.mkdir()
+    server.write_config(extra=f"local_events = no\ntcp_listen_port = {port}\n"
+                        "tcp_max_per_addr = 4\nuse_libwrap = no\n")
+    with open(server.root / "daemon.err", "wb") as errors:
+        c_server = subprocess.Popen(["/sbin/auditd", "-n", "-c", str(server.conf_dir)],
+                                    stderr=errors)
+    server_run = RunningDaemon(server, c_server)
+    try:
+        def listening() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return True
+            except OSError:
+                return False
+
+        assert wait_for(listening, 10), server_run.stderr()
+        remote_conf = tmp_path / "audisp-remote.conf"
+        remote_conf.write_text(
+            f"remote_server = 127.0.0.1\nport = {port}\ntransport = tcp\nmode = immediate\n"
+            "queue_depth = 10240\nformat = managed\nnetwork_retry_time = 1\n"
+            "max_tries_per_record = 3\nmax_time_per_record = 5\nheartbeat_timeout = 0\n"
+            "network_failure_action = syslog\ndisk_low_action = ignore\n"
+            "disk_full_action = warn_once\ndisk_error_action = warn_once\n"
+            "remote_ending_action = reconnect\ngeneric_error_action = syslog\n"
+            "generic_warning_action = syslog\nqueue_error_action = stop\n"
+            "overflow_action = syslog\nstartup_failure_action = warn_once_continue\n"
+        )
+        os.chmod(remote_conf, 0o640)
+        plugin = daemon_dir.conf_dir / "plugins.d" / "au-remote.conf"
+        plugin.write_text(f"active = yes\ndirection = out\npath = {AUDISP_REMOTE}\n"
+                          "type = always\nformat = string\n")
+        os.chmod(plugin, 0o640)
+        daemon_dir.write_config(name_format="USER", name="pytest-client")
+        # audisp-remote reads only /etc/audit/audisp-remote.conf: give it ours in a mount
+        # namespace of the daemon's own, leaving the host's file alone.
+        wrapper = ["unshare", "-m", "--propagation", "private", "sh", "-c",
+                   f'mount --bind "{remote_conf}" {REMOTE_CONF} && exec "$0" "$@"']
+        daemon = start_pyauditd(daemon_dir, wrapper=wrapper)
+        try:
+            for i in range(200):
+                auditctl("-m", f"pytest-remote-{i}")
+            daemon.wait_for_line("pytest-remote-199")
+
+            def arrived() -> list[str]:
+                return [ln for ln in server.lines() if "pytest-remote-" in ln]
+
+            assert wait_for(lambda: len(arrived()) >= 200, 15), server_run.stderr()[-2000:]
+            lines = arrived()
+            assert len(lines) == 200
+            assert all(ln.startswith("node=pytest-client type=USER msg=audit(") for ln in lines)
+        finally:
+            assert daemon.stop() == 0
+    finally:
+        server_run.stop()
