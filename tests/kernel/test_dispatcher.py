@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
 import signal
 import time
 from pathlib import Path
@@ -299,3 +300,48 @@ def test_random_walk_keeps_processes_equal_to_configuration(
     finally:
         assert daemon.stop() == 0
     assert plugins.running(daemon.pid)[0] is None
+
+
+def test_stuck_plugin_costs_only_its_own_records(
+    kernel_state: AuditStatus, daemon_dir: DaemonDir, plugins: Plugins, load_generator: Path
+) -> None:
+    plugins.write_conf("normal", active=True)
+    stuck = plugins.root / "stuck.sh"
+    stuck.write_text("#!/bin/sh\ntrap '' HUP\nexec sleep 100000\n")  # never reads its input
+    os.chmod(stuck, 0o755)
+    conf = plugins.dir / "stuck.conf"
+    conf.write_text(f"active = yes\ndirection = out\npath = {stuck}\nformat = string\n")
+    os.chmod(conf, 0o640)
+    daemon_dir.write_config(q_depth="4000", overflow_action="SYSLOG")
+    daemon = start_pyauditd(daemon_dir)
+    events = 5000
+    rule = ["always,exit", "-F", "arch=b64", "-S", "getppid", "-F", f"exe={load_generator}",
+            "-k", "pytest-stuck"]
+    try:
+        assert wait_for(lambda: len(proc_ppid_map().get(
+            plugins.running(daemon.pid)[0] or -1, [])) == 2, 5)
+        auditctl("-a", *rule)
+        try:
+            subprocess.run([str(load_generator), str(events)], check=True)
+        finally:
+            auditctl("-d", *rule)
+
+        def logged() -> int:
+            return sum(1 for ln in daemon_dir.lines()
+                       if ln.startswith("type=SYSCALL") and 'key="pytest-stuck"' in ln)
+
+        assert wait_for(lambda: logged() == events, 20)
+        out = plugins.output("normal")
+        assert wait_for(lambda: out.read_text().count('key="pytest-stuck"') == events + 2, 20)
+        state = daemon_dir.run_dir / "audispd.state"
+        daemon.signal(signal.SIGCONT)
+        assert wait_for(lambda: state.exists() and "[plugin stuck.conf]" in state.read_text(), 5)
+        sections = {}
+        for block in state.read_text().split("\n[plugin ")[1:]:
+            name, _, body = block.partition("]")
+            sections[name] = dict(ln.split(" = ", 1) for ln in body.splitlines() if " = " in ln)
+        assert sections["normal.conf"]["records dropped"] == "0"
+        assert int(sections["stuck.conf"]["records dropped"]) > 0
+        assert sections["stuck.conf"]["state"] == "running"
+    finally:
+        assert daemon.stop() == 0
