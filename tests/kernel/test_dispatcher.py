@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
 import signal
+import subprocess
 import time
 from pathlib import Path
 
