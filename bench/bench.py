@@ -52,6 +52,8 @@ class Scenario:
     plugins: int = 0
     workload: str = "getppid"
     lossy: bool = False
+    #: one more plugin that never reads its input
+    stuck: bool = False
 
 
 SCENARIOS = {
@@ -61,6 +63,7 @@ SCENARIOS = {
         Scenario("enriched", "lossless, ENRICHED", log_format="ENRICHED"),
         Scenario("plugin1", "lossless, RAW, 1 plugin", plugins=1),
         Scenario("plugin3", "lossless, RAW, 3 plugins", plugins=3),
+        Scenario("stuck", "lossless, RAW, 1 plugin + 1 stuck plugin", plugins=1, stuck=True),
         Scenario("lossy", "burst, backlog_wait_time 0", lossy=True),
         Scenario("exec", "fork/exec of true, execve rule", workload="exec"),
     ]
@@ -75,6 +78,8 @@ class Run:
     rss_kib: int
     dispatcher_rss_kib: int
     lost: int
+    #: the run hit --max-seconds before every event was logged
+    capped: bool = False
 
     @property
     def rate(self) -> float:
@@ -245,13 +250,20 @@ def write_config(root: Path, scenario: Scenario) -> Path:
         (plugins / f"cat{i}.conf").write_text(
             "active = yes\ndirection = out\npath = /bin/cat\ntype = always\nformat = string\n"
         )
+    if scenario.stuck:
+        stuck = root / "stuck.sh"
+        stuck.write_text("#!/bin/sh\ntrap '' HUP\nexec sleep 100000\n")
+        os.chmod(stuck, 0o755)
+        (plugins / "stuck.conf").write_text(
+            f"active = yes\ndirection = out\npath = {stuck}\ntype = always\nformat = string\n"
+        )
     for path in [conf / "auditd.conf", *plugins.iterdir()]:
         os.chmod(path, 0o640)
     return conf
 
 
 def one_run(daemon: str, scenario: Scenario, events: int, loadgen: Path, true_copy: Path,
-            pyauditd: list[str]) -> Run:
+            pyauditd: list[str], max_seconds: float) -> Run:
     root = Path(tempfile.mkdtemp(prefix=f"bench-{daemon}-"))
     try:
         conf = write_config(root, scenario)
@@ -264,7 +276,7 @@ def one_run(daemon: str, scenario: Scenario, events: int, loadgen: Path, true_co
                 open(root / "daemon.err", "wb") as errors:
             proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=errors)
             try:
-                return measure(proc, scenario, events, loadgen, true_copy, root)
+                return measure(proc, scenario, events, loadgen, true_copy, root, max_seconds)
             finally:
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGTERM)
@@ -279,13 +291,13 @@ def one_run(daemon: str, scenario: Scenario, events: int, loadgen: Path, true_co
 
 
 def measure(proc: subprocess.Popen[bytes], scenario: Scenario, events: int, loadgen: Path,
-            true_copy: Path, root: Path) -> Run:
+            true_copy: Path, root: Path, max_seconds: float) -> Run:
     if not wait_for(lambda: status().pid == proc.pid or proc.poll() is not None, 15):
         raise RuntimeError(f"daemon {proc.args} did not register")
     if proc.poll() is not None:
         raise RuntimeError(f"daemon exited: {(root / 'daemon.err').read_text()}")
     if scenario.plugins:
-        wait_for(lambda: len(tree(proc.pid)) >= 1 + scenario.plugins, 10)
+        wait_for(lambda: len(tree(proc.pid)) >= 1 + scenario.plugins + scenario.stuck, 10)
         time.sleep(0.3)
     log = root / "log" / "audit.log"
     if scenario.workload == "exec":
@@ -306,21 +318,32 @@ def measure(proc: subprocess.Popen[bytes], scenario: Scenario, events: int, load
         pids = tree(proc.pid)
         cpu_before = cpu_seconds(pids)
         start = time.monotonic()
-        subprocess.run(command, check=True)
-        if scenario.lossy:
-            last, still = -1, time.monotonic()
-            while time.monotonic() - still < 1.5:
-                now = counter.poll()
-                if now != last:
-                    last, still = now, time.monotonic()
-                time.sleep(0.05)
-            end = still
-        else:
-            while counter.poll() - base < events:
-                if proc.poll() is not None:
-                    raise RuntimeError("daemon died during the run")
-                time.sleep(0.005)
-            end = time.monotonic()
+        deadline = start + max_seconds
+        generator = subprocess.Popen(command)
+        capped = False
+        try:
+            if scenario.lossy:
+                generator.wait(max_seconds)
+                last, still = -1, time.monotonic()
+                while time.monotonic() - still < 1.5:
+                    now = counter.poll()
+                    if now != last:
+                        last, still = now, time.monotonic()
+                    time.sleep(0.05)
+                end = still
+            else:
+                while counter.poll() - base < events:
+                    if proc.poll() is not None:
+                        raise RuntimeError("daemon died during the run")
+                    if time.monotonic() > deadline:
+                        capped = True
+                        break
+                    time.sleep(0.005)
+                end = time.monotonic()
+        finally:
+            if generator.poll() is None:
+                generator.kill()
+            generator.wait()
         pids = tree(proc.pid)
         cpu = cpu_seconds(pids) - cpu_before
         rss = peak_rss_kib(proc.pid)
@@ -329,7 +352,7 @@ def measure(proc: subprocess.Popen[bytes], scenario: Scenario, events: int, load
                              default=0) if len(pids) > 1 else 0
         lost = status().lost - lost_before
     logged = counter.count - base
-    return Run(logged, end - start, cpu, rss, dispatcher_rss, lost)
+    return Run(logged, end - start, cpu, rss, dispatcher_rss, lost, capped)
 
 
 # -- report -----------------------------------------------------------------------------------
@@ -356,8 +379,11 @@ def table(results: list[Result], events: int, exec_events: int, rounds: int) -> 
         c_rate, py_rate = median([r.rate for r in c]), median([r.rate for r in py])
         ratio = py_rate / c_rate if c_rate else 0.0
         disp = median([r.dispatcher_rss_kib for r in py]) / 1024
+        c_cap = " (capped)" if any(r.capped for r in c) else ""
+        py_cap = " (capped)" if any(r.capped for r in py) else ""
         lines.append(
-            f"| {res.scenario.title} | {c_rate:,.0f} | {py_rate:,.0f} | {ratio:.2f} | "
+            f"| {res.scenario.title} | {c_rate:,.0f}{c_cap} | {py_rate:,.0f}{py_cap} | "
+            f"{ratio:.2f} | "
             f"{median([r.cpu_per_100k for r in c]):.2f} | "
             f"{median([r.cpu_per_100k for r in py]):.2f} | "
             f"{median([r.events for r in c]):,.0f} / {median([r.lost for r in c]):,.0f} | "
@@ -407,10 +433,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--pyauditd", default=f"{sys.executable} -m auditpy.cli")
+    parser.add_argument("--max-seconds", type=float, default=60.0,
+                        help="stop waiting for a run after this long; the rate so far counts")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("the benchmark needs root", file=sys.stderr)
         return 1
+    # A SIGTERM (timeout, Ctrl-C) must still run the finally blocks that stop the daemons,
+    # delete the rules and put the kernel settings back.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     if status().pid:
         print(f"an audit daemon (pid {status().pid}) is registered; stop it first",
               file=sys.stderr)
@@ -430,11 +461,12 @@ def main(argv: list[str] | None = None) -> int:
                 order = ("c", "py") if round_ % 2 == 0 else ("py", "c")
                 for daemon in order:
                     run = one_run(daemon, scenario, count, loadgen, true_copy,
-                                  args.pyauditd.split())
+                                  args.pyauditd.split(), args.max_seconds)
                     result.runs[daemon].append(run)
                     print(f"{scenario.name:9} round {round_ + 1} {daemon:2}: "
                           f"{run.rate:10,.0f} events/s  {run.events:8,} logged  "
-                          f"{run.lost:8,} lost  cpu {run.cpu:6.2f}s  rss {run.rss_kib // 1024} MiB",
+                          f"{run.lost:8,} lost  cpu {run.cpu:6.2f}s  rss {run.rss_kib // 1024} MiB"
+                          + ("  (capped)" if run.capped else ""),
                           flush=True)
             results.append(result)
     finally:
