@@ -11,6 +11,11 @@ after a reload: "no active plugins, exiting"; pyauditd starts a new dispatcher o
 SIGHUP that activates one); 1 if the settings cannot be loaded at start, fd 0 is unusable,
 or the input is not in the dispatcher protocol; 2 for bad command-line arguments.
 
+Messages go to stderr with -f or when stderr is a terminal, otherwise to syslog (/dev/log,
+falling back to stderr), under the logger "auditpy.audispd".  Options hidden from --help
+exist for tests: --init-path (never run the real init), --stable-after, --backoff-initial,
+--backoff-max, --stop-timeout, --shutdown-timeout and --report-interval (seconds).
+
 Signals: HUP reload (re-read settings and plugins, then start, stop, restart or SIGHUP each
 plugin); TERM/INT stop; USR2 resume after an overflow suspend; CONT write
 RUN_DIR/audispd.state.  SIGCHLD is not used: every child is watched by its pidfd on the one
@@ -24,13 +29,21 @@ Deviations from the C dispatcher (2.8.5 audispd, and 3.x/4.x's libdisp):
   use a back-off and a ``max_restarts`` budget that refills after a stable run or when the
   program changes (C: a lifetime count, and before 4.1.0 a plugin over it stayed "active"
   with a dead pipe);
-* on reload a plugin is reaped before its replacement starts (2.x: SIGTERM, 50 ms, start);
-  a plugin that exhausted its budget is started again by a reload;
+* stopping a plugin closes its input first (it may finish and exit by itself), then
+  SIGTERM after 50 ms, then SIGKILL after a timeout (3 s on reload, 5 s at exit), and it is
+  always reaped before its replacement starts (2.x: SIGTERM, 50 ms, start the new one);
+* a plugin that exhausted its budget is started again by a reload;
 * overflow with ``syslog`` logs the first 5 drops and then a periodic per-plugin summary
   instead of going silent; every drop is counted per plugin (state file, exit message);
-* ``single``/``halt`` run init once per suspend/resume cycle, not once per dropped record;
-* binary plugins get the header plus exactly ``size`` bytes (4.1.1+), not 8970;
+* ``single``/``halt`` run init once (until SIGUSR2 or a reload), not once per dropped record;
+* binary plugins get the header plus exactly ``size`` bytes (as 4.1.1+; Debian's 3.0.9
+  wrote a fixed 8970-byte buffer after every header);
+* the af_unix builtin serves several clients with non-blocking writes and disconnects one
+  that falls ``q_depth`` records behind (2.x: one client, blocking writes);
 * plugins get an empty signal mask, default dispositions and their own session.
+
+As in 2.x-4.1 (not 4.2): unchanged plugins get SIGHUP rather than a restart, and a plugin
+file with errors only takes its own plugin out (4.2 rejects the whole reload).
 """
 
 from __future__ import annotations
@@ -82,7 +95,7 @@ STATE_FILE = "audispd.state"
 #: SIGTERM to SIGKILL when the dispatcher itself stops.
 SHUTDOWN_TIMEOUT = 5.0
 #: At shutdown, how long queued records may take to reach a plugin before its input closes.
-SHUTDOWN_DRAIN = 1.0
+SHUTDOWN_DRAIN = 0.5
 #: overflow_action=syslog: drops logged one by one before switching to summaries.
 OVERFLOW_REPORT_LIMIT = 5
 #: Seconds between the per-plugin summaries of dropped records.
@@ -172,6 +185,8 @@ class Dispatcher:
         self._reported_drops: dict[int, int] = {}
         self._report_timer: asyncio.TimerHandle | None = None
         self._helpers: list[ChildHandle] = []
+        #: runners a reload is stopping (no longer in `plugins`)
+        self._retiring: list[PluginRunner] = []
 
     # -- start and stop -------------------------------------------------------------------
 
@@ -225,7 +240,7 @@ class Dispatcher:
     def _kill_all(self) -> None:
         """Last resort when something unexpected breaks the loop: no child is left behind."""
         self.ctx.shutting_down = True
-        for runner in self.plugins.values():
+        for runner in [*self.plugins.values(), *self._retiring]:
             child = getattr(runner, "child", None)
             if isinstance(child, ChildHandle):
                 child.terminate(1.0)
@@ -471,12 +486,16 @@ class Dispatcher:
         if not self.plugins:
             log.info("no active plugins after the reload")
 
-        results = await asyncio.gather(
-            *(
-                r.stop(term_timeout=self.options.stop_timeout, keep=heir is not None)
-                for r, heir in stopping
+        self._retiring = [runner for runner, _ in stopping]
+        try:
+            results = await asyncio.gather(
+                *(
+                    r.stop(term_timeout=self.options.stop_timeout, keep=heir is not None)
+                    for r, heir in stopping
+                )
             )
-        )
+        finally:
+            self._retiring = []
         restarted = 0
         for (old, heir), leftover in zip(stopping, results, strict=True):
             if heir is None:

@@ -101,7 +101,13 @@ class AfUnixPlugin(PluginRunner):
             os.unlink(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.bind(path)
+            # Created with its final mode (the umask is ours alone: one thread), so there is
+            # no moment in which the umask's wider permissions let someone connect.
+            old_umask = os.umask(0o777 & ~mode)
+            try:
+                sock.bind(path)
+            finally:
+                os.umask(old_umask)
             os.chmod(path, mode)
             info = os.lstat(path)
             self._bound = (info.st_dev, info.st_ino)

@@ -31,7 +31,8 @@ log = logging.getLogger("auditpy")
 RESTART_DELAY = (0.2, 30.0)
 STABLE_AFTER = 60.0
 SNDBUF = 4 << 20
-STOP_TIMEOUT = 5.0
+#: pyaudispd needs up to ~6 s to stop a plugin that ignores SIGTERM; kill it only after.
+STOP_TIMEOUT = 8.0
 HELD_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR2, signal.SIGCONT)
 
 

@@ -172,6 +172,7 @@ class PluginRunner:
 
     def hup(self) -> None:
         """The plugin's configuration is unchanged after a reload."""
+        log.info("plugin %s unchanged", self.name)
 
     def revive(self) -> None:
         """Start again after failing (on reload), with a full restart budget."""
