@@ -213,7 +213,10 @@ class _Flusher:
         self._thread.start()
 
     def kick(self) -> None:
-        self._wake.set()
+        # Called every `freq` records on the hot path: while a wake-up is already pending,
+        # the fsync it triggers covers these records too, so skip the lock and notify.
+        if not self._wake.is_set():
+            self._wake.set()
 
     def stop(self) -> None:
         self._stop = True
