@@ -30,6 +30,6 @@ done
 for _ in 1 2 3 4 5 6 7 8 9 10; do pidof auditd >/dev/null 2>&1 || break; sleep 0.5; done
 
 python3 -m pip install -q --root-user-action=ignore -e '.[dev]'
-python3 -m ruff check src tests tools
+python3 -m ruff check src tests tools bench
 python3 -m mypy --strict src/auditpy
 python3 -m pytest -q -p no:cacheprovider "$@"
