@@ -21,7 +21,11 @@ have accepted in a surprising way, or reports more):
 * the action_mail_acct domain is not looked up: 3.0.9 treats every lookup failure as
   temporary and only logs it, so skipping the lookup never changes what is accepted, and it
   keeps DNS stalls out of SIGHUP handling;
-* `kernel_link` is an auditpy keyword; the C daemon rejects a file that uses it.
+* `kernel_link` is an auditpy keyword; the C daemon rejects a file that uses it;
+* ``transport = TLS`` with ``tls_cert_file``, ``tls_key_file``, ``tls_ca_file`` and
+  ``tls_verify_client`` is auditpy's own network encryption (certificates, Python's ssl),
+  not the 4.2 PSK scheme; ``transport = KRB5`` is refused when a listener would use it,
+  since the standard library has no Kerberos.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import dataclasses
 import grp
 import os
 import re
+import ssl
 import stat
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -136,6 +141,13 @@ class AuditdConfig:
     krb5_principal: str = "auditd"
     krb5_key_file: str = "/etc/audit/audit.key"
     distribute_network: bool = False
+    #: auditpy only (transport = TLS): the listener's certificate chain and private key
+    #: (PEM), and the CA that client certificates must be signed by.  With
+    #: tls_verify_client a client without such a certificate is refused.
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_ca_file: str | None = None
+    tls_verify_client: bool = True
     q_depth: int = 2000
     overflow_action: str = "SYSLOG"
     max_restarts: int = 10
@@ -159,13 +171,20 @@ class AuditdConfig:
         updates: dict[str, Any] = {
             name: os.path.join(cwd, value)
             for name in _PATH_ATTRIBUTES
-            if not (value := getattr(self, name)).startswith("/")
+            if (value := getattr(self, name)) is not None and not value.startswith("/")
         }
         return dataclasses.replace(self, **updates) if updates else self
 
 
 #: Path-valued settings that the parser leaves as given, relative or not.
-_PATH_ATTRIBUTES: Final = ("log_file", "plugin_dir", "krb5_key_file")
+_PATH_ATTRIBUTES: Final = (
+    "log_file",
+    "plugin_dir",
+    "krb5_key_file",
+    "tls_cert_file",
+    "tls_key_file",
+    "tls_ca_file",
+)
 
 
 def changed_keys(old: AuditdConfig, new: AuditdConfig) -> set[str]:
@@ -461,11 +480,15 @@ _KEYWORDS: Final[Mapping[str, _Keyword]] = {
     "use_libwrap": _Keyword(_yes_no("use_libwrap")),
     "tcp_client_ports": _Keyword(_tcp_client_ports),
     "tcp_client_max_idle": _Keyword(_number("tcp_client_max_idle", 0, INT_MAX)),
-    "transport": _Keyword(_enum("transport", ("tcp", "krb5"))),
+    "transport": _Keyword(_enum("transport", ("tcp", "tls", "krb5"))),
     "enable_krb5": _Keyword(_enable_krb5),
     "krb5_principal": _Keyword(_text("krb5_principal")),
     "krb5_key_file": _Keyword(_text("krb5_key_file")),
     "distribute_network": _Keyword(_yes_no("distribute_network")),
+    "tls_cert_file": _Keyword(_text("tls_cert_file")),
+    "tls_key_file": _Keyword(_text("tls_key_file")),
+    "tls_ca_file": _Keyword(_text("tls_ca_file")),
+    "tls_verify_client": _Keyword(_yes_no("tls_verify_client")),
     "q_depth": _Keyword(_q_depth),
     "overflow_action": _Keyword(
         _enum("overflow_action", ("ignore", "syslog", "suspend", "single", "halt"))
@@ -476,7 +499,8 @@ _KEYWORDS: Final[Mapping[str, _Keyword]] = {
     "kernel_link": _Keyword(_enum("kernel_link", ("register", "multicast"))),
 }
 
-#: The public keyword list, in the order of the man page (plus auditpy's kernel_link).
+#: The public keyword list, in the order of the man page (plus auditpy's kernel_link and
+#: tls_* keywords).
 KEYWORDS: Final = tuple(_KEYWORDS)
 
 
@@ -743,6 +767,85 @@ def _check_file_system(parse: _Parse, config: AuditdConfig) -> None:
         )
 
 
+def tls_file_problems(path: str, *, private: bool) -> list[str]:
+    """Reasons a TLS file cannot be used (empty if none).
+
+    A private key readable or writable by anyone but root would let them impersonate the
+    log server or read what clients send, so it must be root-owned and closed to group
+    and others, like the C daemon's key files.
+    """
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError) as exc:
+        return [f"cannot stat {path!r}: {_reason(exc)}"]
+    if not stat.S_ISREG(info.st_mode):
+        return [f"{path!r} is not a regular file"]
+    problems = []
+    if private and info.st_uid != 0:
+        problems.append(f"{path!r} is not owned by root")
+    if private and info.st_mode & 0o066:
+        problems.append(
+            f"{path!r} has mode {stat.S_IMODE(info.st_mode):04o}; a private key must not be "
+            "readable or writable by group or others (use 0600 or 0400)"
+        )
+    return problems
+
+
+def _tls_load_problem(config: AuditdConfig) -> str | None:
+    """Load the files the way the listener will, so `--check` and a reload catch a bad
+    PEM file or a key that does not match its certificate before anything changes."""
+    assert config.tls_cert_file is not None and config.tls_key_file is not None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(config.tls_cert_file, config.tls_key_file)
+    except (OSError, ValueError) as exc:
+        return f"cannot load tls_cert_file/tls_key_file: {_reason(exc)}"
+    if config.tls_ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=config.tls_ca_file)
+        except (OSError, ValueError) as exc:
+            return f"cannot load tls_ca_file: {_reason(exc)}"
+    return None
+
+
+def _check_transport(parse: _Parse, config: AuditdConfig) -> None:
+    """The network transport only matters with a listener; without one, say so and go on."""
+    line = parse.where.get("transport", parse.where.get("enable_krb5"))
+    if config.tcp_listen_port is None:
+        if config.transport != "TCP":
+            parse.warn(line, f"transport = {config.transport} has no effect without "
+                       "tcp_listen_port")
+        return
+    if config.transport == "KRB5":
+        parse.error(line, "transport = KRB5 (Kerberos) is not supported by auditpy; "
+                    "use transport = TLS")
+        return
+    if config.transport != "TLS":
+        for keyword in ("tls_cert_file", "tls_key_file", "tls_ca_file"):
+            if getattr(config, keyword) is not None:
+                parse.warn(parse.where.get(keyword), f"{keyword} is ignored unless "
+                           "transport = TLS")
+        return
+    wanted = [("tls_cert_file", False), ("tls_key_file", True)]
+    if config.tls_verify_client or config.tls_ca_file is not None:
+        wanted.append(("tls_ca_file", False))
+    missing = False
+    for keyword, private in wanted:
+        path = getattr(config, keyword)
+        if path is None:
+            missing = True
+            why = " (tls_verify_client = yes)" if keyword == "tls_ca_file" else ""
+            parse.error(line, f"transport = TLS needs {keyword}{why}")
+            continue
+        for message in tls_file_problems(path, private=private):
+            missing = True
+            parse.error(parse.where.get(keyword), f"{keyword}: {message}")
+    if not missing:
+        problem = _tls_load_problem(config)
+        if problem is not None:
+            parse.error(parse.where.get("tls_cert_file", line), problem)
+
+
 def _open_config(path: str, allow_symlink: bool) -> int | None:
     """Open the file for reading, or return None if it does not exist."""
     # O_NONBLOCK: a FIFO planted at the path must not hang the daemon before fstat rejects it.
@@ -805,6 +908,7 @@ def load_auditd_conf(
         raise ConfigError(parse.errors)
     config = AuditdConfig(**parse.state).resolved_paths(base_dir)
     _check_file_system(parse, config)
+    _check_transport(parse, config)
     if parse.errors:
         raise ConfigError(parse.errors)
     return config, parse.warnings

@@ -21,6 +21,8 @@ class Counters:
     suspended_dropped: int = 0
     write_errors: int = 0
     rotations: int = 0
+    #: records received from tcp_listen_port clients (not in `received`, which is the kernel's)
+    network_records: int = 0
 
 
 def state_report(

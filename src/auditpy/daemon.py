@@ -32,7 +32,7 @@ from .netlink import (
     AuditStatus,
     NetlinkError,
 )
-from .plugin_config import any_active
+from .plugin_config import any_active, load_dispatcher_settings
 from .records import (
     DAEMON_ABORT,
     DAEMON_CONFIG,
@@ -43,6 +43,15 @@ from .records import (
     NOT_EVENTS,
     LineFormatter,
     node_name,
+)
+from .remote_server import (
+    ACK,
+    RESTART_KEYS,
+    ListenerSettings,
+    RemoteListener,
+    Reply,
+    dispatch_frames,
+    reply_for,
 )
 from .wire import HEADER, MAX_PAYLOAD, PROTOCOL_V0, PROTOCOL_V1
 
@@ -134,6 +143,8 @@ class Daemon:
         self._write_failing = False
         self._size_action_done = False
         self._stop: asyncio.Future[int] = self.loop.create_future()
+        #: the tcp_listen_port listener (remote_server), None when not listening
+        self.remote: RemoteListener | None = None
 
     # -- start and stop -----------------------------------------------------------------------
 
@@ -170,6 +181,11 @@ class Daemon:
         self._daemon_record(
             DAEMON_START, daemon_records.start_text(AUDIT_VERSION, self.config.log_format)
         )
+        try:
+            self._remote_start()
+        except (OSError, ValueError) as exc:
+            self._abort("network-init", exc)
+            raise
         self.loop.add_reader(self.kernel.fileno(), self._on_readable)
         handlers = {
             signal.SIGHUP: self._reload,
@@ -184,7 +200,9 @@ class Daemon:
         log.info(
             "Started audit daemon %s: %s, logging to %s",
             AUDIT_VERSION,
-            "read-only multicast listener" if multicast else f"registered as pid {os.getpid()}",
+            "read-only multicast listener" if multicast
+            else f"registered as pid {os.getpid()}" if self.registered
+            else "not registered with the kernel (local_events = no)",
             self.config.log_file if self.config.write_logs else "nowhere (write_logs = no)",
         )
 
@@ -198,6 +216,7 @@ class Daemon:
         """Undo everything `start` did that outlives us: the kernel registration above all."""
         if self.kernel is not None:
             self.loop.remove_reader(self.kernel.fileno())
+        self._remote_close()
         if self.dispatcher is not None:
             self.dispatcher.stop()
             self.dispatcher = None
@@ -297,11 +316,16 @@ class Daemon:
         return argv + (["-f"] if self.options.foreground or self.options.no_fork else [])
 
     def _plugins_active(self) -> bool:
+        """Asked at start, reloads and dispatcher exits (never per record). The plugin
+        directory is the dispatcher's: audispd.conf, when present, overrides auditd.conf."""
         try:
-            return any_active(self.config.plugin_dir)
-        except OSError as exc:
-            log.error("Cannot read the plugin directory %s: %s", self.config.plugin_dir, exc)
-            return False
+            settings, _warnings = load_dispatcher_settings(
+                self.options.config_dir, self.options.base_dir
+            )
+            plugin_dir = settings.plugin_dir
+        except (ConfigError, OSError):
+            plugin_dir = self.config.plugin_dir  # the dispatcher will report the problem
+        return any_active(plugin_dir)
 
     def _write(self, lines: list[bytes]) -> None:
         log_file = self.log_file
@@ -400,6 +424,8 @@ class Daemon:
         if self._stop.done():
             return
         self._on_readable_drain()
+        if self.remote is not None:
+            self.remote.stop()  # ENDING to every client before DAEMON_END, as auditd
         self._daemon_record(DAEMON_END, daemon_records.end_text(self._sender()))
         log.info("The audit daemon is exiting.")
         self._stop.set_result(0)
@@ -462,12 +488,14 @@ class Daemon:
             return
         for warning in warnings:
             log.warning("%s", warning)
+        old = self.config
         try:
             self._apply(new)
         except (OSError, ValueError, LogFileError) as exc:
             log.error("Configuration not applied, the old one stays in force: %s", exc)
             self._daemon_record(DAEMON_CONFIG, daemon_records.config_text(sender, ok=False))
             return
+        self._remote_reconfigure(old)
         # Logged, never dispatched, like the C daemon's.
         self._daemon_record(
             DAEMON_CONFIG,
@@ -526,7 +554,7 @@ class Daemon:
             kernel_backlog=status.backlog if status else None,
             log_state=self._log_state(),
             config_items=config_items,
-            extra=self.dispatcher.state() if self.dispatcher else None,
+            extra={**(self.dispatcher.state() if self.dispatcher else {}), **self._remote_state()},
         )
         path = self.options.state_file
         old_umask = os.umask(0o137)
@@ -538,6 +566,87 @@ class Daemon:
         finally:
             os.umask(old_umask)
 
+
+    # -- the network listener (tcp_listen_port; remote_server) ----------------------------------
+
+    def _remote_start(self) -> None:
+        """Listen when tcp_listen_port is set; raises OSError or ValueError (TLS files)."""
+        if self.config.tcp_listen_port is None:
+            return
+        listener = RemoteListener(self.loop, ListenerSettings.from_config(self.config), self)
+        listener.start()
+        self.remote = listener
+
+    def _remote_close(self) -> None:
+        """Shutdown: ENDING to the clients (if _terminate has not already), then let the
+        loop finish the closes (TLS close_notify) for up to a second."""
+        listener, self.remote = self.remote, None
+        if listener is None or self.loop.is_closed():
+            return
+        listener.stop()
+        if not self.loop.is_running():
+            self.loop.run_until_complete(listener.wait_closed(1.0))
+
+    def _remote_reconfigure(self, old: AuditdConfig) -> None:
+        """SIGHUP: a listener can be turned on or off; a new port, queue or transport
+        restarts it (clients get ENDING and reconnect); other tcp_* and tls_* settings
+        apply to new connections without dropping anyone."""
+        new = self.config
+        listener = self.remote
+        if new.tcp_listen_port is None:
+            if listener is not None:
+                log.info("tcp_listen_port removed: no longer listening")
+                listener.stop("the listener is turned off")
+                self.remote = None
+            return
+        try:
+            settings = ListenerSettings.from_config(new)
+        except (OSError, ValueError) as exc:
+            log.error("Network listener settings not applied: %s", exc)
+            return
+        if listener is not None and not changed_keys(old, new) & RESTART_KEYS:
+            listener.update(settings)
+            return
+        if listener is not None:
+            listener.stop("the listener is restarting")
+            self.remote = None
+        replacement = RemoteListener(self.loop, settings, self)
+        try:
+            replacement.start()
+        except OSError as exc:
+            log.error("Cannot listen for network connections: %s", exc)
+            return
+        self.remote = replacement
+
+    def remote_records(self, lines: list[bytes]) -> Reply:
+        """Records from network clients (RemoteSink): written verbatim (the client's node=,
+        no enrichment), dispatched with distribute_network, and the reply for them."""
+        count = len(lines)
+        self.counters.network_records += count
+        link = self.dispatcher
+        if self.config.distribute_network and link is not None:
+            link.send(dispatch_frames(lines), count)
+        log_file = self.log_file
+        if log_file is None:
+            return ACK  # write_logs = no: acknowledged, as auditd does
+        events = log_file.write(lines)
+        if events:
+            self._after_write(events, count)
+        elif self._write_failing:
+            self._write_failing = False
+            self.space.write_ok()
+        return reply_for(events, space_low=self.space.space_warning)
+
+    def remote_daemon_record(self, msg_type: int, text: str) -> None:
+        """DAEMON_ACCEPT / DAEMON_CLOSE from the listener (RemoteSink)."""
+        self._daemon_record(msg_type, text)
+
+    def _remote_state(self) -> dict[str, str]:
+        state = {"listening for network connections": "no"}
+        if self.remote is not None:
+            state = self.remote.state()
+        state["network records received"] = str(self.counters.network_records)
+        return state
 
     def _log_state(self) -> dict[str, str]:
         lf = self.log_file
