@@ -583,3 +583,60 @@ def test_fanin_benchmark_runs(tmp_path: Path) -> None:
     assert "| 1 | pyauditd | 90 |" in report and "| 1 | auditd | 90 |" in report
     assert "pyauditd / C" in report
     assert "WARNING" not in result.stderr
+
+
+# --------------------------------------------------------------------------------------
+# Both ends ours: pyaudisp-remote (forward mode) to pyauditd over TLS, across a restart
+
+
+def test_pyaudisp_remote_to_pyauditd_over_tls_survives_a_server_restart(
+    server: Server, tmp_path: Path
+) -> None:
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    make_pki(pki)
+    server.write_config(
+        f"tls_cert_file = {pki}/server.pem\ntls_key_file = {pki}/server.key\n"
+        f"tls_ca_file = {pki}/ca.pem\ntls_verify_client = yes\n",
+        transport="TLS",
+    )
+    server.start()
+    conf = tmp_path / "remote.conf"
+    conf.write_text(
+        f"remote_server = 127.0.0.1\nport = {server.port}\ntransport = tls\nmode = forward\n"
+        f"queue_file = {tmp_path}/queue\nqueue_depth = 20000\nnetwork_retry_time = 1\n"
+        f"network_failure_action = syslog\n"
+        f"tls_ca_file = {pki}/ca.pem\ntls_cert_file = {pki}/client.pem\n"
+        f"tls_key_file = {pki}/client.key\ntls_server_name = localhost\n"
+    )
+    conf.chmod(0o640)
+    with open(tmp_path / "plugin.err", "wb") as errors:
+        plugin = subprocess.Popen(
+            [sys.executable, "-m", "auditpy.audisp_remote", "-c", str(conf), "--no-syslog"],
+            stdin=subprocess.PIPE, stderr=errors,
+        )
+    assert plugin.stdin is not None
+    try:
+        for n in range(1, 2001):
+            plugin.stdin.write(user_line("tlsfwd", n) + b"\n")
+        plugin.stdin.flush()
+        assert wait_for(lambda: sum("node=tlsfwd" in ln for ln in server.lines()) >= 2000, 20)
+        assert server.stop() == 0
+        for n in range(2001, 4001):  # queued on disk while the server is down
+            plugin.stdin.write(user_line("tlsfwd", n) + b"\n")
+        plugin.stdin.flush()
+        time.sleep(1.5)
+        server.start()
+        assert wait_for(lambda: sum("node=tlsfwd" in ln for ln in server.lines()) >= 4000, 30), (
+            (tmp_path / "plugin.err").read_text()[-2000:]
+        )
+        plugin.stdin.close()
+        assert plugin.wait(30) == 0
+    finally:
+        if plugin.poll() is None:
+            plugin.kill()
+            plugin.wait()
+    seen = [int(m.group(1)) for ln in server.lines()
+            if (m := re.search(r"text=marker-(\d+)'", ln)) and "node=tlsfwd" in ln]
+    assert sorted(set(seen)) == list(range(1, 4001))  # nothing lost
+    assert len(seen) - 4000 <= 128  # at-least-once: at most one in-flight window again

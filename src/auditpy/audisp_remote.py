@@ -1532,8 +1532,13 @@ class RemotePlugin:
             tries = self._failures
             self._failures = 0
             self._head_since = None
-            if self.act("network_failure_action",
-                        f"cannot deliver a record to {cfg.peer} after {tries} tries: {reason}"):
+            dequeue = self.act(
+                "network_failure_action",
+                f"cannot deliver a record to {cfg.peer} after {tries} tries: {reason}",
+            )
+            # forward mode promises durability: an unreachable server never costs a record,
+            # it waits on disk whatever the action (the C plugin would drop it here).
+            if dequeue and cfg.mode != "forward":
                 self._drop_head("network_failure_action")
             await self._pause(cfg.network_retry_time)
         elif self._failures > 1:
