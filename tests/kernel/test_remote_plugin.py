@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,9 +31,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_audisp_remote_delivers_to_a_c_auditd_server(
-    kernel_state: AuditStatus, tmp_path: Path, daemon_dir: DaemonDir
+@pytest.mark.parametrize("server_kind", ["c", "py"])
+def test_audisp_remote_plugin_delivers_every_event_to_a_log_server(
+    kernel_state: AuditStatus, tmp_path: Path, daemon_dir: DaemonDir, load_generator: Path,
+    server_kind: str,
 ) -> None:
+    """pyauditd (registered) -> pyaudispd -> Debian's audisp-remote -> a log server that does
+    not register (local_events = no): the C auditd, or pyauditd itself."""
     port = free_port()
     server = DaemonDir(tmp_path / "server")
     server.root.mkdir()
@@ -41,9 +46,11 @@ def test_audisp_remote_delivers_to_a_c_auditd_server(
         sub.mkdir()
     server.write_config(extra=f"local_events = no\ntcp_listen_port = {port}\n"
                         "tcp_max_per_addr = 4\nuse_libwrap = no\n")
+    argv = (["/sbin/auditd", "-n", "-c", str(server.conf_dir)] if server_kind == "c" else
+            [sys.executable, "-m", "auditpy.cli", "-n", "-s", "nochange", "-c",
+             str(server.conf_dir), "--run-dir", str(server.run_dir)])
     with open(server.root / "daemon.err", "wb") as errors:
-        c_server = subprocess.Popen(["/sbin/auditd", "-n", "-c", str(server.conf_dir)],
-                                    stderr=errors)
+        c_server = subprocess.Popen(argv, stderr=errors)
     server_run = RunningDaemon(server, c_server)
     try:
         def listening() -> bool:
@@ -70,24 +77,36 @@ def test_audisp_remote_delivers_to_a_c_auditd_server(
         plugin.write_text(f"active = yes\ndirection = out\npath = {AUDISP_REMOTE}\n"
                           "type = always\nformat = string\n")
         os.chmod(plugin, 0o640)
-        daemon_dir.write_config(name_format="USER", name="pytest-client")
+        # a burst of 30,000 records: the queue must hold what audisp-remote has not sent yet
+        daemon_dir.write_config(name_format="USER", name="pytest-client", q_depth="99999")
         # audisp-remote reads only /etc/audit/audisp-remote.conf: give it ours in a mount
         # namespace of the daemon's own, leaving the host's file alone.
         wrapper = ["unshare", "-m", "--propagation", "private", "sh", "-c",
                    f'mount --bind "{remote_conf}" {REMOTE_CONF} && exec "$0" "$@"']
         daemon = start_pyauditd(daemon_dir, wrapper=wrapper)
         try:
-            for i in range(200):
+            for i in range(50):
                 auditctl("-m", f"pytest-remote-{i}")
-            daemon.wait_for_line("pytest-remote-199")
+            rule = ["always,exit", "-F", "arch=b64", "-S", "getppid", "-F",
+                    f"exe={load_generator}", "-k", "pytest-remote"]
+            auditctl("-a", *rule)
+            try:
+                subprocess.run([str(load_generator), "10000"], check=True)
+            finally:
+                auditctl("-d", *rule)
 
-            def arrived() -> list[str]:
-                return [ln for ln in server.lines() if "pytest-remote-" in ln]
+            def arrived(marker: str) -> list[str]:
+                return [ln for ln in server.lines() if marker in ln]
 
-            assert wait_for(lambda: len(arrived()) >= 200, 15), server_run.stderr()[-2000:]
-            lines = arrived()
-            assert len(lines) == 200
-            assert all(ln.startswith("node=pytest-client type=USER msg=audit(") for ln in lines)
+            events = 'key="pytest-remote"'
+            assert wait_for(lambda: len(arrived(events)) >= 10000 + 2, 60), (
+                server_run.stderr()[-2000:])
+            syscalls = [ln for ln in arrived(events) if " type=SYSCALL " in ln]
+            stamps = {ln.split("msg=audit(", 1)[1].split(")", 1)[0] for ln in syscalls}
+            assert len(syscalls) == len(stamps) == 10000
+            users = arrived("pytest-remote-")
+            assert len(users) == 50
+            assert all(ln.startswith("node=pytest-client type=") for ln in users + syscalls)
         finally:
             assert daemon.stop() == 0
     finally:
