@@ -399,6 +399,13 @@ def table(results: list[Result], events: int, exec_events: int, rounds: int) -> 
             f"{median([r.rss_kib for r in py]) / 1024:.1f}"
             + (f" (+{disp:.1f})" if disp else "") + " |"
         )
+    lines += [
+        "",
+        "events/s: from the first call until every event is on disk (lossless), or until the "
+        "log stops growing (burst); \"capped\": --max-seconds passed first. lost: the "
+        "kernel's lost counter over the run, in records (an event is 3 records). CPU: daemon, "
+        "dispatcher and plugins together. RSS: peak of the daemon (and of pyaudispd).",
+    ]
     return "\n".join(lines) + "\n"
 
 
