@@ -61,6 +61,10 @@ def test_string_and_binary_delivery_are_byte_exact(make: Make) -> None:
     d.plugin("text")
     d.plugin("bin", fmt="binary")
     d.start()
+    # Both plugins must be up before input ends: at EOF a plugin gets 50 ms before SIGTERM,
+    # which a Python plugin still starting on a loaded machine may not survive.
+    for name in ("text", "bin"):
+        wait_for(lambda name=name: Path(str(d.output(name)) + ".probe").exists(), 10)
     records = [
         (V0, 1300, b"audit(1700000000.123:42): arch=c000003e syscall=59 success=yes"),
         (
