@@ -66,6 +66,7 @@ from .builtin_af_unix import AfUnixPlugin
 from .builtin_syslog import SyslogPlugin
 from .children import ChildHandle, spawn
 from .config import ConfigError
+from .logsetup import message_handler
 from .plugin_config import (
     AF_UNIX,
     SYSLOG,
@@ -640,20 +641,10 @@ def _parser() -> argparse.ArgumentParser:
 def _setup_logging(foreground: bool, debug: bool) -> None:
     log.setLevel(logging.DEBUG if debug else logging.INFO)
     log.propagate = False
-    handler: logging.Handler
-    if foreground or sys.stderr.isatty():
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("pyaudispd: %(levelname)s: %(message)s"))
-    else:
-        try:
-            handler = logging.handlers.SysLogHandler(
-                "/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON
-            )
-            handler.setFormatter(logging.Formatter("pyaudispd[%(process)d]: %(message)s"))
-        except OSError:
-            handler = logging.StreamHandler(sys.stderr)
-            handler.setFormatter(logging.Formatter("pyaudispd: %(levelname)s: %(message)s"))
-    log.addHandler(handler)
+    log.addHandler(message_handler(
+        "pyaudispd", foreground or sys.stderr.isatty(),
+        stderr_format="pyaudispd: %(levelname)s: %(message)s",
+    ))
 
 
 async def _amain(options: Options) -> int:

@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import logging.handlers
 import os
 import sys
 from collections.abc import Sequence
 
 from . import __version__
 from .config import ConfigError, load_auditd_conf
+from .logsetup import message_handler
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -50,20 +50,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def setup_logging(to_stderr: bool) -> None:
-    handler: logging.Handler
-    if to_stderr:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("pyauditd[%(process)d]: %(message)s"))
-    else:
-        try:
-            handler = logging.handlers.SysLogHandler(
-                "/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON
-            )
-            handler.setFormatter(logging.Formatter("pyauditd[%(process)d]: %(message)s"))
-        except OSError:
-            handler = logging.StreamHandler(sys.stderr)
     root = logging.getLogger("auditpy")
-    root.handlers[:] = [handler]
+    root.handlers[:] = [message_handler("pyauditd", to_stderr)]
     root.setLevel(logging.INFO)
 
 
