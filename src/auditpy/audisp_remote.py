@@ -61,6 +61,7 @@ from typing import Final, Protocol
 
 from .children import ChildHandle, spawn_helper
 from .config import ConfigError, ConfigProblem
+from .conftext import bounded_uint, fold
 from .remote_protocol import (
     MAX_PAYLOAD,
     MAX_SEQ,
@@ -191,27 +192,15 @@ class _Bad(Exception):
     pass
 
 
-_ASCII_LOWER: Final = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
-
-
-def _fold(text: str) -> str:
-    """strcasecmp() in the C locale: only ASCII letters fold."""
-    return text.translate(_ASCII_LOWER)
-
-
 def _number(value: str, low: int, high: int) -> int:
-    if not value.isascii() or not value.isdigit():
-        raise _Bad(f"value {value!r} should only be digits")
-    if len(value.lstrip("0")) > 10 or int(value) > high:
-        raise _Bad(f"value {value} is too large (maximum {high})")
-    number = int(value)
-    if number < low:
-        raise _Bad(f"value {number} is too small (minimum {low})")
-    return number
+    try:
+        return bounded_uint(value, low, high)
+    except ValueError as exc:
+        raise _Bad(str(exc)) from None
 
 
 def _choice(value: str, allowed: Sequence[str]) -> str:
-    folded = _fold(value)
+    folded = fold(value)
     if folded not in allowed:
         raise _Bad(f"{value!r} is not one of {', '.join(allowed)}")
     return folded
@@ -230,7 +219,7 @@ def _host(value: str) -> str:
 
 
 def _local_port(value: str) -> int | None:
-    if _fold(value) == "any":
+    if fold(value) == "any":
         return None
     port = _number(value, 0, 65535)
     return port or None
@@ -316,7 +305,7 @@ def parse_remote_conf(text: str, path: str = DEFAULT_CONFIG) -> ParsedRemoteConf
         if any("\ud800" <= ch <= "\udfff" for ch in row):
             errors.append(ConfigProblem(path, number, "line contains bytes that are not UTF-8"))
             continue
-        keyword = _fold(tokens[0])
+        keyword = fold(tokens[0])
         if "=" in keyword:
             errors.append(ConfigProblem(
                 path, number, f"missing '=' between spaces in {tokens[0]!r}"

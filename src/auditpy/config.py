@@ -40,6 +40,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from .conftext import fold
+
 #: 3.0.9 reads lines into a 160-byte buffer with fgets(); the newline and the terminating
 #: NUL must fit too, so a line may hold at most 158 bytes.  Longer lines are skipped.
 MAX_LINE_BYTES: Final = 158
@@ -224,19 +226,11 @@ class _Keyword:
     takes_option: bool = False
 
 
-_ASCII_LOWER: Final = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 _DIGITS: Final = re.compile(r"[0-9]+")
 _PERCENT: Final = re.compile(r"([0-9]+)%")
 _PORTS: Final = re.compile(r"([0-9]+)(?:-([0-9]+))?")
 _EMAIL_CHARS: Final = re.compile(r"[A-Za-z0-9@._-]*")
 
-
-def _fold(text: str) -> str:
-    """Case-fold like strcasecmp() in the C locale: ASCII letters only.
-
-    str.lower() would let non-ASCII look-alikes (e.g. KELVIN SIGN) match keywords.
-    """
-    return text.translate(_ASCII_LOWER)
 
 
 def _uint(text: str, keyword: str, low: int = 0, high: int = ULONG_MAX) -> int:
@@ -256,7 +250,7 @@ def _uint(text: str, keyword: str, low: int = 0, high: int = ULONG_MAX) -> int:
 
 def _yes_no(attr: str) -> _Parser:
     def parse(line: _Line) -> dict[str, Any]:
-        folded = _fold(line.value)
+        folded = fold(line.value)
         if folded not in ("yes", "no"):
             raise _BadValue(f"{line.keyword}: value {line.value!r} should be yes or no")
         return {attr: folded == "yes"}
@@ -266,7 +260,7 @@ def _yes_no(attr: str) -> _Parser:
 
 def _choose(line: _Line, allowed: Iterable[str], known: Iterable[str] = ()) -> str:
     """Match an enumeration value; `known` values exist for other keywords but not here."""
-    folded = _fold(line.value)
+    folded = fold(line.value)
     allowed = tuple(allowed)
     if folded in allowed:
         return folded.upper()
@@ -433,7 +427,7 @@ def _dispatcher(line: _Line) -> dict[str, Any]:
 
 def _disp_qos(line: _Line) -> dict[str, Any]:
     line.warnings.append("disp_qos is deprecated and ignored")
-    folded = _fold(line.value)
+    folded = fold(line.value)
     if folded in ("lossy", "lossless"):
         return {"disp_qos": folded.upper()}
     # 3.0.9 accepts any value here because it ignores the keyword.
@@ -564,7 +558,7 @@ def _scan_line(parse: _Parse, number: int, text: str) -> None:
 
 
 def _apply(parse: _Parse, number: int, name: str, value: str, option: str | None) -> None:
-    keyword = _fold(name)
+    keyword = fold(name)
     spec = _KEYWORDS.get(keyword)
     if spec is None:
         parse.error(number, f"unknown keyword {name!r}")

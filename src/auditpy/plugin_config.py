@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from .config import ConfigError, ConfigProblem, load_auditd_conf
+from .conftext import bounded_uint, fold
 
 #: 4.1.4+ reads lines into a 512-byte buffer.
 MAX_LINE_BYTES: Final = 512
@@ -145,14 +146,6 @@ class PluginConfig:
 # Tokens
 
 
-_ASCII_LOWER: Final = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
-
-
-def _fold(text: str) -> str:
-    """strcasecmp() in the C locale: only ASCII letters fold (no KELVIN SIGN tricks)."""
-    return text.translate(_ASCII_LOWER)
-
-
 def _upper(text: str) -> str:
     return text.upper() if text.isascii() else text
 
@@ -200,7 +193,7 @@ def _single_value(tokens: list[str]) -> str:
 
 
 def _choice(keyword: str, value: str, allowed: Iterable[str]) -> str:
-    folded = _fold(value)
+    folded = fold(value)
     options = tuple(allowed)
     if folded not in options:
         raise ValueError(f"{keyword}: {value!r} is not one of {', '.join(options)}")
@@ -208,14 +201,10 @@ def _choice(keyword: str, value: str, allowed: Iterable[str]) -> str:
 
 
 def _uint(keyword: str, value: str, low: int, high: int) -> int:
-    if not value.isascii() or not value.isdigit():
-        raise ValueError(f"{keyword}: value {value!r} should only be digits")
-    if len(value.lstrip("0")) > 10 or int(value) > high:
-        raise ValueError(f"{keyword}: value {value} is too large (maximum {high})")
-    number = int(value)
-    if number < low:
-        raise ValueError(f"{keyword}: value {number} is too small (minimum {low})")
-    return number
+    try:
+        return bounded_uint(value, low, high)
+    except ValueError as exc:
+        raise ValueError(f"{keyword}: {exc}") from None
 
 
 # --------------------------------------------------------------------------------------
@@ -250,10 +239,10 @@ def parse_af_unix_args(args: Iterable[str]) -> AfUnixArgs:
             if len(os.fsencode(arg)) > 107:
                 raise ValueError("af_unix: socket path is longer than 107 bytes")
             path = arg
-        elif _fold(arg) in ("string", "binary"):
+        elif fold(arg) in ("string", "binary"):
             if fmt is not None:
                 raise ValueError(f"af_unix: output format given twice ({arg!r})")
-            fmt = _fold(arg)
+            fmt = fold(arg)
         else:
             raise ValueError(
                 f"af_unix: unknown argument {arg!r} (expected an octal mode, a socket path, "
@@ -321,7 +310,7 @@ def parse_plugin_conf(
         problems.append(PluginProblem(file, line, message))
 
     for number, tokens in _tokens(text, file, problems):
-        keyword = _fold(tokens[0])
+        keyword = fold(tokens[0])
         if keyword not in _PLUGIN_KEYWORDS:
             error(number, f"unknown keyword {tokens[0]!r}")
             continue
@@ -349,7 +338,7 @@ def parse_plugin_conf(
     updates: dict[str, object] = {k: v for k, v in values.items() if k != "path"}
     path = values.get("path")
     if isinstance(path, str):
-        builtin = BUILTIN_PATHS.get(_fold(path))
+        builtin = BUILTIN_PATHS.get(fold(path))
         updates["builtin"] = builtin
         updates["path"] = builtin if builtin is not None else path
         updates["path_line"] = where["path"]
@@ -386,7 +375,7 @@ def _plugin_value(keyword: str, tokens: list[str]) -> object:
     if keyword == "active":
         return _choice(keyword, value, ("yes", "no")) == "yes"
     if keyword == "direction":
-        if _fold(value) == "in":
+        if fold(value) == "in":
             raise ValueError("direction = in is not supported; plugins only receive events")
         return _choice(keyword, value, ("out",))
     if keyword == "type":
@@ -394,7 +383,7 @@ def _plugin_value(keyword: str, tokens: list[str]) -> object:
     if keyword == "format":
         return _choice(keyword, value, ("string", "binary"))
     # path
-    if _fold(value) not in BUILTIN_PATHS and not value.startswith("/"):
+    if fold(value) not in BUILTIN_PATHS and not value.startswith("/"):
         raise ValueError(f"path {value!r} is neither absolute nor builtin_af_unix / builtin_syslog")
     return value
 
@@ -451,7 +440,7 @@ def parse_audispd_conf(text: str, path: str = AUDISPD_CONF) -> tuple[dict[str, o
     warnings: list[str] = []
     values: dict[str, object] = {}
     for number, tokens in _tokens(text, path, problems):
-        keyword = _fold(tokens[0])
+        keyword = fold(tokens[0])
         if keyword not in _SETTINGS_KEYWORDS:
             problems.append(PluginProblem(path, number, f"unknown keyword {tokens[0]!r}"))
             continue
@@ -467,9 +456,9 @@ def parse_audispd_conf(text: str, path: str = AUDISPD_CONF) -> tuple[dict[str, o
             elif keyword in ("priority_boost", "max_restarts"):
                 values[keyword] = _uint(keyword, value, 0, INT_MAX)
             elif keyword == "overflow_action":
-                values[keyword] = _choice(keyword, value, map(_fold, OVERFLOW_ACTIONS)).upper()
+                values[keyword] = _choice(keyword, value, map(fold, OVERFLOW_ACTIONS)).upper()
             elif keyword == "name_format":
-                values[keyword] = _choice(keyword, value, map(_fold, NAME_FORMATS)).upper()
+                values[keyword] = _choice(keyword, value, map(fold, NAME_FORMATS)).upper()
             else:
                 values[keyword] = value
         except ValueError as exc:
