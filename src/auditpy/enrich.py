@@ -72,6 +72,7 @@ _AUDIT_USER_AVC: Final = 1107
 _FLUSH_BEFORE: Final = frozenset({1114, 1116})
 #: ...and after USER_MGMT, DEL_USER, DEL_GROUP and GRP_MGMT records.
 _FLUSH_AFTER: Final = frozenset({1102, 1115, 1117, 1132})
+_FLUSHING: Final = _FLUSH_BEFORE | _FLUSH_AFTER
 
 _ULONG_MAX: Final = (1 << 64) - 1
 _U32: Final = 0xFFFFFFFF
@@ -110,6 +111,20 @@ _UPPER_NAMES: Final = {
     name: name.upper()[:_NAME_MAX] + b"="
     for kinds in (_DEFAULT_KINDS, *_KINDS_BY_RTYPE.values())
     for name in kinds
+}
+
+
+def _needles(kinds: dict[bytes, int]) -> tuple[bytes, ...]:
+    """Substrings one of which every record with a field to enrich holds: a picked field is
+    a ``name=`` in the body, and every name ends in "id" or is arch, syscall or saddr."""
+    return tuple(sorted({b"id=" if name.endswith(b"id") else name + b"=" for name in kinds}))
+
+
+_DEFAULT_NEEDLES: Final = _needles(_DEFAULT_KINDS)
+#: By message type as received (before RTYPE_REMAP), for the types that differ.
+_NEEDLES_BY_TYPE: Final = {
+    msg_type: _needles(_KINDS_BY_RTYPE.get(RTYPE_REMAP.get(msg_type, msg_type), _DEFAULT_KINDS))
+    for msg_type in {*RTYPE_REMAP, *_KINDS_BY_RTYPE}
 }
 _SYSCALL_BYTES: Final = {
     m: {nr: n.encode() for nr, n in t.items()} for m, t in SYSCALL_NAMES.items()
@@ -645,6 +660,14 @@ class Enricher:
             and (shape := _SYSCALL_SHAPE.match(body)) is not None
         ):
             return self._syscall_suffix(shape.groups(), body, raw_len)
+        if isinstance(body, bytes) and msg_type not in _FLUSHING:
+            # Most records of an event (PROCTITLE, EXECVE, CWD...) have no field to enrich:
+            # a few substring tests instead of splitting the record into fields.
+            for needle in _NEEDLES_BY_TYPE.get(msg_type, _DEFAULT_NEEDLES):
+                if needle in body:
+                    break
+            else:
+                return b""
         if msg_type in _FLUSH_BEFORE:
             self.flush_caches()
         try:

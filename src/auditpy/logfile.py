@@ -208,7 +208,12 @@ class _Flusher:
     def __init__(self, dup_fd: Callable[[], int], generation: Callable[[], int]) -> None:
         self._dup_fd = dup_fd
         self._generation = generation
-        self._wake = threading.Event()
+        # A plain lock as a binary semaphore: held while no sync is pending, released by the
+        # writer to request one, taken back by the worker. A release is one C call (Event.set
+        # was a Condition round trip in Python per request); only the writer releases, so
+        # "held" cannot change between its check and its release.
+        self._wake = threading.Lock()
+        self._wake.acquire()
         self._stop = False
         self.error: LogIOError | None = None
         self.syncs = 0
@@ -216,22 +221,21 @@ class _Flusher:
         self._thread.start()
 
     def kick(self) -> None:
-        # Called every `freq` records on the hot path: while a wake-up is already pending,
-        # the fsync it triggers covers these records too, so skip the lock and notify.
-        if not self._wake.is_set():
-            self._wake.set()
+        # Called every `freq` records on the hot path: while a request is already pending,
+        # the fsync it triggers covers these records too.
+        if self._wake.locked():
+            self._wake.release()
 
     def stop(self) -> None:
         self._stop = True
-        self._wake.set()
+        self.kick()
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
         fd, seen = -1, -1
         try:
             while True:
-                self._wake.wait()
-                self._wake.clear()
+                self._wake.acquire()
                 if self._stop:
                     return
                 generation = self._generation()

@@ -1,0 +1,49 @@
+"""The event socket against the kernel: registration and the record stream, read with
+recvmmsg and, where that is unavailable, one datagram at a time."""
+
+from __future__ import annotations
+
+import os
+import select
+import time
+
+import pytest
+
+from auditpy import mmsg
+from auditpy.netlink import AUDIT_USER, AuditSocket, AuditStatus
+
+AUDIT_USER_TYPE = 1005
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["recvmmsg", "recvfrom"])
+def test_registered_socket_reads_every_user_message_once_in_order(
+    kernel_state: AuditStatus, monkeypatch: pytest.MonkeyPatch, batched: bool
+) -> None:
+    if not batched:
+        monkeypatch.setattr(mmsg, "_RECVMMSG", None)
+    events = AuditSocket(rcvbuf=4 << 20)
+    sender = AuditSocket()
+    count = 600  # several recvmmsg batches of 128
+    try:
+        events.register(os.getpid())
+        try:
+            for i in range(count):
+                sender.send(AUDIT_USER, b"pytest-netlink %d\0" % i, ack=False)
+            seen: list[bytes] = []
+            deadline = time.monotonic() + 10
+            while len(seen) < count and time.monotonic() < deadline:
+                select.select([events.fileno()], [], [], 0.5)
+                records, enobufs = events.recv_records(512)
+                assert enobufs == 0
+                for msg_type, payload in records:
+                    if b"pytest-netlink " in payload:
+                        assert msg_type == AUDIT_USER_TYPE
+                        assert not payload.endswith(b"\0")
+                        seen.append(payload.split(b"pytest-netlink ")[1].split(b"'")[0])
+            assert seen == [b"%d" % i for i in range(count)]
+            assert (events._batch is not None) == batched
+        finally:
+            events.unregister()
+    finally:
+        events.close()
+        sender.close()
