@@ -319,6 +319,8 @@ class Dispatcher:
             return
         for version, msg_type, payload in frames:
             self.dispatch(Record(version, msg_type, payload, self.node))
+        for runner in self.plugins.values():
+            runner.flush()
 
     def dispatch(self, record: Record) -> None:
         self.records_in += 1

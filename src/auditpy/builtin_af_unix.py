@@ -33,7 +33,7 @@ LISTEN_BACKLOG = 5
 
 
 class _Client:
-    __slots__ = ("number", "out", "queue", "sock")
+    __slots__ = ("number", "out", "queue", "sock", "writing")
 
     def __init__(self, sock: socket.socket, number: int) -> None:
         self.sock = sock
@@ -41,6 +41,8 @@ class _Client:
         self.queue: collections.deque[bytes] = collections.deque()
         #: unsent rest of queue[0]
         self.out: memoryview | None = None
+        #: waiting for the socket to take more (a writer is registered)
+        self.writing = False
 
 
 class AfUnixPlugin(PluginRunner):
@@ -206,19 +208,27 @@ class AfUnixPlugin(PluginRunner):
             return True
         data = record.encode(self.format)
         limit = self.ctx.q_depth
-        for client in list(self.clients.values()):
+        for fd, client in list(self.clients.items()):
             if len(client.queue) >= limit:
-                self._drop_client(client, f"did not read ({limit} records waiting)")
-                continue
+                if not client.writing:
+                    self._flush(client)  # it is slow only if its socket is full too
+                    if self.clients.get(fd) is not client:
+                        continue  # the flush found it gone
+                if len(client.queue) >= limit:
+                    self._drop_client(client, f"did not read ({limit} records waiting)")
+                    continue
             client.queue.append(data)
-            if len(client.queue) == 1:
-                self._flush(client)
         if self.clients:
             self.delivered += 1
             self.max_depth = max(self.max_depth, self.depth)
         else:
             self.dropped += 1
         return True
+
+    def flush(self) -> None:
+        for client in list(self.clients.values()):
+            if client.queue and not client.writing:
+                self._flush(client)
 
     def _flush(self, client: _Client) -> None:
         fd = client.sock.fileno()
@@ -240,6 +250,9 @@ class AfUnixPlugin(PluginRunner):
             client.out = None
             queue.popleft()
         if queue:
-            self.ctx.loop.add_writer(fd, self._flush, client)
-        else:
+            if not client.writing:
+                self.ctx.loop.add_writer(fd, self._flush, client)
+                client.writing = True
+        elif client.writing:
             self.ctx.loop.remove_writer(fd)
+            client.writing = False

@@ -588,7 +588,11 @@ class Daemon:
             kernel_backlog=status.backlog if status else None,
             log_state=self._log_state(),
             config_items=config_items,
-            extra={**(self.dispatcher.state() if self.dispatcher else {}), **self._remote_state()},
+            extra={
+                **self._kernel_state(),
+                **(self.dispatcher.state() if self.dispatcher else {}),
+                **self._remote_state(),
+            },
         )
         path = self.options.state_file
         old_umask = os.umask(0o137)
@@ -600,6 +604,10 @@ class Daemon:
         finally:
             os.umask(old_umask)
 
+    def _kernel_state(self) -> dict[str, str]:
+        if self.kernel is None:
+            return {}
+        return {"datagrams not from the kernel (dropped)": str(self.kernel.rejected)}
 
     # -- the network listener (tcp_listen_port; remote_server) ----------------------------------
 

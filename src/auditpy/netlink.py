@@ -141,11 +141,20 @@ class AuditSocket:
         self._seq = 0
         self._batch: RecordBatchReader | None = None
         self._batch_tried = multicast  # multicast datagrams may hold several messages
+        self._rejected = 0
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
+    @property
+    def rejected(self) -> int:
+        """Datagrams on the record stream that were dropped: not sent by the kernel (a
+        process may try to forge records) or shorter than a netlink header."""
+        return self._rejected + (self._batch.rejected if self._batch is not None else 0)
+
     def close(self) -> None:
+        if self._batch is not None:
+            self._rejected += self._batch.rejected
         # The reader holds the descriptor's number, which the next open may reuse.
         self._batch, self._batch_tried = None, True
         self.sock.close()
@@ -282,6 +291,7 @@ class AuditSocket:
                     continue
                 raise
             if addr[0] != 0 or len(data) < NLMSG_HDRLEN:
+                self._rejected += 1
                 continue
             if unicast:
                 # The kernel sends one record per datagram to the daemon, with nlmsg_len

@@ -167,8 +167,13 @@ class PluginRunner:
 
     def offer(self, record: Record) -> bool:
         """Take `record`; False only when the queue is full (the record is then dropped
-        and counted, and the dispatcher applies overflow_action)."""
+        and counted, and the dispatcher applies overflow_action). Queued records go out at
+        the next `flush`."""
         raise NotImplementedError
+
+    def flush(self) -> None:
+        """Start sending what `offer` queued; called once per read of the dispatcher's
+        input, so that one send carries many records."""
 
     def hup(self) -> None:
         """The plugin's configuration is unchanged after a reload."""
@@ -442,14 +447,20 @@ class ExternalPlugin(PluginRunner):
             self.dropped += 1
             return True
         if len(self.queue) >= self.ctx.q_depth:
-            self.dropped += 1
-            return False
+            self.flush()  # full only if the plugin's socket takes no more either
+            if len(self.queue) >= self.ctx.q_depth:
+                self.dropped += 1
+                return False
         self.queue.append(record)
         if len(self.queue) > self.max_depth:
             self.max_depth = len(self.queue)
-        if self.state is State.RUNNING and not self._writing:
-            self._pump()
         return True
+
+    def flush(self) -> None:
+        # A send per offered record was a system call per record per plugin (py-spy: half
+        # of pyaudispd's time with one plugin at 40,000 events/s).
+        if self.queue and self.state is State.RUNNING and not self._writing:
+            self._pump()
 
     def adopt(self, records: list[Record]) -> None:
         room = max(0, self.ctx.q_depth - len(self.queue))

@@ -6,10 +6,15 @@ Pure functions and tables; the per-record hot path is `LineFormatter.format`.
 from __future__ import annotations
 
 import socket
+from typing import TYPE_CHECKING
 
-from .enrich import Enricher
 from .msgtypes import MSG_TYPE_NAMES
 from .netlink import AUDIT_EOE, AUDIT_REPLACE
+
+if TYPE_CHECKING:
+    # Only the daemon builds an Enricher; the dispatcher, which needs type names from here,
+    # does not load its tables.
+    from .enrich import Enricher
 
 #: Lines of this many characters or more are cut to it, as the C daemon does.
 MAX_LINE = 8969

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import select
+import socket
+import struct
 import time
 
 import pytest
@@ -27,6 +29,11 @@ def test_registered_socket_reads_every_user_message_once_in_order(
     try:
         events.register(os.getpid())
         try:
+            forger = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 9)
+            with forger:
+                # Root may send to another netlink port directly: a forged record.
+                forged = struct.pack("=IHHII", 0, AUDIT_USER_TYPE, 0, 0, 0) + b"pytest-forged"
+                forger.sendto(forged, (events.sock.getsockname()[0], 0))
             for i in range(count):
                 sender.send(AUDIT_USER, b"pytest-netlink %d\0" % i, ack=False)
             seen: list[bytes] = []
@@ -36,12 +43,14 @@ def test_registered_socket_reads_every_user_message_once_in_order(
                 records, enobufs = events.recv_records(512)
                 assert enobufs == 0
                 for msg_type, payload in records:
+                    assert b"pytest-forged" not in payload
                     if b"pytest-netlink " in payload:
                         assert msg_type == AUDIT_USER_TYPE
                         assert not payload.endswith(b"\0")
                         seen.append(payload.split(b"pytest-netlink ")[1].split(b"'")[0])
             assert seen == [b"%d" % i for i in range(count)]
             assert (events._batch is not None) == batched
+            assert events.rejected == 1
         finally:
             events.unregister()
     finally:
