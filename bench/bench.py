@@ -83,6 +83,8 @@ class Run:
     lost: int
     #: the run hit --max-seconds before every event was logged
     capped: bool = False
+    #: the fewest events any (working) plugin received, when there are plugins
+    delivered: int | None = None
 
     @property
     def rate(self) -> float:
@@ -234,6 +236,14 @@ class LogCounter:
 # -- one run ----------------------------------------------------------------------------------
 
 
+def plugin_outputs(root: Path, scenario: Scenario) -> list[Path]:
+    """Where each working plugin writes what it receives: tmpfs when there is one, so that
+    counting what plugins got costs them no disk I/O."""
+    shm = Path("/dev/shm")
+    base = shm if shm.is_dir() else root
+    return [base / f"{root.name}-plugin{i}.out" for i in range(scenario.plugins)]
+
+
 def write_config(root: Path, scenario: Scenario) -> Path:
     conf = root / "etc"
     plugins = conf / "plugins.d"
@@ -249,9 +259,13 @@ def write_config(root: Path, scenario: Scenario) -> Path:
         "disk_full_action = SUSPEND\ndisk_error_action = SUSPEND\npriority_boost = 4\n"
         f"q_depth = 2000\noverflow_action = SYSLOG\nplugin_dir = {plugins}\n"
     )
-    for i in range(scenario.plugins):
+    for i, out in enumerate(plugin_outputs(root, scenario)):
+        # cat, as a plugin that does nothing but keep what it is given
+        program = root / f"plugin{i}.sh"
+        program.write_text(f"#!/bin/sh\nexec /bin/cat > {out}\n")
+        os.chmod(program, 0o755)
         (plugins / f"cat{i}.conf").write_text(
-            "active = yes\ndirection = out\npath = /bin/cat\ntype = always\nformat = string\n"
+            f"active = yes\ndirection = out\npath = {program}\ntype = always\nformat = string\n"
         )
     if scenario.stuck:
         stuck = root / "stuck.sh"
@@ -296,6 +310,8 @@ def one_run(daemon: str, scenario: Scenario, events: int, loadgen: Path, true_co
                     with contextlib.suppress(OSError):
                         os.kill(pid, signal.SIGKILL)
     finally:
+        for out in plugin_outputs(root, scenario):
+            out.unlink(missing_ok=True)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -353,6 +369,7 @@ def measure(proc: subprocess.Popen[bytes], scenario: Scenario, events: int, load
             if generator.poll() is None:
                 generator.kill()
             generator.wait()
+        delivered = wait_for_plugins(root, scenario, key, counter.count - base)
         pids = tree(proc.pid)
         cpu = cpu_seconds(pids) - cpu_before
         rss = peak_rss_kib(proc.pid)
@@ -361,7 +378,24 @@ def measure(proc: subprocess.Popen[bytes], scenario: Scenario, events: int, load
                              default=0) if len(pids) > 1 else 0
         lost = status().lost - lost_before
     logged = counter.count - base
-    return Run(logged, end - start, cpu, rss, dispatcher_rss, lost, capped)
+    return Run(logged, end - start, cpu, rss, dispatcher_rss, lost, capped, delivered)
+
+
+def wait_for_plugins(root: Path, scenario: Scenario, key: str, logged: int) -> int | None:
+    """The fewest events a plugin got, once each got all that was logged or stopped getting
+    more for 2 s (the time this takes is not in events/s; its CPU is)."""
+    if not scenario.plugins:
+        return None
+    counters = [LogCounter(out, key) for out in plugin_outputs(root, scenario)]
+    still, last = time.monotonic(), -1
+    while time.monotonic() - still < 2.0:
+        fewest = min(c.poll() for c in counters)
+        if fewest >= logged:
+            break
+        if fewest != last:
+            last, still = fewest, time.monotonic()
+        time.sleep(0.05)
+    return min(c.count for c in counters)
 
 
 # -- report -----------------------------------------------------------------------------------
@@ -379,9 +413,9 @@ def table(results: list[Result], events: int, exec_events: int, rounds: int) -> 
         f"median of {rounds} rounds, C auditd = Debian {c_version()}.",
         "",
         "| scenario | C events/s | pyauditd events/s | ratio | C CPU s/100k | "
-        "py CPU s/100k | C logged / lost | py logged / lost | C RSS MiB | py RSS MiB "
-        "(+ dispatcher) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "py CPU s/100k | C logged / lost | py logged / lost | C / py events each plugin got "
+        "| C RSS MiB | py RSS MiB (+ dispatcher) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for res in results:
         c, py = res.runs["c"], res.runs["py"]
@@ -397,6 +431,7 @@ def table(results: list[Result], events: int, exec_events: int, rounds: int) -> 
             f"{median([r.cpu_per_100k for r in py]):.2f} | "
             f"{median([r.events for r in c]):,.0f} / {median([r.lost for r in c]):,.0f} | "
             f"{median([r.events for r in py]):,.0f} / {median([r.lost for r in py]):,.0f} | "
+            f"{delivered(c)} / {delivered(py)} | "
             f"{median([r.rss_kib for r in c]) / 1024:.1f} | "
             f"{median([r.rss_kib for r in py]) / 1024:.1f}"
             + (f" (+{disp:.1f})" if disp else "") + " |"
@@ -406,9 +441,16 @@ def table(results: list[Result], events: int, exec_events: int, rounds: int) -> 
         "events/s: from the first call until every event is on disk (lossless), or until the "
         "log stops growing (burst); \"capped\": --max-seconds passed first. lost: the "
         "kernel's lost counter over the run, in records (an event is 3 records). CPU: daemon, "
-        "dispatcher and plugins together. RSS: peak of the daemon (and of pyaudispd).",
+        "dispatcher and plugins together. Events each plugin got: the fewest any working "
+        "plugin (a cat) received, median over the rounds. RSS: peak of the daemon (and of "
+        "pyaudispd).",
     ]
     return "\n".join(lines) + "\n"
+
+
+def delivered(runs: list[Run]) -> str:
+    counts = [r.delivered for r in runs if r.delivered is not None]
+    return f"{median([float(n) for n in counts]):,.0f}" if counts else "-"
 
 
 def c_version() -> str:
@@ -486,7 +528,9 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{scenario.name:9} round {round_ + 1} {daemon:2}: "
                           f"{run.rate:10,.0f} events/s  {run.events:8,} logged  "
                           f"{run.lost:8,} lost  cpu {run.cpu:6.2f}s  rss {run.rss_kib // 1024} MiB"
-                          + ("  (capped)" if run.capped else ""),
+                          + ("  (capped)" if run.capped else "")
+                          + (f"  plugins got {run.delivered:,}" if run.delivered is not None
+                             else ""),
                           flush=True)
             results.append(result)
     finally:
