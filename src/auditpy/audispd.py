@@ -317,20 +317,25 @@ class Dispatcher:
             log.error("%s; the input cannot be resynchronised, exiting", exc)
             self.finish(1)
             return
-        for version, msg_type, payload in frames:
-            self.dispatch(Record(version, msg_type, payload, self.node))
-        for runner in self.plugins.values():
-            runner.flush()
+        node = self.node
+        self.dispatch([Record(version, msg_type, payload, node) for version, msg_type, payload
+                       in frames])
 
-    def dispatch(self, record: Record) -> None:
-        self.records_in += 1
-        if self.suspended:
-            for runner in self.plugins.values():
-                runner.dropped += 1
-            return
-        for runner in list(self.plugins.values()):
-            if not runner.offer(record):
-                self._overflow(runner)
+    def dispatch(self, records: list[Record]) -> None:
+        """Queue one read's records for every plugin, then start sending (one send per
+        plugin for the lot)."""
+        self.records_in += len(records)
+        runners = list(self.plugins.values())
+        for record in records:
+            if self.suspended:
+                for runner in runners:
+                    runner.dropped += 1
+                continue
+            for runner in runners:
+                if not runner.offer(record):
+                    self._overflow(runner)
+        for runner in runners:
+            runner.flush()
 
     def _overflow(self, runner: PluginRunner) -> None:
         action = self.settings.overflow_action

@@ -23,6 +23,7 @@ import contextlib
 import os
 import select
 import signal
+import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 #: Dispositions the parent set (SIG_IGN for most signals, in the daemons) survive exec; a
@@ -150,6 +151,32 @@ class ChildHandle:
             if loop is not None and not loop.is_closed():
                 loop.remove_reader(fd)
             os.close(fd)
+
+
+#: SO_SNDBUFFORCE: root may exceed net.core.wmem_max (212992 bytes on many hosts).
+_SO_SNDBUFFORCE = 32
+
+
+def stdin_pair(send_buffer: int) -> tuple[socket.socket, socket.socket]:
+    """A socketpair to feed a child's stdin: (our end, non-blocking, whose send buffer holds
+    about `send_buffer` bytes the child has not read yet; the child's end).
+
+    The buffer is what absorbs a reader that is briefly not scheduled before records queue
+    in our memory (and, at q_depth, are dropped), so it is forced past the sysctl limit
+    when we may.
+    """
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        try:
+            ours.setsockopt(socket.SOL_SOCKET, _SO_SNDBUFFORCE, send_buffer)
+        except OSError:
+            ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+        ours.setblocking(False)
+    except OSError:
+        ours.close()
+        theirs.close()
+        raise
+    return ours, theirs
 
 
 def _inheritable_fds() -> list[int]:

@@ -22,7 +22,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 
-from .children import ChildHandle, spawn_child
+from .children import ChildHandle, spawn_child, stdin_pair
 
 log = logging.getLogger("auditpy")
 
@@ -91,10 +91,8 @@ class DispatcherLink:
             self.child.send_signal(signum)
 
     def _start(self) -> None:
-        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        parent_end, child_end = stdin_pair(SNDBUF)
         try:
-            parent_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
-            parent_end.setblocking(False)
             # Born with its signals blocked: a SIGHUP before its handlers exist is held,
             # not fatal (pyaudispd unblocks them once its loop handles them).
             child = spawn_child(

@@ -56,10 +56,19 @@ def unpack_frames(buffer: bytearray) -> list[tuple[int, int, bytes]]:
     return out
 
 
+#: ``type=NAME msg=`` by message type, for V0 lines.
+_V0_PREFIX: dict[int, bytes] = {}
+
+
 def string_line(version: int, msg_type: int, payload: bytes) -> bytes:
     """The line a `format = string` plugin gets: one record, one line, newline-terminated."""
     if version == PROTOCOL_V0:
-        text = b"type=" + type_name(msg_type).encode() + b" msg=" + payload
+        prefix = _V0_PREFIX.get(msg_type)
+        if prefix is None:
+            prefix = b"type=" + type_name(msg_type).encode() + b" msg="
+            if len(_V0_PREFIX) < 4096:  # bounded: types are 16-bit, and peers are trusted
+                _V0_PREFIX[msg_type] = prefix
+        text = prefix + payload
     else:
         text = payload
     if b"\n" in text:

@@ -314,7 +314,9 @@ def test_stuck_plugin_costs_only_its_own_records(
     os.chmod(conf, 0o640)
     daemon_dir.write_config(q_depth="4000", overflow_action="SYSLOG")
     daemon = start_pyauditd(daemon_dir)
-    events = 5000
+    # More than the stuck plugin's queue (4000 records) and socket buffer (plugin_send_buffer)
+    # hold, so that it must drop.
+    events = 20000
     rule = ["always,exit", "-F", "arch=b64", "-S", "getppid", "-F", f"exe={load_generator}",
             "-k", "pytest-stuck"]
     try:
