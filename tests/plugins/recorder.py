@@ -29,8 +29,10 @@ probe = {
     "sid": os.getsid(0),
     "nice": os.getpriority(os.PRIO_PROCESS, 0),
 }
-with open(out_path + ".probe", "w") as f:
+# Written whole, then renamed: a test that sees the file sees all of it.
+with open(out_path + ".probe.tmp", "w") as f:
     json.dump(probe, f)
+os.rename(out_path + ".probe.tmp", out_path + ".probe")
 
 events = os.open(out_path + ".events", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
