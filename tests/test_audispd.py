@@ -322,6 +322,21 @@ def test_reload_revives_a_failed_plugin(make: Make) -> None:
     assert "starting plugin p.conf again after it failed" in d.log()
 
 
+def test_reload_restarts_a_plugin_waiting_out_its_back_off(make: Make) -> None:
+    """After SIGHUP the running plugins are the configured ones, even one that just crashed."""
+    d = make(args=["--backoff-initial", "30", "--backoff-max", "30"])
+    d.plugin("p", path=d.program("crasher.sh"))  # exits at once
+    d.plugin("ok")
+    d.start()
+    d.wait_log(r"plugin p.conf will be restarted in 30.00 s")
+    assert len(d.starts("p")) == 1
+    d.wait_ready("ok")
+    d.reload()
+    wait_for(lambda: len(d.starts("p")) == 2, 2.0, "the restart on reload")
+    assert "plugin p.conf unchanged: restarting it now" in d.log()
+    assert d.state()["plugin p.conf"]["restarts"] in ("1", "2")  # it may have died again
+
+
 def test_program_change_between_crashes_refills_budget(make: Make) -> None:
     d = make(settings={"max_restarts": 2})
     program = d.program("crasher.sh", name="plugin")

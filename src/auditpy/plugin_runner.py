@@ -402,6 +402,13 @@ class ExternalPlugin(PluginRunner):
         if self.child is not None and self.state is State.RUNNING:
             self.child.send_signal(signal.SIGHUP)
             log.info("plugin %s unchanged: sent SIGHUP to pid %d", self.name, self.child.pid)
+        elif self.state is State.BACKOFF:
+            # After a reload the running plugins are the configured ones: one waiting out
+            # its crash back-off starts now (the restart was already counted).
+            log.info("plugin %s unchanged: restarting it now instead of after its back-off",
+                     self.name)
+            self._cancel_timers()
+            self._restart()
         else:
             log.info("plugin %s unchanged (%s)", self.name, self.state.value)
 
