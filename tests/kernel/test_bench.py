@@ -36,3 +36,15 @@ def test_benchmark_runs_and_writes_its_table(kernel_state: AuditStatus, tmp_path
     assert after.backlog_wait_time == kernel_state.backlog_wait_time
     assert after.pid == 0
     assert auditctl("-l").stdout == rules_before
+
+
+def test_build_comparison_runs(kernel_state: AuditStatus) -> None:
+    repo = BENCH.parents[1]
+    proc = subprocess.run(
+        [sys.executable, str(BENCH.with_name("ab.py")), "raw", "200", "1", str(repo)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    medians = [ln for ln in proc.stdout.splitlines() if " median " in ln]
+    assert [ln.split()[0] for ln in medians] == ["C", str(repo)]
+    assert get_status().pid == 0

@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""Compare pyauditd builds with each other and with the C auditd on one benchmark scenario.
+
+A change to the record path is judged by alternating runs, since this kind of machine drifts
+by 10-20% between whole benchmark runs. Each TREE is a source tree (a checkout or a
+`git worktree`) whose `src/` is put first on PYTHONPATH for that run:
+
+    git worktree add /tmp/before HEAD~1
+    python3 bench/ab.py exec 10000 3 /tmp/before .
+
+prints every run, then the median events/s and CPU seconds per 100,000 events of each.
+Same rules as bench.py: root, no daemon registered; kernel settings and rules are put back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("scenario", choices=sorted(bench.SCENARIOS))
+    parser.add_argument("events", type=int)
+    parser.add_argument("rounds", type=int)
+    parser.add_argument("trees", nargs="+", type=Path, metavar="TREE")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    if bench.status().pid:
+        print("an audit daemon is registered; stop it first", file=sys.stderr)
+        return 1
+    scenario = bench.SCENARIOS[args.scenario]
+    build = Path(tempfile.mkdtemp(prefix="bench-ab-"))
+    runs: dict[str, list[bench.Run]] = {}
+    try:
+        loadgen = build / "loadgen"
+        subprocess.run(["gcc", "-O2", "-o", str(loadgen), str(bench.HERE / "loadgen.c")],
+                       check=True)
+        true_copy = build / "bench-true"
+        shutil.copy("/bin/true", true_copy)
+        for _ in range(args.rounds):
+            for who in ["C auditd", *map(str, args.trees)]:
+                if who == "C auditd":
+                    run = bench.one_run("c", scenario, args.events, loadgen, true_copy, [], 120)
+                else:
+                    src = (Path(who) / "src").resolve()
+                    command = ["env", f"PYTHONPATH={src}", sys.executable, "-m", "auditpy.cli"]
+                    run = bench.one_run("py", scenario, args.events, loadgen, true_copy,
+                                        command, 120)
+                runs.setdefault(who, []).append(run)
+                print(f"{who:30} {run.rate:10,.0f} events/s  {run.cpu_per_100k:6.2f} CPU s/100k",
+                      flush=True)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+    print()
+    for who, done in runs.items():
+        rate = statistics.median(r.rate for r in done)
+        cpu = statistics.median(r.cpu_per_100k for r in done)
+        print(f"{who:30} median {rate:10,.0f} events/s  {cpu:6.2f} CPU s/100k")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
