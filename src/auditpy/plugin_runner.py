@@ -163,10 +163,6 @@ class PluginRunner:
     def depth(self) -> int:
         return 0
 
-    @property
-    def accepting(self) -> bool:
-        return self.state in (State.PENDING, State.RUNNING, State.BACKOFF)
-
     def describe(self) -> str:
         return self.config.path or "?"
 
@@ -462,7 +458,10 @@ class ExternalPlugin(PluginRunner):
     # -- records --------------------------------------------------------------------------
 
     def offer(self, record: Record) -> bool:
-        state = self.state  # per record and plugin: identity tests, not the property
+        # Queued while running or about to run (a plugin waiting for its predecessor or
+        # out its back-off gets its records late, not never). Per record and plugin, so
+        # identity tests: a tuple lookup behind a property cost 0.4 µs.
+        state = self.state
         if state is not State.RUNNING and state is not State.BACKOFF and (
             state is not State.PENDING
         ):
