@@ -71,6 +71,7 @@ def test_reads_the_kernels_datagrams_in_batches_of_at_most_slots(route: socket.s
     assert seqs == list(range(1, 41))
     assert all(struct.unpack_from("=i", p)[0] < 0 for _t, p in records)
     assert reader.rejected == 0
+    assert reader.truncated == 0
 
 
 def test_nothing_waiting_is_blocking_io_error(route: socket.socket) -> None:
@@ -127,6 +128,7 @@ def test_a_datagram_larger_than_a_slot_is_cut_to_the_slot() -> None:
         sender.sendto(struct.pack("=IHHII", 0, 1300, 0, 0, 0) + b"0123456789abc", (port, 0))
         sender.sendto(struct.pack("=IHHII", 0, 1301, 0, 0, 0) + b"z", (port, 0))
         assert _drain(reader) == [[(1300, b"0123456789"), (1301, b"z")]]
+        assert reader.truncated == 1
     finally:
         receiver.close()
         sender.close()

@@ -607,7 +607,10 @@ class Daemon:
     def _kernel_state(self) -> dict[str, str]:
         if self.kernel is None:
             return {}
-        return {"datagrams not from the kernel (dropped)": str(self.kernel.rejected)}
+        return {
+            "datagrams not from the kernel (dropped)": str(self.kernel.rejected),
+            "records longer than 8970 bytes (cut)": str(self.kernel.truncated),
+        }
 
     # -- the network listener (tcp_listen_port; remote_server) ----------------------------------
 

@@ -78,6 +78,8 @@ class RecordBatchReader:
         self._sender = sender
         #: Datagrams dropped: sent by a process, not the kernel, or too short for a header.
         self.rejected = 0
+        #: Datagrams longer than a slot, delivered cut to it (as the C tools' buffer cuts).
+        self.truncated = 0
         self._headers = ctypes.create_string_buffer(slots * NLMSG_HDRLEN)
         self._payloads = ctypes.create_string_buffer(slots * payload_size)
         self._names = ctypes.create_string_buffer(slots * SOCKADDR_NL_LEN)
@@ -97,14 +99,16 @@ class RecordBatchReader:
             hdr.msg_iov = ctypes.addressof(self._iovs[2 * i])
             hdr.msg_iovlen = 2
         stride = ctypes.sizeof(_MMsgHdr)
-        if stride % 4 or _MMsgHdr.msg_len.offset % 4:
+        flags_offset = _MsgHdr.msg_flags.offset  # msg_hdr is at the start of an mmsghdr
+        if stride % 4 or _MMsgHdr.msg_len.offset % 4 or flags_offset % 4:
             raise OSError("unexpected struct mmsghdr layout")
         # The kernel rewrites msg_namelen, msg_flags and msg_len: each call starts from a copy.
         self._template = bytes(self._hdrs)
         self._hdr_bytes = memoryview(self._hdrs).cast("B")
-        self._len_words = self._hdr_bytes.cast("I")
+        self._hdr_words = self._hdr_bytes.cast("I")
         self._len_first = _MMsgHdr.msg_len.offset // 4
-        self._len_step = stride // 4
+        self._flags_first = flags_offset // 4
+        self._hdr_step = stride // 4
         self._port_words = memoryview(self._names).cast("B").cast("I")
         self._header_bytes = memoryview(self._headers).cast("B")
         self._payload_bytes = memoryview(self._payloads).cast("B")
@@ -140,20 +144,22 @@ class RecordBatchReader:
         if count < 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err))
-        lens = self._len_words
+        words = self._hdr_words
         ports = self._port_words
         headers = self._header_bytes
         payloads = self._payload_bytes
         size = self._size
-        first, step = self._len_first, self._len_step
+        first, flags_first, step = self._len_first, self._flags_first, self._hdr_step
         sender = self._sender
         out: list[tuple[int, bytes]] = []
         append = out.append
         for i in range(count):
-            length = lens[first + i * step] - NLMSG_HDRLEN
+            length = words[first + i * step] - NLMSG_HDRLEN
             if ports[i * 3 + 1] != sender or length < 0:  # nl_pid; a datagram shorter than a header
                 self.rejected += 1
                 continue
+            if words[flags_first + i * step] & MSG_TRUNC:
+                self.truncated += 1
             start = i * size
             end = start + length
             while end > start and payloads[end - 1] == 0:

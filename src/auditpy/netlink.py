@@ -142,6 +142,7 @@ class AuditSocket:
         self._batch: RecordBatchReader | None = None
         self._batch_tried = multicast  # multicast datagrams may hold several messages
         self._rejected = 0
+        self._truncated = 0
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -152,9 +153,15 @@ class AuditSocket:
         process may try to forge records) or shorter than a netlink header."""
         return self._rejected + (self._batch.rejected if self._batch is not None else 0)
 
+    @property
+    def truncated(self) -> int:
+        """Records longer than MAX_AUDIT_MESSAGE_LENGTH, kept cut to it (as auditd does)."""
+        return self._truncated + (self._batch.truncated if self._batch is not None else 0)
+
     def close(self) -> None:
         if self._batch is not None:
             self._rejected += self._batch.rejected
+            self._truncated += self._batch.truncated
         # The reader holds the descriptor's number, which the next open may reuse.
         self._batch, self._batch_tried = None, True
         self.sock.close()
@@ -275,12 +282,12 @@ class AuditSocket:
         """recv_records for multicast sockets and where recvmmsg cannot be used."""
         records: list[tuple[int, bytes]] = []
         enobufs = 0
-        recvfrom = self.sock.recvfrom
+        recvmsg = self.sock.recvmsg
         flags = socket.MSG_DONTWAIT
         unicast = not self.multicast
         for _ in range(limit):
             try:
-                data, addr = recvfrom(RECV_SIZE, flags)
+                data, _ancillary, msg_flags, addr = recvmsg(RECV_SIZE, 0, flags)
             except BlockingIOError:
                 break
             except OSError as exc:
@@ -293,6 +300,8 @@ class AuditSocket:
             if addr[0] != 0 or len(data) < NLMSG_HDRLEN:
                 self._rejected += 1
                 continue
+            if msg_flags & socket.MSG_TRUNC:
+                self._truncated += 1
             if unicast:
                 # The kernel sends one record per datagram to the daemon, with nlmsg_len
                 # holding the payload length only: trust the datagram size instead.

@@ -139,6 +139,7 @@ def test_sigcont_writes_a_state_report(pyauditd: RunningDaemon) -> None:
     assert report["logging suspended"] == "no"
     assert "records lost by the kernel" in report
     assert report["datagrams not from the kernel (dropped)"] == "0"
+    assert report["records longer than 8970 bytes (cut)"] == "0"
     assert f"  log_file = {pyauditd.dir.log}" in text
     assert (state.stat().st_mode & 0o777) == 0o640
 

@@ -51,6 +51,7 @@ def test_registered_socket_reads_every_user_message_once_in_order(
             assert seen == [b"%d" % i for i in range(count)]
             assert (events._batch is not None) == batched
             assert events.rejected == 1
+            assert events.truncated == 0
         finally:
             events.unregister()
     finally:
