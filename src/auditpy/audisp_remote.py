@@ -61,7 +61,7 @@ from typing import Final, Protocol
 
 from .children import ChildHandle, spawn_helper
 from .config import ConfigError, ConfigProblem
-from .conftext import bounded_uint, fold
+from .conftext import bounded_uint, fold, line_tokens
 from .remote_protocol import (
     MAX_PAYLOAD,
     MAX_SEQ,
@@ -293,17 +293,12 @@ def parse_remote_conf(text: str, path: str = DEFAULT_CONFIG) -> ParsedRemoteConf
     if rows and rows[-1] == "":
         rows.pop()
     for number, row in enumerate(rows, start=1):
-        if len(row.encode("utf-8", "surrogatepass")) > MAX_CONF_LINE:
-            errors.append(ConfigProblem(path, number, f"line is longer than {MAX_CONF_LINE} bytes"))
+        try:
+            tokens = line_tokens(row, MAX_CONF_LINE)
+        except ValueError as exc:
+            errors.append(ConfigProblem(path, number, str(exc)))
             continue
-        if "\0" in row:
-            errors.append(ConfigProblem(path, number, "line contains a NUL byte"))
-            continue
-        tokens = [token for token in row.split(" ") if token]
-        if not tokens or tokens[0].startswith("#"):
-            continue
-        if any("\ud800" <= ch <= "\udfff" for ch in row):
-            errors.append(ConfigProblem(path, number, "line contains bytes that are not UTF-8"))
+        if not tokens:
             continue
         keyword = fold(tokens[0])
         if "=" in keyword:

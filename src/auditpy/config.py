@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from .conftext import fold
+from .conftext import LineTooLong, fold, line_tokens
 
 #: 3.0.9 reads lines into a 160-byte buffer with fgets(); the newline and the terminating
 #: NUL must fit too, so a line may hold at most 158 bytes.  Longer lines are skipped.
@@ -524,29 +524,16 @@ class _Parse:
         self.warnings.append(ConfigProblem(self.path, line, message))
 
 
-def _byte_length(text: str) -> int:
-    try:
-        return len(text.encode("utf-8", "surrogateescape"))
-    except UnicodeEncodeError:
-        return len(text.encode("utf-8", "surrogatepass"))
-
-
-def _has_surrogate(text: str) -> bool:
-    return any("\ud800" <= char <= "\udfff" for char in text)
-
-
 def _scan_line(parse: _Parse, number: int, text: str) -> None:
-    if _byte_length(text) > MAX_LINE_BYTES:
-        parse.warn(number, f"line is longer than {MAX_LINE_BYTES} bytes and is skipped")
+    try:
+        tokens = line_tokens(text, MAX_LINE_BYTES)
+    except LineTooLong as exc:
+        parse.warn(number, f"{exc} and is skipped")
         return
-    if "\0" in text:
-        parse.error(number, "line contains a NUL byte")
+    except ValueError as exc:
+        parse.error(number, str(exc))
         return
-    tokens = [token for token in text.split(" ") if token]  # 3.0.9 splits on spaces only
-    if not tokens or tokens[0].startswith("#"):
-        return
-    if _has_surrogate(text):
-        parse.error(number, "line contains bytes that are not valid UTF-8")
+    if not tokens:
         return
     if len(tokens) >= 2 and tokens[1] != "=":
         parse.error(number, f"missing '=' after {tokens[0]!r} (it must stand between spaces)")

@@ -1,4 +1,4 @@
-"""Value rules shared by the parsers of the C audit package's `key = value` files
+"""Line and value rules shared by the parsers of the C audit package's `key = value` files
 (auditd.conf, plugins.d/*.conf, audispd.conf, audisp-remote.conf)."""
 
 from __future__ import annotations
@@ -28,3 +28,34 @@ def bounded_uint(value: str, low: int, high: int) -> int:
     if number < low:
         raise ValueError(f"value {number} is too small (minimum {low})")
     return number
+
+
+class LineTooLong(ValueError):
+    """A line the C parser's buffer would split; auditd.conf only warns about it."""
+
+
+def _byte_length(text: str) -> int:
+    """Bytes of the line as it was in the file (undecodable bytes count one each)."""
+    try:
+        return len(text.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:
+        return len(text.encode("utf-8", "surrogatepass"))
+
+
+def line_tokens(text: str, max_bytes: int) -> list[str]:
+    """The space-separated tokens of one line ([] for a blank line or a comment).
+
+    3.0.9 splits on spaces only. Raises LineTooLong past `max_bytes`, and ValueError for a
+    NUL byte (3.0.9 reads the line only up to it) or, outside comments, bytes that are not
+    UTF-8 (decoded with surrogateescape by the callers).
+    """
+    if _byte_length(text) > max_bytes:
+        raise LineTooLong(f"line is longer than {max_bytes} bytes")
+    if "\0" in text:
+        raise ValueError("line contains a NUL byte")
+    tokens = [token for token in text.split(" ") if token]
+    if not tokens or tokens[0].startswith("#"):
+        return []
+    if any("\ud800" <= char <= "\udfff" for char in text):
+        raise ValueError("line contains bytes that are not valid UTF-8")
+    return tokens

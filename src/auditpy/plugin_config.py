@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from .config import ConfigError, ConfigProblem, load_auditd_conf
-from .conftext import bounded_uint, fold
+from .conftext import bounded_uint, fold, line_tokens
 
 #: 4.1.4+ reads lines into a 512-byte buffer.
 MAX_LINE_BYTES: Final = 512
@@ -150,31 +150,18 @@ def _upper(text: str) -> str:
     return text.upper() if text.isascii() else text
 
 
-def _byte_length(text: str) -> int:
-    return len(text.encode("utf-8", "surrogatepass"))
-
-
 def _tokens(text: str, path: str, problems: list[PluginProblem]) -> Iterator[tuple[int, list[str]]]:
     """(line number, tokens) for every non-comment line; bad lines become problems."""
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     for number, line in enumerate(lines, start=1):
-        if _byte_length(line) > MAX_LINE_BYTES:
-            problems.append(
-                PluginProblem(path, number, f"line is longer than {MAX_LINE_BYTES} bytes")
-            )
+        try:
+            tokens = line_tokens(line, MAX_LINE_BYTES)
+        except ValueError as exc:
+            problems.append(PluginProblem(path, number, str(exc)))
             continue
-        if "\0" in line:
-            problems.append(PluginProblem(path, number, "line contains a NUL byte"))
-            continue
-        tokens = [token for token in line.split(" ") if token]
-        if not tokens or tokens[0].startswith("#"):
-            continue
-        if any("\ud800" <= char <= "\udfff" for char in line):
-            problems.append(
-                PluginProblem(path, number, "line contains bytes that are not valid UTF-8")
-            )
+        if not tokens:
             continue
         if len(tokens) < 2 or tokens[1] != "=":
             problems.append(
