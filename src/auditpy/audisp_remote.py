@@ -61,7 +61,7 @@ from typing import Final, Protocol
 
 from .children import ChildHandle, spawn_helper
 from .config import ConfigError, ConfigProblem
-from .conftext import bounded_uint, fold, line_tokens
+from .conftext import bounded_uint, fold, token_lines
 from .remote_protocol import (
     MAX_PAYLOAD,
     MAX_SEQ,
@@ -289,16 +289,9 @@ def parse_remote_conf(text: str, path: str = DEFAULT_CONFIG) -> ParsedRemoteConf
     warnings: list[ConfigProblem] = []
     values: dict[str, _Value] = {}
     lines: dict[str, int] = {}
-    rows = text.split("\n")
-    if rows and rows[-1] == "":
-        rows.pop()
-    for number, row in enumerate(rows, start=1):
-        try:
-            tokens = line_tokens(row, MAX_CONF_LINE)
-        except ValueError as exc:
-            errors.append(ConfigProblem(path, number, str(exc)))
-            continue
-        if not tokens:
+    for number, tokens in token_lines(text, MAX_CONF_LINE):
+        if isinstance(tokens, ValueError):
+            errors.append(ConfigProblem(path, number, str(tokens)))
             continue
         keyword = fold(tokens[0])
         if "=" in keyword:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Final
 
 _ASCII_LOWER: Final = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
@@ -59,3 +60,20 @@ def line_tokens(text: str, max_bytes: int) -> list[str]:
     if any("\ud800" <= char <= "\udfff" for char in text):
         raise ValueError("line contains bytes that are not valid UTF-8")
     return tokens
+
+
+def token_lines(text: str, max_bytes: int) -> Iterator[tuple[int, list[str] | ValueError]]:
+    """(line number, tokens) for every line of `text` that holds more than a comment, or
+    (line number, the reason) for a line `line_tokens` refuses; lines end at a newline only, as
+    fgets() ends them."""
+    rows = text.split("\n")
+    if rows and rows[-1] == "":
+        rows.pop()
+    for number, row in enumerate(rows, start=1):
+        try:
+            tokens = line_tokens(row, max_bytes)
+        except ValueError as exc:
+            yield number, exc
+            continue
+        if tokens:
+            yield number, tokens

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from .config import ConfigError, ConfigProblem, load_auditd_conf
-from .conftext import bounded_uint, fold, line_tokens
+from .conftext import bounded_uint, fold, token_lines
 
 #: 4.1.4+ reads lines into a 512-byte buffer.
 MAX_LINE_BYTES: Final = 512
@@ -152,16 +152,9 @@ def _upper(text: str) -> str:
 
 def _tokens(text: str, path: str, problems: list[PluginProblem]) -> Iterator[tuple[int, list[str]]]:
     """(line number, tokens) for every non-comment line; bad lines become problems."""
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    for number, line in enumerate(lines, start=1):
-        try:
-            tokens = line_tokens(line, MAX_LINE_BYTES)
-        except ValueError as exc:
-            problems.append(PluginProblem(path, number, str(exc)))
-            continue
-        if not tokens:
+    for number, tokens in token_lines(text, MAX_LINE_BYTES):
+        if isinstance(tokens, ValueError):
+            problems.append(PluginProblem(path, number, str(tokens)))
             continue
         if len(tokens) < 2 or tokens[1] != "=":
             problems.append(
