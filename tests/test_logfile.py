@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from auditpy.diskspace import SpaceEvent, SpacePolicy, SpaceSettings
-from auditpy.logfile import AuditLog, LogEvent, LogFileError, LogSettings
+from auditpy.logfile import AuditLog, LogEvent, LogFileError, LogSettings, _Flusher
 
 GID = 4242
 LINE = b"type=SYSCALL msg=audit(1700000000.123:42): arch=c000003e syscall=257 success=yes\n"
@@ -280,6 +280,38 @@ def test_incremental_async_uses_one_worker(logdir: Path, notes: Notes) -> None:
     finally:
         log.close()
     assert workers() == []
+
+
+def test_background_syncs_keep_their_distance(tmp_path: Path) -> None:
+    """Kicks while a sync is recent wait for min_interval and share one fsync; a kick after
+    a quiet spell syncs at once."""
+    fd = os.open(tmp_path / "log", os.O_WRONLY | os.O_CREAT, 0o600)
+    flusher = _Flusher(lambda: os.dup(fd), lambda: 1, min_interval=0.5)
+
+    def wait_syncs(n: int) -> None:
+        deadline = time.monotonic() + 5
+        while flusher.syncs < n and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert flusher.syncs == n
+
+    try:
+        started = time.monotonic()
+        flusher.kick()
+        wait_syncs(1)
+        for _ in range(100):
+            flusher.kick()
+        wait_syncs(2)
+        assert time.monotonic() - started >= 0.5
+        time.sleep(0.6)
+        assert flusher.syncs == 2  # a hundred kicks, one sync
+        quiet = time.monotonic()
+        flusher.kick()
+        wait_syncs(3)
+        assert time.monotonic() - quiet < 0.5  # no pause: the last sync is long past
+    finally:
+        flusher.stop()
+        os.close(fd)
+    assert flusher.error is None
 
 
 def test_size_limit_event(logdir: Path, notes: Notes) -> None:
