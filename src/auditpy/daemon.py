@@ -608,6 +608,7 @@ class Daemon:
         if self.kernel is None:
             return {}
         return {
+            "kernel reads": self.kernel.read_method,
             "datagrams not from the kernel (dropped)": str(self.kernel.rejected),
             "records longer than 8970 bytes (cut)": str(self.kernel.truncated),
         }

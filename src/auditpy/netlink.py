@@ -158,6 +158,16 @@ class AuditSocket:
         """Records longer than MAX_AUDIT_MESSAGE_LENGTH, kept cut to it (as auditd does)."""
         return self._truncated + (self._batch.truncated if self._batch is not None else 0)
 
+    @property
+    def read_method(self) -> str:
+        """How records are read, for the state report: recvmmsg needs ctypes and libc's
+        recvmmsg, and falls back to one recvmsg per record without them."""
+        if self._batch is not None:
+            return f"recvmmsg, up to {self._batch.slots} records per call"
+        if not self._batch_tried:
+            return "not chosen yet (no record read)"
+        return "recvmsg, one record per call"
+
     def close(self) -> None:
         if self._batch is not None:
             self._rejected += self._batch.rejected

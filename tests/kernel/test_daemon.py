@@ -138,6 +138,7 @@ def test_sigcont_writes_a_state_report(pyauditd: RunningDaemon) -> None:
     assert int(report["records written"]) >= 6
     assert report["logging suspended"] == "no"
     assert "records lost by the kernel" in report
+    assert report["kernel reads"] == "recvmmsg, up to 128 records per call"
     assert report["datagrams not from the kernel (dropped)"] == "0"
     assert report["records longer than 8970 bytes (cut)"] == "0"
     assert f"  log_file = {pyauditd.dir.log}" in text

@@ -7,6 +7,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -179,6 +180,33 @@ def test_scenario_b_start_with_none_active(
             assert marker_reaches(plugins, {"late"}, f"pytest-scenario-b-{round_}")
             plugins.write_conf("late", active=False)
             settle(daemon, plugins)
+    finally:
+        assert daemon.stop() == 0
+
+
+MDWE_EXEC = Path(__file__).with_name("mdwe_exec.py")
+
+
+def test_daemon_and_dispatcher_run_with_memory_deny_write_execute(
+    kernel_state: AuditStatus, daemon_dir: DaemonDir, plugins: Plugins
+) -> None:
+    """conf/systemd/pyauditd.service sets MemoryDenyWriteExecute=true: the daemon (recvmmsg
+    through ctypes), the dispatcher it starts and a plugin must all work under it."""
+    probe = subprocess.run([sys.executable, str(MDWE_EXEC), "true"], capture_output=True,
+                           text=True)
+    if probe.returncode == 77:
+        pytest.skip(f"the kernel cannot deny W+X memory: {probe.stderr.strip()}")
+    assert probe.returncode == 0, probe.stderr
+    plugins.write_conf("hardened", active=True)
+    daemon = start_pyauditd(daemon_dir, wrapper=[sys.executable, str(MDWE_EXEC)])
+    try:
+        assert wait_for(lambda: plugins.matches(daemon.pid), 5)
+        assert marker_reaches(plugins, {"hardened"}, "pytest-mdwe")
+        daemon.wait_for_line("pytest-mdwe")
+        state = daemon_dir.run_dir / "auditd.state"
+        daemon.signal(signal.SIGCONT)
+        assert wait_for(lambda: state.exists() and "kernel reads = " in state.read_text(), 5)
+        assert "kernel reads = recvmmsg, up to 128 records per call" in state.read_text()
     finally:
         assert daemon.stop() == 0
 

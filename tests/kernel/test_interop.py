@@ -182,3 +182,27 @@ def test_daemon_records_read_by_aureport(pyauditd: RunningDaemon) -> None:
     out = subprocess.run(["aureport", "-if", str(logs[-1]), "-i"],
                          capture_output=True, text=True).stdout
     assert "Number of changes in configuration" in out
+
+
+def test_auditctl_signal_drives_pyauditd(pyauditd: RunningDaemon) -> None:
+    """`auditctl --signal` finds the daemon through the kernel's registration, not a pid
+    file: operators and service scripts reach pyauditd as they reach the C daemon."""
+    d = pyauditd.dir
+    state = d.run_dir / "auditd.state"
+    assert not state.exists()
+    auditctl("--signal", "CONT")
+    assert wait_for(lambda: state.exists() and "records received" in state.read_text(), 5)
+
+    auditctl("--signal", "USR1")
+    assert wait_for(lambda: (lines := d.lines()) and "DAEMON_ROTATE" in lines[0], 5)
+    assert "op=rotate-logs" in d.lines()[0] and "res=success" in d.lines()[0]
+
+    d.write_config(log_format="ENRICHED")
+    auditctl("--signal", "HUP")
+    line = pyauditd.wait_for_line("type=DAEMON_CONFIG")
+    assert "op=reconfigure state=changed" in line and "res=success" in line
+
+    auditctl("--signal", "TERM")
+    assert pyauditd.proc.wait(10) == 0
+    assert d.lines()[-1].startswith("type=DAEMON_END ")
+    assert get_status().pid == 0

@@ -24,6 +24,7 @@ def test_registered_socket_reads_every_user_message_once_in_order(
     if not batched:
         monkeypatch.setattr(mmsg, "_RECVMMSG", None)
     events = AuditSocket(rcvbuf=4 << 20)
+    assert events.read_method == "not chosen yet (no record read)"
     sender = AuditSocket()
     count = 600  # several recvmmsg batches of 128
     try:
@@ -49,7 +50,10 @@ def test_registered_socket_reads_every_user_message_once_in_order(
                         assert not payload.endswith(b"\0")
                         seen.append(payload.split(b"pytest-netlink ")[1].split(b"'")[0])
             assert seen == [b"%d" % i for i in range(count)]
-            assert (events._batch is not None) == batched
+            assert events.read_method == (
+                "recvmmsg, up to 128 records per call" if batched
+                else "recvmsg, one record per call"
+            )
             assert events.rejected == 1
             assert events.truncated == 0
         finally:
