@@ -192,16 +192,10 @@ class Dispatcher:
     # -- start and stop -------------------------------------------------------------------
 
     async def run(self) -> int:
-        try:
-            settings, warnings = load_dispatcher_settings(
-                self.options.config_dir, self.options.base_dir
-            )
-        except ConfigError as exc:
-            for problem in exc.errors:
-                log.error("%s", problem)
+        settings = self._load_settings()
+        if settings is None:
             log.error("cannot load the dispatcher settings, exiting")
             return 1
-        self._log_setting_warnings(warnings)
         self._apply_settings(settings, first=True)
         for signum in HANDLED_SIGNALS:
             self.loop.add_signal_handler(signum, self._on_signal, signum)
@@ -439,17 +433,10 @@ class Dispatcher:
 
     async def reload(self) -> None:
         log.info("reloading the configuration")
-        try:
-            settings, warnings = load_dispatcher_settings(
-                self.options.config_dir, self.options.base_dir
-            )
-        except ConfigError as exc:
-            for problem in exc.errors:
-                log.error("%s", problem)
+        settings = self._load_settings()
+        if settings is None:
             log.error("keeping the previous dispatcher settings")
             settings = self.settings
-        else:
-            self._log_setting_warnings(warnings)
         self._apply_settings(settings, first=False)
         configs, problems = load_plugins(settings.plugin_dir)
         self._log_plugin_problems(problems)
@@ -546,6 +533,20 @@ class Dispatcher:
             self.node = node_prefix(settings)
         if not first:
             self._resume()
+
+    def _load_settings(self) -> DispatcherSettings | None:
+        """The settings from auditd.conf and a 2.x audispd.conf; None, with every problem
+        logged, when a file may not be used (start-up then fails, a reload keeps the old)."""
+        try:
+            settings, warnings = load_dispatcher_settings(
+                self.options.config_dir, self.options.base_dir
+            )
+        except ConfigError as exc:
+            for problem in exc.errors:
+                log.error("%s", problem)
+            return None
+        self._log_setting_warnings(warnings)
+        return settings
 
     def _log_setting_warnings(self, warnings: list[str]) -> None:
         # auditd.conf's own warnings were reported by pyauditd already.
