@@ -15,7 +15,14 @@ from pathlib import Path
 import pytest
 
 from auditpy.diskspace import SpaceEvent, SpacePolicy, SpaceSettings
-from auditpy.logfile import AuditLog, LogEvent, LogFileError, LogSettings, _Flusher
+from auditpy.logfile import (
+    AuditLog,
+    LogEvent,
+    LogFileError,
+    LogIOError,
+    LogSettings,
+    _Flusher,
+)
 
 GID = 4242
 LINE = b"type=SYSCALL msg=audit(1700000000.123:42): arch=c000003e syscall=257 success=yes\n"
@@ -312,6 +319,39 @@ def test_background_syncs_keep_their_distance(tmp_path: Path) -> None:
         flusher.stop()
         os.close(fd)
     assert flusher.error is None
+
+
+def test_background_flusher_syncs_the_old_file_before_letting_it_go(tmp_path: Path) -> None:
+    """After a rotation the old file's unsynced tail is synced too.  The old "file" here is a
+    pipe, whose fsync fails (EINVAL), so the attempt shows as an error."""
+    read_end, write_end = os.pipe()
+    log_fd = os.open(tmp_path / "log", os.O_WRONLY | os.O_CREAT, 0o600)
+    current = {"fd": write_end, "generation": 1}
+    flusher = _Flusher(lambda: os.dup(current["fd"]), lambda: current["generation"],
+                       min_interval=0.0)
+
+    def wait_error() -> LogIOError | None:
+        deadline = time.monotonic() + 5
+        while flusher.error is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return flusher.error
+
+    try:
+        flusher.kick()
+        assert wait_error() is not None and flusher.syncs == 0
+        flusher.error = None
+        current.update(fd=log_fd, generation=2)  # "rotated": a new file
+        flusher.kick()
+        deadline = time.monotonic() + 5
+        while flusher.syncs == 0 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert flusher.syncs == 1  # the new file
+        error = flusher.error  # the old one was tried first
+        assert error is not None and error.op == "fsync"
+    finally:
+        flusher.stop()
+        for fd in (read_end, write_end, log_fd):
+            os.close(fd)
 
 
 def test_size_limit_event(logdir: Path, notes: Notes) -> None:

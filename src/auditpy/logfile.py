@@ -248,6 +248,13 @@ class _Flusher:
         self.kick()
         self._thread.join(timeout=30)
 
+    def _sync(self, fd: int) -> None:
+        try:
+            os.fsync(fd)
+            self.syncs += 1
+        except OSError as exc:
+            self.error = LogIOError("fsync", exc)
+
     def _run(self) -> None:
         fd, seen = -1, -1
         synced = -self._min_interval
@@ -264,16 +271,15 @@ class _Flusher:
                 generation = self._generation()
                 if generation != seen:
                     if fd >= 0:
+                        # A rotated (or reopened) file's tail since the last sync goes to
+                        # disk too before it is let go.
+                        self._sync(fd)
                         os.close(fd)
                     fd, seen = self._dup_fd(), generation
                 if fd < 0:
                     continue
                 synced = time.monotonic()
-                try:
-                    os.fsync(fd)
-                    self.syncs += 1
-                except OSError as exc:
-                    self.error = LogIOError("fsync", exc)
+                self._sync(fd)
         finally:
             if fd >= 0:
                 os.close(fd)
