@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
                     run = bench.one_run("c", scenario, args.events, loadgen, true_copy, [], 120)
                 else:
                     src = (Path(who) / "src").resolve()
-                    command = ["env", f"PYTHONPATH={src}", sys.executable, "-m", "auditpy.cli"]
+                    command = ["env", f"PYTHONPATH={src}", sys.executable, "-m", "auditpy.auditd"]
                     run = bench.one_run("py", scenario, args.events, loadgen, true_copy,
                                         command, 120)
                 runs.setdefault(who, []).append(run)

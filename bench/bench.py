@@ -34,13 +34,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 import auditpy
-from auditpy.netlink import (
+from auditpy.proto.netlink import (
     STATUS_BACKLOG_LIMIT,
     STATUS_BACKLOG_WAIT_TIME,
     STATUS_ENABLED,
-    AuditSocket,
     AuditStatus,
 )
+from auditpy.system.netlink import AuditSocket
 
 HERE = Path(__file__).resolve().parent
 C_AUDITD = "/sbin/auditd"
@@ -489,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--out", type=Path, default=HERE / "results")
-    parser.add_argument("--pyauditd", default=f"{sys.executable} -m auditpy.cli")
+    parser.add_argument("--pyauditd", default=f"{sys.executable} -m auditpy.auditd")
     parser.add_argument("--max-seconds", type=float, default=60.0,
                         help="stop waiting for a run after this long; the rate so far counts")
     args = parser.parse_args(argv)

@@ -41,7 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from auditpy.remote_protocol import HEADER, MAGIC, TYPE_ACK, TYPE_MESSAGE
+from auditpy.proto.remote import HEADER, MAGIC, TYPE_ACK, TYPE_MESSAGE
 
 HERE = Path(__file__).resolve().parent
 C_AUDITD = "/sbin/auditd"
@@ -183,7 +183,7 @@ def write_config(root: Path, port: int, clients: int) -> Path:
 
 def start_server(kind: str, root: Path, conf_dir: Path, port: int) -> subprocess.Popen[bytes]:
     if kind == "pyauditd":
-        argv = [sys.executable, "-m", "auditpy.cli", "-n", "-s", "nochange", "-c",
+        argv = [sys.executable, "-m", "auditpy.auditd", "-n", "-s", "nochange", "-c",
                 str(conf_dir), "--run-dir", str(root / "run")]
     else:
         argv = [C_AUDITD, "-n", "-c", str(conf_dir)]

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from auditpy import wire
+from auditpy.proto import dispatch as wire
 
 PLUGIN_SOURCES = Path(__file__).parent / "plugins"
 USER = 1005  # AUDIT_USER

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from auditpy import actions
-from auditpy.actions import (
+from auditpy.auditd import actions
+from auditpy.auditd.actions import (
     ActionKind,
     ChildHandle,
     FollowUp,
@@ -23,7 +23,7 @@ from auditpy.actions import (
     run_action,
     spawn_helper,
 )
-from auditpy.logfile import AuditLog, LogSettings
+from auditpy.auditd.logfile import AuditLog, LogSettings
 
 K = ActionKind
 

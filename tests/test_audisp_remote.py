@@ -24,10 +24,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from auditpy import audisp_remote as ar
-from auditpy import remote_protocol as rp
-from auditpy import wire
-from auditpy.config import ConfigError
+from auditpy.audisp_remote import plugin as ar
+from auditpy.config.auditd_conf import ConfigError
+from auditpy.proto import dispatch as wire
+from auditpy.proto import remote as rp
 
 C_AUDITD = "/sbin/auditd"
 IS_ROOT = os.geteuid() == 0

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from auditpy import wire
-from auditpy.builtin_syslog import SyslogPlugin, syslog_text
-from auditpy.plugin_config import PluginConfig
-from auditpy.plugin_runner import Record, RunnerContext
+from auditpy.audispd.builtin_syslog import SyslogPlugin, syslog_text
+from auditpy.audispd.runner import Record, RunnerContext
+from auditpy.config.plugins import PluginConfig
+from auditpy.proto import dispatch as wire
 
 from .audispd_support import EOE, Audispd, install, proc_state, wait_for
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from auditpy import cli
+from auditpy.auditd import cli
 
 KEYWORDS = ["log_file", "flush", "freq", "num_logs", "space_left", "admin_space_left",
             "max_log_file_action", "log_format", "name_format", "q_depth", "tcp_listen_port",
@@ -25,13 +25,13 @@ def write_conf(directory: Path, text: str | bytes) -> None:
 
 
 def test_version() -> None:
-    out = subprocess.run([sys.executable, "-m", "auditpy.cli", "--version"],
+    out = subprocess.run([sys.executable, "-m", "auditpy.auditd", "--version"],
                          capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("pyauditd ")
 
 
 def test_usage_error_exits_2() -> None:
-    out = subprocess.run([sys.executable, "-m", "auditpy.cli", "-s", "sometimes"],
+    out = subprocess.run([sys.executable, "-m", "auditpy.auditd", "-s", "sometimes"],
                          capture_output=True, text=True)
     assert out.returncode == 2
 

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from auditpy.config import (
+from auditpy.config.auditd_conf import (
     KEYWORDS,
     MAX_LINE_BYTES,
     AuditdConfig,

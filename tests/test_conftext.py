@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from auditpy.conftext import LineTooLong, bounded_uint, fold, line_tokens, token_lines
+from auditpy.config.lines import LineTooLong, bounded_uint, fold, line_tokens, token_lines
 
 
 def test_line_tokens_split_on_spaces_only() -> None:

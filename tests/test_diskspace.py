@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import pytest
 
-from auditpy.diskspace import (
+from auditpy.auditd.diskspace import (
     MIB,
     SpaceEvent,
     SpacePolicy,
@@ -185,7 +185,7 @@ def test_configure_rearms_and_recomputes() -> None:
 
 
 def test_event_values_match_action_kinds() -> None:
-    from auditpy.actions import ActionKind
+    from auditpy.auditd.actions import ActionKind
 
     for ev in SpaceEvent:
         assert ActionKind(ev.value).value == ev.value

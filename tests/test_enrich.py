@@ -22,9 +22,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from auditpy import enrich
-from auditpy.enrich import FORMAT_BUF_LEN, MIN_SPACE_LEFT, Enricher
-from auditpy.msgtypes import MSG_TYPE_NAMES
+from auditpy.proto import enrich
+from auditpy.proto.enrich import FORMAT_BUF_LEN, MIN_SPACE_LEFT, Enricher
+from auditpy.proto.msgtypes import MSG_TYPE_NAMES
 
 CORPUS = Path(__file__).parent / "data" / "enrich_corpus.log"
 NAME_TO_TYPE = {name: num for num, name in MSG_TYPE_NAMES.items()}
@@ -506,8 +506,8 @@ def test_fast_path_agrees_with_full_emulation(body: bytes, rtype: int) -> None:
 
 
 def test_generated_tables_cover_the_main_arches() -> None:
-    from auditpy.interp_tables import ELF_TO_MACHINE, MACHINE_NAMES
-    from auditpy.syscalls import SYSCALL_NAMES
+    from auditpy.proto.interp_tables import ELF_TO_MACHINE, MACHINE_NAMES
+    from auditpy.proto.syscalls import SYSCALL_NAMES
 
     by_name = {name: num for num, name in MACHINE_NAMES.items()}
     assert ELF_TO_MACHINE[0xC000003E] == by_name["x86_64"]
@@ -541,7 +541,7 @@ def test_syscall_fast_path_equals_the_general_one(
             + b" a1=0 a2=0 a3=0 items=0 ppid=1 pid=2 " + block
             + b' tty=(none) ses=4294967295 comm="x" exe="/bin/x"'
             + (b" subj=unconfined" if subj else b"") + b" key=" + key)
-    from auditpy.enrich import _SYSCALL_SHAPE
+    from auditpy.proto.enrich import _SYSCALL_SHAPE
 
     assert _SYSCALL_SHAPE.match(body) is not None
     cached = Enricher()
@@ -552,7 +552,7 @@ def test_syscall_fast_path_equals_the_general_one(
 
 
 def test_syscall_fast_path_declines_unusual_records() -> None:
-    from auditpy.enrich import _SYSCALL_SHAPE
+    from auditpy.proto.enrich import _SYSCALL_SHAPE
 
     odd = (b"arch=c000003e syscall=59 success=yes exit=0 a0=0 a1=0 a2=0 a3=0 items=0 ppid=1 "
            b"pid=2 auid=0 uid=0 gid=0 euid=0 suid=0 fsuid=0 egid=0 sgid=0 fsgid=0 tty=(none) "

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from auditpy.diskspace import SpaceEvent, SpacePolicy, SpaceSettings
-from auditpy.logfile import (
+from auditpy.auditd.diskspace import SpaceEvent, SpacePolicy, SpaceSettings
+from auditpy.auditd.logfile import (
     AuditLog,
     LogEvent,
     LogFileError,

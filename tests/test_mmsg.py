@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from auditpy import mmsg
-from auditpy.mmsg import NLMSG_HDRLEN, RecordBatchReader
+from auditpy.system import mmsg
+from auditpy.system.mmsg import NLMSG_HDRLEN, RecordBatchReader
 
 NETLINK_ROUTE = 0
 NETLINK_USERSOCK = 2
@@ -146,6 +146,6 @@ def test_bad_geometry_is_refused() -> None:
 
 
 def test_header_length_constant_matches_netlink() -> None:
-    from auditpy.netlink import NLMSG_HDRLEN as NETLINK_HDRLEN
+    from auditpy.proto.netlink import NLMSG_HDRLEN as NETLINK_HDRLEN
 
     assert NLMSG_HDRLEN == NETLINK_HDRLEN

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from auditpy.config import ConfigError
-from auditpy.plugin_config import (
+from auditpy.config.auditd_conf import ConfigError
+from auditpy.config.plugins import (
     AF_UNIX,
     SYSLOG,
     BinaryIdentity,

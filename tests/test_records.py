@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from auditpy.records import MAX_LINE, LineFormatter, clean_payload, is_event, type_name
+from auditpy.proto.records import MAX_LINE, LineFormatter, clean_payload, is_event, type_name
 
 CORPUS = Path(__file__).parent / "data" / "c_auditd_corpus.jsonl"
 
@@ -76,6 +76,6 @@ def test_any_record_gives_one_bounded_line(msg_type: int, payload: bytes) -> Non
 @pytest.mark.parametrize("msg_type,payload,c_line", [e for e in corpus() if e[2] is not None])
 def test_enriched_line_matches_c_auditd(msg_type: int, payload: bytes, c_line: bytes) -> None:
     """The corpus was written by the C auditd with log_format = ENRICHED."""
-    from auditpy.enrich import Enricher
+    from auditpy.proto.enrich import Enricher
 
     assert LineFormatter(enricher=Enricher()).format(msg_type, payload) == c_line + b"\n"

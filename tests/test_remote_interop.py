@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from auditpy.remote_protocol import (
+from auditpy.proto.remote import (
     HEADER,
     MAGIC,
     MAX_PAYLOAD,
@@ -139,7 +139,7 @@ class Server:
         if c_daemon:
             argv = ["/sbin/auditd", "-n", "-c", str(self.conf_dir)]
         else:
-            argv = [sys.executable, "-m", "auditpy.cli", "-n", "-s", "nochange", "-c",
+            argv = [sys.executable, "-m", "auditpy.auditd", "-n", "-s", "nochange", "-c",
                     str(self.conf_dir), "--run-dir", str(self.run_dir)]
         with open(self.root / "daemon.err", "ab") as errors:
             self.proc = subprocess.Popen([*(wrapper or []), *argv], stderr=errors,

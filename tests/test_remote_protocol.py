@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from auditpy import remote_protocol as rp
-from auditpy.remote_protocol import Frame, FrameReader, ProtocolError, pack_frame
+from auditpy.proto import remote as rp
+from auditpy.proto.remote import Frame, FrameReader, ProtocolError, pack_frame
 
 types = st.one_of(
     st.sampled_from(sorted(rp.TYPE_NAMES)), st.integers(min_value=0, max_value=0xFFFFFFFF)

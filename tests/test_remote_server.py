@@ -26,24 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from auditpy.config import ConfigError, load_auditd_conf
-from auditpy.logfile import LogEvent
-from auditpy.remote_protocol import (
-    HEADER,
-    MAGIC,
-    MAX_PAYLOAD,
-    TYPE_ACK,
-    TYPE_DISKERROR,
-    TYPE_DISKFULL,
-    TYPE_DISKLOW,
-    TYPE_ENDING,
-    TYPE_HEARTBEAT,
-    TYPE_MESSAGE,
-    Frame,
-    FrameReader,
-    pack_frame,
-)
-from auditpy.remote_server import (
+from auditpy.auditd.listener import (
     ACK,
     DAEMON_ACCEPT,
     DAEMON_CLOSE,
@@ -58,7 +41,24 @@ from auditpy.remote_server import (
     record_type,
     reply_for,
 )
-from auditpy.wire import unpack_frames
+from auditpy.auditd.logfile import LogEvent
+from auditpy.config.auditd_conf import ConfigError, load_auditd_conf
+from auditpy.proto.dispatch import unpack_frames
+from auditpy.proto.remote import (
+    HEADER,
+    MAGIC,
+    MAX_PAYLOAD,
+    TYPE_ACK,
+    TYPE_DISKERROR,
+    TYPE_DISKFULL,
+    TYPE_DISKLOW,
+    TYPE_ENDING,
+    TYPE_HEARTBEAT,
+    TYPE_MESSAGE,
+    Frame,
+    FrameReader,
+    pack_frame,
+)
 
 LINE = b"node=client1 type=USER msg=audit(1700000000.123:%d): pid=1 uid=0 auid=0 ses=1 msg='x'"
 
@@ -631,7 +631,7 @@ def tls_roundtrip(sock: ssl.SSLSocket, seq: int) -> Frame:
                     reason="needs openssl")
 def test_tls_verified_clients_only(request: pytest.FixtureRequest, pki: Path,
                                    caplog: pytest.LogCaptureFixture) -> None:
-    from auditpy.remote_server import make_tls_context
+    from auditpy.auditd.listener import make_tls_context
 
     context = make_tls_context(str(pki / "server.pem"), str(pki / "server.key"),
                                str(pki / "ca.pem"), verify_client=True)
@@ -656,7 +656,7 @@ def test_tls_verified_clients_only(request: pytest.FixtureRequest, pki: Path,
 def test_plain_client_on_a_tls_listener_times_out_or_fails(
     request: pytest.FixtureRequest, pki: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from auditpy.remote_server import make_tls_context
+    from auditpy.auditd.listener import make_tls_context
 
     context = make_tls_context(str(pki / "server.pem"), str(pki / "server.key"),
                                None, verify_client=False)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from auditpy import cli
-from auditpy.daemon import Options
+from auditpy.auditd import cli
+from auditpy.auditd.daemon import Options
 
 UNIT = Path(__file__).resolve().parent.parent / "conf" / "systemd" / "pyauditd.service"
 

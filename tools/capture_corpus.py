@@ -25,8 +25,9 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
-from auditpy.netlink import STATUS_ENABLED, AuditSocket, AuditStatus
-from auditpy.records import type_name
+from auditpy.proto.netlink import STATUS_ENABLED, AuditStatus
+from auditpy.proto.records import type_name
+from auditpy.system.netlink import AuditSocket
 
 STAMP = re.compile(rb"audit\((\d+\.\d+:\d+)\)")
 

@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from auditpy.msgtypes import MSG_TYPE_NAMES  # noqa: E402
+from auditpy.proto.msgtypes import MSG_TYPE_NAMES  # noqa: E402
 
 AUSOURCE_BUFFER = 3
 AUPARSE_ESC_RAW = 0

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from auditpy.netlink import (
+from auditpy.proto.netlink import (
     STATUS_BACKLOG_LIMIT,
     STATUS_BACKLOG_WAIT_TIME,
     STATUS_ENABLED,
-    AuditSocket,
     AuditStatus,
 )
+from auditpy.system.netlink import AuditSocket
 
 
 def _kernel_unavailable() -> str | None:
@@ -215,7 +215,7 @@ def start_pyauditd(
 ) -> RunningDaemon:
     with open(d.root / "daemon.err", "ab") as errors:
         proc = subprocess.Popen(
-            [*wrapper, sys.executable, "-m", "auditpy.cli", "-n", "-s", "nochange", "-c",
+            [*wrapper, sys.executable, "-m", "auditpy.auditd", "-n", "-s", "nochange", "-c",
              str(d.conf_dir), "--run-dir", str(d.run_dir), *args],
             stderr=errors,
         )

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from auditpy.netlink import AuditStatus
+from auditpy.proto.netlink import AuditStatus
 
 from .conftest import auditctl, get_status
 

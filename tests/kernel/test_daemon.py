@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from auditpy.netlink import AuditStatus
+from auditpy.proto.netlink import AuditStatus
 
 from .conftest import (
     DaemonDir,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from auditpy.netlink import AuditStatus
+from auditpy.proto.netlink import AuditStatus
 
 from .conftest import DaemonDir, RunningDaemon, auditctl, start_pyauditd, wait_for
 

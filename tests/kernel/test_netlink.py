@@ -11,8 +11,9 @@ import time
 
 import pytest
 
-from auditpy import mmsg
-from auditpy.netlink import AUDIT_USER, AuditSocket, AuditStatus
+from auditpy.proto.netlink import AUDIT_USER, AuditStatus
+from auditpy.system import mmsg
+from auditpy.system.netlink import AuditSocket
 
 AUDIT_USER_TYPE = 1005
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from auditpy.netlink import AuditStatus
+from auditpy.proto.netlink import AuditStatus
 
 from .conftest import DaemonDir, RunningDaemon, auditctl, start_pyauditd, wait_for
 
@@ -47,7 +47,7 @@ def test_audisp_remote_plugin_delivers_every_event_to_a_log_server(
     server.write_config(extra=f"local_events = no\ntcp_listen_port = {port}\n"
                         "tcp_max_per_addr = 4\nuse_libwrap = no\n")
     argv = (["/sbin/auditd", "-n", "-c", str(server.conf_dir)] if server_kind == "c" else
-            [sys.executable, "-m", "auditpy.cli", "-n", "-s", "nochange", "-c",
+            [sys.executable, "-m", "auditpy.auditd", "-n", "-s", "nochange", "-c",
              str(server.conf_dir), "--run-dir", str(server.run_dir)])
     with open(server.root / "daemon.err", "wb") as errors:
         c_server = subprocess.Popen(argv, stderr=errors)

@@ -36,8 +36,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
-from .config import ConfigError, ConfigProblem, load_auditd_conf
-from .conftext import bounded_uint, fold, token_lines
+from auditpy.config.auditd_conf import ConfigError, ConfigProblem, load_auditd_conf
+from auditpy.config.lines import bounded_uint, fold, token_lines
 
 #: 4.1.4+ reads lines into a 512-byte buffer.
 MAX_LINE_BYTES: Final = 512

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from .conftext import LineTooLong, fold, line_tokens
+from auditpy.config.lines import LineTooLong, fold, line_tokens
 
 #: 3.0.9 reads lines into a 160-byte buffer with fgets(); the newline and the terminating
 #: NUL must fit too, so a line may hold at most 158 bytes.  Longer lines are skipped.

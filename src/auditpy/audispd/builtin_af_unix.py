@@ -24,8 +24,8 @@ import os
 import socket
 import stat
 
-from .plugin_config import PluginConfig, parse_af_unix_args
-from .plugin_runner import PluginRunner, Record, RunnerContext, State
+from auditpy.audispd.runner import PluginRunner, Record, RunnerContext, State
+from auditpy.config.plugins import PluginConfig, parse_af_unix_args
 
 log = logging.getLogger("auditpy.audispd")
 

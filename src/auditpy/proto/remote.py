@@ -28,6 +28,8 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
+from auditpy.proto.records import MAX_AUDIT_MESSAGE_LENGTH
+
 MAGIC: Final = 0xFF0000FE
 MAGIC_BYTES: Final = MAGIC.to_bytes(4, "little")
 HEADER_VERSION: Final = 0
@@ -40,7 +42,7 @@ HEADER: Final = struct.Struct("<IBBIHI")
 HEADER_SIZE: Final = HEADER.size
 #: MAX_AUDIT_MESSAGE_LENGTH in the C tools: the server's per-client buffer holds one header
 #: plus this much, so a longer frame could never be read by it.
-MAX_PAYLOAD: Final = 8970
+MAX_PAYLOAD: Final = MAX_AUDIT_MESSAGE_LENGTH
 MAX_FRAME: Final = HEADER_SIZE + MAX_PAYLOAD
 MAX_SEQ: Final = 0xFFFFFFFF
 

@@ -13,9 +13,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import __version__
-from .config import ConfigError, load_auditd_conf
-from .logsetup import message_handler
+from auditpy import __version__
+from auditpy.config.auditd_conf import ConfigError, load_auditd_conf
+from auditpy.system.logsetup import message_handler
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.check:
         return check(args.config_dir, args.allow_symlink)
-    from .daemon import Daemon, Options, load_config  # not needed for --check
+    from auditpy.auditd.daemon import Daemon, Options, load_config  # not needed for --check
 
     options = Options(
         config_dir=os.path.abspath(args.config_dir), foreground=args.foreground,
@@ -151,6 +151,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(OSError):
             os.unlink(options.pid_file)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

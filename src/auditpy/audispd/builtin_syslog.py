@@ -13,9 +13,9 @@ from __future__ import annotations
 import logging
 import syslog
 
-from .netlink import AUDIT_EOE
-from .plugin_config import PluginConfig, parse_syslog_args
-from .plugin_runner import PluginRunner, Record, RunnerContext, State
+from auditpy.audispd.runner import PluginRunner, Record, RunnerContext, State
+from auditpy.config.plugins import PluginConfig, parse_syslog_args
+from auditpy.proto.records import AUDIT_EOE
 
 log = logging.getLogger("auditpy.audispd")
 

@@ -59,10 +59,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
-from .children import ChildHandle, spawn_helper
-from .config import ConfigError, ConfigProblem
-from .conftext import bounded_uint, fold, token_lines
-from .remote_protocol import (
+from auditpy.config.auditd_conf import ConfigError, ConfigProblem
+from auditpy.config.lines import bounded_uint, fold, token_lines
+from auditpy.proto.dispatch import FrameError, unpack_frames
+from auditpy.proto.dispatch import string_line as dispatcher_string_line
+from auditpy.proto.remote import (
     MAX_PAYLOAD,
     MAX_SEQ,
     TYPE_ACK,
@@ -82,8 +83,7 @@ from .remote_protocol import (
     pack_frame,
     type_name,
 )
-from .wire import FrameError, unpack_frames
-from .wire import string_line as dispatcher_string_line
+from auditpy.system.children import ChildHandle, spawn_helper
 
 PROG: Final = "pyaudisp-remote"
 DEFAULT_CONFIG: Final = "/etc/audit/audisp-remote.conf"
@@ -1854,6 +1854,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     plugin = RemotePlugin(args.config, parsed, log)
     return asyncio.run(plugin.run())
 
-
-if __name__ == "__main__":
-    sys.exit(main())

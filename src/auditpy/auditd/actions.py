@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from .children import ChildHandle, spawn_helper
+from auditpy.system.children import ChildHandle, spawn_helper
 
 SENDMAIL_PATH = "/usr/lib/sendmail"
 INIT_PATH = "/sbin/init"

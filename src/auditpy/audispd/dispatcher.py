@@ -61,22 +61,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from . import wire
-from .builtin_af_unix import AfUnixPlugin
-from .builtin_syslog import SyslogPlugin
-from .children import ChildHandle, spawn
-from .config import ConfigError
-from .logsetup import message_handler
-from .plugin_config import (
-    AF_UNIX,
-    SYSLOG,
-    DispatcherSettings,
-    PluginConfig,
-    PluginProblem,
-    load_dispatcher_settings,
-    load_plugins,
-)
-from .plugin_runner import (
+from auditpy.audispd.builtin_af_unix import AfUnixPlugin
+from auditpy.audispd.builtin_syslog import SyslogPlugin
+from auditpy.audispd.runner import (
     BACKOFF_INITIAL,
     BACKOFF_MAX,
     STABLE_AFTER,
@@ -88,6 +75,19 @@ from .plugin_runner import (
     State,
     describe_status,
 )
+from auditpy.config.auditd_conf import ConfigError
+from auditpy.config.plugins import (
+    AF_UNIX,
+    SYSLOG,
+    DispatcherSettings,
+    PluginConfig,
+    PluginProblem,
+    load_dispatcher_settings,
+    load_plugins,
+)
+from auditpy.proto import dispatch as wire
+from auditpy.system.children import ChildHandle, spawn
+from auditpy.system.logsetup import message_handler
 
 log = logging.getLogger("auditpy.audispd")
 
@@ -687,6 +687,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.exception("pyaudispd failed")
         return 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -33,7 +33,7 @@ import socket
 import time
 from typing import Final
 
-from auditpy.interp_tables import (
+from auditpy.proto.interp_tables import (
     ELF_TO_MACHINE,
     FAMILY_NAMES,
     FIELD_KINDS,
@@ -49,8 +49,8 @@ from auditpy.interp_tables import (
     SOCKETCALL_NAMES,
     UNAME_TO_MACHINE,
 )
-from auditpy.msgtypes import MSG_TYPE_NAMES
-from auditpy.syscalls import SYSCALL_NAMES
+from auditpy.proto.msgtypes import MSG_TYPE_NAMES
+from auditpy.proto.syscalls import SYSCALL_NAMES
 
 __all__ = ["FORMAT_BUF_LEN", "INTERP_SEPARATOR", "MIN_SPACE_LEFT", "Enricher"]
 

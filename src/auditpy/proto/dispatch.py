@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import struct
 
-from .records import type_name
+from auditpy.proto.records import MAX_AUDIT_MESSAGE_LENGTH, type_name
 
 #: Payload is the kernel's text, `audit(...): ...`; the type is only in the header.
 PROTOCOL_V0 = 0
@@ -16,7 +16,9 @@ PROTOCOL_V0 = 0
 PROTOCOL_V1 = 1
 HEADER = struct.Struct("=IIII")
 HEADER_LEN = HEADER.size
-MAX_PAYLOAD = 8970
+#: The largest payload a frame may carry: a V1 frame holds the formatted line, which with a
+#: node name and the ENRICHED suffix is longer than a kernel record, but never twice as long.
+MAX_FRAME_PAYLOAD = 2 * MAX_AUDIT_MESSAGE_LENGTH
 
 
 def pack_header(version: int, msg_type: int, size: int) -> bytes:
@@ -44,7 +46,7 @@ def unpack_frames(buffer: bytearray) -> list[tuple[int, int, bytes]]:
     unpack_from = HEADER.unpack_from
     while end - offset >= HEADER_LEN:
         version, hlen, msg_type, size = unpack_from(buffer, offset)
-        if hlen != HEADER_LEN or version > PROTOCOL_V1 or size > MAX_PAYLOAD * 2:
+        if hlen != HEADER_LEN or version > PROTOCOL_V1 or size > MAX_FRAME_PAYLOAD:
             raise FrameError(f"bad dispatcher header: ver={version} hlen={hlen} size={size}")
         stop = offset + HEADER_LEN + size
         if stop > end:

@@ -5,21 +5,27 @@ Pure functions and tables; the per-record hot path is `LineFormatter.format`.
 
 from __future__ import annotations
 
-import socket
 from typing import TYPE_CHECKING
 
-from .msgtypes import MSG_TYPE_NAMES
-from .netlink import AUDIT_EOE, AUDIT_REPLACE
+from auditpy.proto.msgtypes import MSG_TYPE_NAMES
 
 if TYPE_CHECKING:
     # Only the daemon builds an Enricher; the dispatcher, which needs type names from here,
     # does not load its tables.
-    from .enrich import Enricher
+    from auditpy.proto.enrich import Enricher
 
+#: The longest record the kernel sends (its MAX_AUDIT_MESSAGE_LENGTH), and the largest payload
+#: of a dispatcher or remote frame.
+MAX_AUDIT_MESSAGE_LENGTH = 8970
 #: Lines of this many characters or more are cut to it, as the C daemon does.
 MAX_LINE = 8969
 #: The payload limit: MAX_AUDIT_MESSAGE_LENGTH - 32, for lines without a node name.
-MAX_PAYLOAD = 8970 - 32
+LINE_PAYLOAD_LIMIT = MAX_AUDIT_MESSAGE_LENGTH - 32
+
+#: End of a multi-record event; never written to the log, always dispatched.
+AUDIT_EOE = 1320
+#: The kernel's notice that a newer daemon replaced this one's registration.
+AUDIT_REPLACE = 1329
 
 DAEMON_START = 1200
 DAEMON_END = 1201
@@ -53,7 +59,7 @@ def type_name(msg_type: int) -> str:
     return MSG_TYPE_NAMES.get(msg_type) or f"UNKNOWN[{msg_type}]"
 
 
-def clean_payload(payload: bytes, limit: int = MAX_PAYLOAD) -> bytes:
+def clean_payload(payload: bytes, limit: int = LINE_PAYLOAD_LIMIT) -> bytes:
     """The payload as it goes on one line: cut at the limit, newlines to spaces, and one
     trailing space removed (the kernel ends some records with one)."""
     if len(payload) > limit:
@@ -65,26 +71,6 @@ def clean_payload(payload: bytes, limit: int = MAX_PAYLOAD) -> bytes:
     return payload
 
 
-def node_name(name_format: str, name: str | None) -> str | None:
-    """The node= value for `name_format`, or None for NONE. Raises OSError when the host name
-    cannot be resolved, which the daemon reports as a start-up failure as auditd does."""
-    fmt = name_format.upper()
-    if fmt == "NONE":
-        return None
-    if fmt == "USER":
-        return name or None
-    host = socket.gethostname()
-    if fmt == "HOSTNAME":
-        return host.replace(" ", "_")
-    if fmt == "FQD":
-        info = socket.getaddrinfo(host, None, flags=socket.AI_CANONNAME)
-        return info[0][3] or host
-    if fmt == "NUMERIC":
-        info = socket.getaddrinfo(host, None)
-        return str(info[0][4][0])
-    raise ValueError(f"unknown name_format {name_format}")
-
-
 class LineFormatter:
     """Formats records into log lines; one instance per configuration.
 
@@ -94,7 +80,7 @@ class LineFormatter:
 
     def __init__(self, node: str | None = None, enricher: Enricher | None = None) -> None:
         self.node_prefix = f"node={node} ".encode() if node else b""
-        self.limit = MAX_PAYLOAD if not node else MAX_PAYLOAD + 64
+        self.limit = LINE_PAYLOAD_LIMIT if not node else LINE_PAYLOAD_LIMIT + 64
         self.enricher = enricher
         self._prefix: dict[int, bytes] = {}
 

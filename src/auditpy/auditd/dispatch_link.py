@@ -22,7 +22,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 
-from .children import ChildHandle, spawn_child, stdin_pair
+from auditpy.system.children import ChildHandle, spawn_child, stdin_pair
 
 log = logging.getLogger("auditpy")
 

@@ -12,7 +12,7 @@ import random
 import time
 from dataclasses import dataclass
 
-from .netlink import SignalInfo
+from auditpy.proto.netlink import SignalInfo
 
 UNSET = 4294967295
 

@@ -16,35 +16,14 @@ import signal
 import sys
 from dataclasses import dataclass, fields
 
-from . import AUDIT_VERSION, daemon_records
-from .actions import ActionKind, FollowUp, run_action
-from .config import AuditdConfig, ConfigError, changed_keys, load_auditd_conf
-from .counters import Counters, state_report
-from .daemon_records import DaemonSerials, Sender
-from .diskspace import SpacePolicy, SpaceSettings, Trigger
-from .dispatch_link import DispatcherLink
-from .enrich import Enricher
-from .logfile import AuditLog, LogEvent, LogFileError, LogSettings
-from .netlink import (
-    AUDIT_EOE,
-    STATUS_ENABLED,
-    AuditSocket,
-    AuditStatus,
-    NetlinkError,
-)
-from .plugin_config import any_active, load_dispatcher_settings
-from .records import (
-    DAEMON_ABORT,
-    DAEMON_CONFIG,
-    DAEMON_END,
-    DAEMON_RESUME,
-    DAEMON_ROTATE,
-    DAEMON_START,
-    NOT_EVENTS,
-    LineFormatter,
-    node_name,
-)
-from .remote_server import (
+from auditpy import AUDIT_VERSION
+from auditpy.auditd import daemon_records
+from auditpy.auditd.actions import ActionKind, FollowUp, run_action
+from auditpy.auditd.counters import Counters, state_report
+from auditpy.auditd.daemon_records import DaemonSerials, Sender
+from auditpy.auditd.diskspace import SpacePolicy, SpaceSettings, Trigger
+from auditpy.auditd.dispatch_link import DispatcherLink
+from auditpy.auditd.listener import (
     ACK,
     RESTART_KEYS,
     ListenerSettings,
@@ -53,7 +32,26 @@ from .remote_server import (
     dispatch_frames,
     reply_for,
 )
-from .wire import HEADER, MAX_PAYLOAD, PROTOCOL_V0, PROTOCOL_V1
+from auditpy.auditd.logfile import AuditLog, LogEvent, LogFileError, LogSettings
+from auditpy.config.auditd_conf import AuditdConfig, ConfigError, changed_keys, load_auditd_conf
+from auditpy.config.plugins import any_active, load_dispatcher_settings
+from auditpy.proto.dispatch import HEADER, PROTOCOL_V0, PROTOCOL_V1
+from auditpy.proto.enrich import Enricher
+from auditpy.proto.netlink import STATUS_ENABLED, AuditStatus
+from auditpy.proto.records import (
+    AUDIT_EOE,
+    DAEMON_ABORT,
+    DAEMON_CONFIG,
+    DAEMON_END,
+    DAEMON_RESUME,
+    DAEMON_ROTATE,
+    DAEMON_START,
+    MAX_AUDIT_MESSAGE_LENGTH,
+    NOT_EVENTS,
+    LineFormatter,
+)
+from auditpy.system.netlink import AuditSocket, NetlinkError
+from auditpy.system.node import node_name
 
 log = logging.getLogger("auditpy")
 
@@ -128,6 +126,11 @@ def space_settings(config: AuditdConfig) -> SpaceSettings:
     )
 
 
+def dispatch_backlog_bytes(q_depth: int) -> int:
+    """What the link to the dispatcher may hold unsent: q_depth records of the largest size."""
+    return q_depth * (MAX_AUDIT_MESSAGE_LENGTH + HEADER.size)
+
+
 def make_formatter(config: AuditdConfig) -> LineFormatter:
     enricher = Enricher() if config.log_format == "ENRICHED" else None
     return LineFormatter(node=node_name(config.name_format, config.name), enricher=enricher)
@@ -182,7 +185,7 @@ class Daemon:
             self.loop,
             self._dispatcher_argv(),
             wanted=self._plugins_active,
-            max_pending_bytes=self.config.q_depth * (MAX_PAYLOAD + HEADER.size),
+            max_pending_bytes=dispatch_backlog_bytes(self.config.q_depth),
         )
         self.dispatcher.reconcile()
         self._daemon_record(
@@ -538,7 +541,7 @@ class Daemon:
             dispatch=False,
         )
         if self.dispatcher is not None:
-            self.dispatcher.max_pending_bytes = new.q_depth * (MAX_PAYLOAD + HEADER.size)
+            self.dispatcher.max_pending_bytes = dispatch_backlog_bytes(new.q_depth)
             self.dispatcher.reconcile()
 
     def _apply(self, new: AuditdConfig) -> None:

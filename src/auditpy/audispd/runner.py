@@ -32,9 +32,9 @@ import signal
 import socket
 from dataclasses import dataclass
 
-from . import wire
-from .children import ChildHandle, spawn, stdin_pair
-from .plugin_config import PluginConfig, check_plugin_program
+from auditpy.config.plugins import PluginConfig, check_plugin_program
+from auditpy.proto import dispatch as wire
+from auditpy.system.children import ChildHandle, spawn, stdin_pair
 
 log = logging.getLogger("auditpy.audispd")
 

@@ -40,9 +40,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final, Protocol
 
-from .logfile import LogEvent
-from .msgtypes import MSG_TYPE_NAMES
-from .remote_protocol import (
+from auditpy.auditd.logfile import LogEvent
+from auditpy.proto.dispatch import HEADER as DISPATCH_HEADER
+from auditpy.proto.dispatch import PROTOCOL_V1
+from auditpy.proto.msgtypes import MSG_TYPE_NAMES
+from auditpy.proto.remote import (
     HEADER,
     HEADER_SIZE,
     MAGIC,
@@ -63,11 +65,9 @@ from .remote_protocol import (
     ProtocolError,
     type_name,
 )
-from .wire import HEADER as DISPATCH_HEADER
-from .wire import PROTOCOL_V1
 
 if TYPE_CHECKING:
-    from .config import AuditdConfig
+    from auditpy.config.auditd_conf import AuditdConfig
 
 log = logging.getLogger("auditpy.remote")
 

@@ -1,0 +1,7 @@
+"""`python3 -m auditpy.auditd`."""
+
+import sys
+
+from auditpy.auditd.cli import main
+
+sys.exit(main())
