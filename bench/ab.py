@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("trees", nargs="+", type=Path, metavar="TREE")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    bench.hold_kernel_lock()
     if bench.status().pid:
         print("an audit daemon is registered; stop it first", file=sys.stderr)
         return 1

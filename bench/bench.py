@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import compileall
 import contextlib
+import fcntl
 import os
 import platform
 import shutil
@@ -45,6 +46,18 @@ from auditpy.system.netlink import AuditSocket
 HERE = Path(__file__).resolve().parent
 C_AUDITD = "/sbin/auditd"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+#: Taken by the kernel tests too, so a benchmark never runs beside them on one machine.
+KERNEL_LOCK = "/run/auditpy-kernel.lock"
+
+
+def hold_kernel_lock() -> None:
+    """Wait for the machine's kernel audit state to be ours (held until this process ends)."""
+    if os.environ.get("AUDITPY_KERNEL_LOCK_HELD"):
+        return  # started by a test session that holds it
+    fd = os.open(KERNEL_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
 
 
 @dataclass(frozen=True)
@@ -499,6 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     # A SIGTERM (timeout, Ctrl-C) must still run the finally blocks that stop the daemons,
     # delete the rules and put the kernel settings back.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    hold_kernel_lock()
     if status().pid:
         print(f"an audit daemon (pid {status().pid}) is registered; stop it first",
               file=sys.stderr)

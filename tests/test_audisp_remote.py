@@ -28,6 +28,7 @@ from auditpy.audisp_remote import plugin as ar
 from auditpy.config.auditd_conf import ConfigError
 from auditpy.proto import dispatch as wire
 from auditpy.proto import remote as rp
+from auditpy.system import spool
 
 C_AUDITD = "/sbin/auditd"
 IS_ROOT = os.geteuid() == 0
@@ -561,23 +562,23 @@ def test_input_decoder_lines_and_binary() -> None:
 def test_disk_queue_survives_reopen_and_cuts_a_torn_tail(tmp_path: Path) -> None:
     path = str(tmp_path / "q")
     logged: list[str] = []
-    queue = ar.DiskQueue(path, lambda _p, m: logged.append(m))
+    queue = spool.DiskQueue(path, lambda _p, m: logged.append(m))
     queue.append_many([b"one", b"two", b"three"])
     assert (len(queue), queue.sendable, queue.unsynced) == (3, 0, 3)
     queue.sync()
     queue.pop_front(1)
-    with pytest.raises(ar.QueueError, match="in use by another process"):
-        ar.DiskQueue(path, lambda _p, m: None)
+    with pytest.raises(spool.QueueError, match="in use by another process"):
+        spool.DiskQueue(path, lambda _p, m: None)
     queue.close()
     with open(path, "ab") as f:
         f.write(b"\x05\x00\x00\x00\x00\x00")  # a crash in the middle of a record header
-    queue = ar.DiskQueue(path, lambda _p, m: logged.append(m))
+    queue = spool.DiskQueue(path, lambda _p, m: logged.append(m))
     assert [queue.get(i) for i in range(len(queue))] == [b"two", b"three"]
     assert queue.recovered == 2 and "dropping 6 bytes" in logged[0]
     queue.pop_front(2)
     assert os.path.getsize(path) == 32  # emptied: truncated back to the header
     queue.close()
-    assert len(ar.DiskQueue(path, lambda _p, m: None)) == 0
+    assert len(spool.DiskQueue(path, lambda _p, m: None)) == 0
 
 
 def test_disk_queue_detects_corruption_and_compacts(
@@ -585,25 +586,25 @@ def test_disk_queue_detects_corruption_and_compacts(
 ) -> None:
     path = tmp_path / "q"
     path.write_bytes(b"something else entirely, not a queue file")
-    with pytest.raises(ar.QueueError, match="not a pyaudisp-remote queue"):
-        ar.DiskQueue(str(path), lambda _p, m: None)
+    with pytest.raises(spool.QueueError, match="not a pyaudisp-remote queue"):
+        spool.DiskQueue(str(path), lambda _p, m: None)
     path.unlink()
-    monkeypatch.setattr(ar, "COMPACT_BYTES", 1000)
-    queue = ar.DiskQueue(str(path), lambda _p, m: None)
+    monkeypatch.setattr(spool, "COMPACT_BYTES", 1000)
+    queue = spool.DiskQueue(str(path), lambda _p, m: None)
     queue.append_many([b"r%05d" % i + b"x" * 50 for i in range(100)])
     queue.sync()
     queue.pop_front(60)
     assert os.path.getsize(path) < 40 * 70  # rewritten with only the live records
     queue.append_many([b"tail"])
     queue.close()
-    queue = ar.DiskQueue(str(path), lambda _p, m: None)
+    queue = spool.DiskQueue(str(path), lambda _p, m: None)
     assert len(queue) == 41 and queue.get(0).startswith(b"r00060") and queue.get(40) == b"tail"
     queue.close()
     # a bit flip in a record stops recovery there (CRC), keeping what came before it
     data = bytearray(path.read_bytes())
     data[32 + 8 + 60 * 0 + 3] ^= 0x20
     path.write_bytes(bytes(data))
-    assert len(ar.DiskQueue(str(path), lambda _p, m: None)) == 0
+    assert len(spool.DiskQueue(str(path), lambda _p, m: None)) == 0
 
 
 # --------------------------------------------------------------------------------------

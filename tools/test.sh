@@ -4,13 +4,19 @@
 set -eu
 cd "$(dirname "$0")/.."
 
+# Debian's packages the tests compare with or run beside: the C audit tools and plugins,
+# laurel (the JSON plugin), nats-server (JetStream) and prometheus (scrapes the metrics).
 need_pkgs=""
-for tool in auditctl ausearch aureport; do
+for tool in auditctl ausearch aureport augenrules; do
     command -v "$tool" >/dev/null 2>&1 || need_pkgs="auditd"
 done
 [ -x /sbin/audisp-syslog ] || need_pkgs="$need_pkgs audispd-plugins"
+command -v laurel >/dev/null 2>&1 || need_pkgs="$need_pkgs laurel"
+command -v nats-server >/dev/null 2>&1 || need_pkgs="$need_pkgs nats-server"
+command -v prometheus >/dev/null 2>&1 || need_pkgs="$need_pkgs prometheus"
 if [ -n "$need_pkgs" ]; then
-    # The package must not start the C daemon: it would hold the kernel registration.
+    # The packages must not start their services: a C auditd would hold the kernel
+    # registration, and the others would hold ports the tests choose themselves.
     created_policy=""
     if [ ! -e /usr/sbin/policy-rc.d ]; then
         printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
@@ -18,7 +24,8 @@ if [ -n "$need_pkgs" ]; then
         created_policy=yes
     fi
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq auditd audispd-plugins >/dev/null
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need_pkgs >/dev/null
     [ -n "$created_policy" ] && rm -f /usr/sbin/policy-rc.d
 fi
 

@@ -7,6 +7,7 @@ ours stays registered, even when a test fails.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -56,6 +57,27 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.kernel)
             if UNAVAILABLE:
                 item.add_marker(pytest.mark.skip(reason=UNAVAILABLE))
+
+
+#: Held by every test session (and benchmark) that changes the kernel's audit state, so that
+#: two checkouts tested on one machine at once never register or load rules side by side.
+KERNEL_LOCK = "/run/auditpy-kernel.lock"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _kernel_lock() -> Iterator[None]:
+    if UNAVAILABLE:
+        yield
+        return
+    fd = os.open(KERNEL_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        # The benchmark scripts the tests run take the lock themselves unless told so.
+        os.environ["AUDITPY_KERNEL_LOCK_HELD"] = "1"
+        yield
+    finally:
+        os.environ.pop("AUDITPY_KERNEL_LOCK_HELD", None)
+        os.close(fd)
 
 
 def get_status() -> AuditStatus:
