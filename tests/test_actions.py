@@ -18,12 +18,13 @@ from auditpy.auditd.actions import (
     ActionKind,
     ChildHandle,
     FollowUp,
-    check_exe,
     mail_text,
     run_action,
     spawn_helper,
 )
 from auditpy.auditd.logfile import AuditLog, LogSettings
+from auditpy.config.auditd_conf import load_auditd_conf
+from auditpy.config.files import exec_helper_problems
 
 K = ActionKind
 
@@ -314,6 +315,23 @@ def test_exec_with_real_log_closes_it_first(tmp_path: Path, notes: Notes) -> Non
 
 
 @needs_root
+@needs_root
+def test_a_helper_that_passes_the_check_is_run(tmp_path: Path, notes: Notes) -> None:
+    """`pyauditd --check` and the action apply one rule: a set-uid helper (4755, which the
+    C daemon accepts) passed the check and was then refused when the disk filled."""
+    helper = script(tmp_path / "helper", "exit 0\n", mode=0o4755)
+    conf = tmp_path / "auditd.conf"
+    conf.write_text(
+        f"log_file = {tmp_path}/audit.log\nspace_left = 2\nadmin_space_left = 1\n"
+        f"disk_full_action = exec {helper}\n"
+    )
+    config, _warnings = load_auditd_conf(str(conf))
+    assert config.disk_full_exe == helper
+    out = run_action("EXEC", kind=K.DISK_FULL, exe=helper, log=FakeLog(), notify=notes)
+    assert out.ok and out.child is not None, out.error
+    assert out.child.wait(10) == 0
+
+
 def test_exec_refuses_bad_helper(tmp_path: Path, notes: Notes) -> None:
     helper = script(tmp_path / "helper", "exit 0\n", mode=0o777)
     log = FakeLog()
@@ -322,6 +340,11 @@ def test_exec_refuses_bad_helper(tmp_path: Path, notes: Notes) -> None:
     assert out.follow_up is FollowUp.SUSPEND and log.suspended == 1  # C closes the log first
     out = run_action("EXEC", kind=K.SPACE_LEFT, exe=None, notify=notes)
     assert out.error == "Safe_exec passed NULL for program to execute"
+
+
+def check_exe(path: str) -> str | None:
+    """The check run_action makes before an exec (the one `pyauditd --check` makes too)."""
+    return "; ".join(exec_helper_problems(path)) or None
 
 
 def test_check_exe(tmp_path: Path) -> None:

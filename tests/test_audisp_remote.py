@@ -25,7 +25,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from auditpy.audisp_remote import plugin as ar
-from auditpy.config.auditd_conf import ConfigError
+from auditpy.config import remote_conf as rc
+from auditpy.config.errors import ConfigError
 from auditpy.proto import dispatch as wire
 from auditpy.proto import remote as rp
 from auditpy.system import spool
@@ -334,8 +335,8 @@ def lines_stored(server: FakeServer) -> collections.Counter[int]:
 # Configuration
 
 
-def parse(text: str) -> ar.RemoteConfig:
-    return ar.parse_remote_conf(text, "/x/remote.conf").config
+def parse(text: str) -> rc.RemoteConfig:
+    return rc.parse_remote_conf(text, "/x/remote.conf").config
 
 
 def test_debian_shipped_file_parses_once_the_server_is_set() -> None:
@@ -385,15 +386,15 @@ krb5_client_name = y
 krb5_key_file = /k
 enable_krb5 = no
 """
-    parsed = ar.parse_remote_conf(text, "/x/remote.conf")
+    parsed = rc.parse_remote_conf(text, "/x/remote.conf")
     c = parsed.config
     assert (c.remote_server, c.port, c.local_port, c.transport) == ("192.0.2.1", 6000, 600, "tls")
     assert (c.mode, c.queue_file, c.queue_depth, c.format) == ("forward", "/var/spool/q", 7,
                                                                "managed")
     assert (c.network_retry_time, c.max_tries_per_record, c.max_time_per_record,
             c.heartbeat_timeout) == (2, 4, 9, 30)
-    assert c.network_failure_action == ar.Action("exec", "/bin/true")
-    assert c.startup_failure_action == ar.Action("exec", "/bin/false")
+    assert c.network_failure_action == rc.Action("exec", "/bin/true")
+    assert c.startup_failure_action == rc.Action("exec", "/bin/false")
     assert str(c.network_failure_action) == "exec /bin/true"
     assert [str(getattr(c, key)) for key in (
         "disk_low_action", "disk_full_action", "disk_error_action", "remote_ending_action",
@@ -476,7 +477,7 @@ def test_every_error_is_reported_and_cross_checks() -> None:
         parse("remote_server = h\ntransport = tls\nformat = ascii\n")
     with pytest.raises(ConfigError, match="tls_key_file is set but tls_cert_file is not"):
         parse("remote_server = h\ntransport = tls\ntls_key_file = /k\n")
-    parsed = ar.parse_remote_conf("remote_server = h\ntls_ca_file = /ca\n", "/f")
+    parsed = rc.parse_remote_conf("remote_server = h\ntls_ca_file = /ca\n", "/f")
     assert "tls_ca_file is ignored unless transport = tls" in str(parsed.warnings[0])
 
 
@@ -484,7 +485,7 @@ CONF_PIECES = [
     " ", " = ", "=", "#", "\n", "\t", "\r", "\x00", "\udcff", "\u00e9", "exec", "/bin/true",
     "yes", "no", "0", "1", "65535", "99999999999", "-1", "any", "syslog", "forward", "ascii",
     "tls", "tcp", "krb5", "127.0.0.1", "stop", "reconnect", "relative", "x" * 5000,
-    *sorted(ar.KEYWORDS),
+    *sorted(rc.KEYWORDS),
 ]
 
 
@@ -492,7 +493,7 @@ CONF_PIECES = [
 @given(st.lists(st.sampled_from(CONF_PIECES), max_size=40).map("".join))
 def test_hostile_text_gives_a_config_or_config_error(text: str) -> None:
     try:
-        parsed = ar.parse_remote_conf(text, "/f")
+        parsed = rc.parse_remote_conf(text, "/f")
     except ConfigError as exc:
         assert exc.errors
         for problem in exc.errors:
@@ -505,21 +506,21 @@ def test_hostile_text_gives_a_config_or_config_error(text: str) -> None:
 def test_load_checks_the_file_and_exec_helpers(tmp_path: Path) -> None:
     conf = write_conf(tmp_path / "r.conf", network_failure_action="exec /nonexistent/x")
     with pytest.raises(ConfigError, match=r"r.conf:\d+: network_failure_action: cannot stat"):
-        ar.load_remote_conf(str(conf))
+        rc.load_remote_conf(str(conf))
     conf = write_conf(tmp_path / "r.conf")
     os.chmod(conf, 0o646)
     with pytest.raises(ConfigError, match="world writable"):
-        ar.load_remote_conf(str(conf))
+        rc.load_remote_conf(str(conf))
     with pytest.raises(ConfigError, match="cannot open"):
-        ar.load_remote_conf(str(tmp_path / "missing.conf"))
+        rc.load_remote_conf(str(tmp_path / "missing.conf"))
     conf = write_conf(tmp_path / "t.conf", transport="tls", tls_ca_file=tmp_path / "nope.pem")
     with pytest.raises(ConfigError, match="tls_ca_file: cannot read"):
-        ar.load_remote_conf(str(conf))
+        rc.load_remote_conf(str(conf))
     bad_ca = tmp_path / "bad.pem"
     bad_ca.write_text("not a certificate\n")
     conf = write_conf(tmp_path / "t.conf", transport="tls", tls_ca_file=bad_ca)
     with pytest.raises(ConfigError, match="cannot load the TLS certificates"):
-        ar.load_remote_conf(str(conf))
+        rc.load_remote_conf(str(conf))
 
 
 def test_main_exits_1_on_a_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -1029,7 +1030,7 @@ def test_actions_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(ar, "INIT_PATH", str(helper))  # never the real init
     conf = write_conf(tmp_path / "r.conf", disk_low_action=f"exec {helper}")
     messages: list[str] = []
-    plugin = ar.RemotePlugin(str(conf), ar.load_remote_conf(str(conf)),
+    plugin = ar.RemotePlugin(str(conf), rc.load_remote_conf(str(conf)),
                              lambda _p, m: messages.append(m))
 
     async def scenario() -> None:
@@ -1038,7 +1039,7 @@ def test_actions_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         plugin._exit = loop.create_future()
 
         def act(kind: str) -> bool:
-            plugin.config = dataclasses.replace(plugin.config, disk_full_action=ar.Action(kind))
+            plugin.config = dataclasses.replace(plugin.config, disk_full_action=rc.Action(kind))
             return plugin.act("disk_full_action", f"test {kind}")
 
         assert act("ignore") and not messages

@@ -21,13 +21,12 @@ from auditpy.config.auditd_conf import (
     KEYWORDS,
     MAX_LINE_BYTES,
     AuditdConfig,
-    ConfigError,
-    ConfigProblem,
     changed_keys,
-    exec_helper_problems,
     load_auditd_conf,
     parse_auditd_conf,
 )
+from auditpy.config.errors import ConfigError, ConfigProblem
+from auditpy.config.files import exec_helper_problems
 
 DEBIAN_CONF = Path("/etc/audit/auditd.conf")
 NOBODY = 65534

@@ -11,15 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from auditpy.config.auditd_conf import ConfigError
+from auditpy.config.errors import ConfigError
+from auditpy.config.files import ProgramIdentity, check_plugin_program
 from auditpy.config.plugins import (
     AF_UNIX,
     SYSLOG,
-    BinaryIdentity,
     DispatcherSettings,
     PluginConfig,
     any_active,
-    check_plugin_program,
     load_dispatcher_settings,
     load_plugin_file,
     load_plugins,
@@ -358,7 +357,7 @@ def program(tmp_path: Path) -> Path:
 @needs_root
 def test_program_checks(tmp_path: Path, program: Path) -> None:
     identity, reason = check_plugin_program(str(program))
-    assert reason is None and identity == BinaryIdentity.of(os.stat(program))
+    assert reason is None and identity == ProgramIdentity.of(os.stat(program))
     for mode, text in (
         (0o770, "group or world writable"),
         (0o757, "group or world writable"),
@@ -406,7 +405,7 @@ def test_load_plugins_skips_bad_files_only(tmp_path: Path, program: Path) -> Non
 
     plugins, problems = load_plugins(str(d))
     assert sorted(plugins) == ["builtin.conf", "good.conf", "link.conf", "off.conf"]
-    assert plugins["good.conf"].identity == BinaryIdentity.of(os.stat(program))
+    assert plugins["good.conf"].identity == ProgramIdentity.of(os.stat(program))
     assert plugins["off.conf"].identity is None  # inactive: its program is not checked
     assert plugins["builtin.conf"].builtin == SYSLOG
     text = "\n".join(str(p) for p in problems)

@@ -28,8 +28,6 @@ from hypothesis import strategies as st
 
 from auditpy.auditd.listener import (
     ACK,
-    DAEMON_ACCEPT,
-    DAEMON_CLOSE,
     DISKERROR,
     DISKFULL,
     DISKLOW,
@@ -42,8 +40,10 @@ from auditpy.auditd.listener import (
     reply_for,
 )
 from auditpy.auditd.logfile import LogEvent
-from auditpy.config.auditd_conf import ConfigError, load_auditd_conf
+from auditpy.config.auditd_conf import load_auditd_conf
+from auditpy.config.errors import ConfigError
 from auditpy.proto.dispatch import unpack_frames
+from auditpy.proto.records import DAEMON_ACCEPT, DAEMON_CLOSE
 from auditpy.proto.remote import (
     HEADER,
     MAGIC,
@@ -631,7 +631,7 @@ def tls_roundtrip(sock: ssl.SSLSocket, seq: int) -> Frame:
                     reason="needs openssl")
 def test_tls_verified_clients_only(request: pytest.FixtureRequest, pki: Path,
                                    caplog: pytest.LogCaptureFixture) -> None:
-    from auditpy.auditd.listener import make_tls_context
+    from auditpy.config.tls import server_context as make_tls_context
 
     context = make_tls_context(str(pki / "server.pem"), str(pki / "server.key"),
                                str(pki / "ca.pem"), verify_client=True)
@@ -656,7 +656,7 @@ def test_tls_verified_clients_only(request: pytest.FixtureRequest, pki: Path,
 def test_plain_client_on_a_tls_listener_times_out_or_fails(
     request: pytest.FixtureRequest, pki: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from auditpy.auditd.listener import make_tls_context
+    from auditpy.config.tls import server_context as make_tls_context
 
     context = make_tls_context(str(pki / "server.pem"), str(pki / "server.key"),
                                None, verify_client=False)

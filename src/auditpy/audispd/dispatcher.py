@@ -55,7 +55,6 @@ import logging
 import logging.handlers
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -75,7 +74,7 @@ from auditpy.audispd.runner import (
     State,
     describe_status,
 )
-from auditpy.config.auditd_conf import ConfigError
+from auditpy.config.errors import ConfigError
 from auditpy.config.plugins import (
     AF_UNIX,
     SYSLOG,
@@ -86,12 +85,12 @@ from auditpy.config.plugins import (
     load_plugins,
 )
 from auditpy.proto import dispatch as wire
-from auditpy.system.children import ChildHandle, spawn
+from auditpy.system.children import INIT_PATH, ChildHandle, spawn_helper
 from auditpy.system.logsetup import message_handler
+from auditpy.system.node import node_name
 
 log = logging.getLogger("auditpy.audispd")
 
-INIT_PATH = "/sbin/init"
 STATE_FILE = "audispd.state"
 #: SIGTERM to SIGKILL when the dispatcher itself stops.
 SHUTDOWN_TIMEOUT = 5.0
@@ -129,23 +128,18 @@ def make_runner(config: PluginConfig, ctx: RunnerContext) -> PluginRunner:
 
 
 def node_prefix(settings: DispatcherSettings) -> bytes:
-    """``node=NAME `` for V0 string lines, as 2.x audispd's name_format did."""
-    fmt = settings.name_format
-    name: str | None = None
+    """``node=NAME `` for V0 string lines, as 2.x audispd's name_format did. The name is
+    resolved as pyauditd resolves it; where that fails the records go without one (the
+    dispatcher must not stop over it: pyauditd already runs)."""
     try:
-        if fmt == "USER":
-            name = settings.name
-        elif fmt == "HOSTNAME":
-            name = socket.gethostname().replace(" ", "_")
-        elif fmt in ("FQD", "NUMERIC"):
-            host = socket.gethostname()
-            infos = socket.getaddrinfo(host, None, flags=socket.AI_CANONNAME)
-            name = infos[0][3] if fmt == "FQD" else str(infos[0][4][0])
-    except (OSError, IndexError) as exc:
-        log.warning("cannot resolve the node name for name_format=%s: %s", fmt, exc)
+        name = node_name(settings.name_format, settings.name)
+    except (OSError, IndexError, ValueError) as exc:
+        log.warning("cannot resolve the node name for name_format=%s: %s",
+                    settings.name_format, exc)
         return b""
-    if fmt != "NONE" and not name:
-        log.warning("name_format=%s gives no node name; records go without one", fmt)
+    if settings.name_format != "NONE" and not name:
+        log.warning("name_format=%s gives no node name; records go without one",
+                    settings.name_format)
         return b""
     return b"" if not name else b"node=" + name.encode("utf-8", "backslashreplace") + b" "
 
@@ -369,17 +363,10 @@ class Dispatcher:
 
     def _run_helper(self, path: str, args: list[str]) -> None:
         try:
-            devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            devnull = -1
-        try:
-            child = spawn(path, args, stdin_fd=None if devnull < 0 else devnull)
+            child = spawn_helper(path, args)
         except OSError as exc:
             log.critical("cannot run %s: %s", path, exc.strerror or exc)
             return
-        finally:
-            if devnull >= 0:
-                os.close(devnull)
         self._helpers.append(child)
 
         def reaped(done: ChildHandle) -> None:

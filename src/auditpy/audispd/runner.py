@@ -32,7 +32,8 @@ import signal
 import socket
 from dataclasses import dataclass
 
-from auditpy.config.plugins import PluginConfig, check_plugin_program
+from auditpy.config.files import check_plugin_program
+from auditpy.config.plugins import PluginConfig
 from auditpy.proto import dispatch as wire
 from auditpy.system.children import ChildHandle, spawn, stdin_pair
 

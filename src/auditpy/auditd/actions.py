@@ -18,18 +18,15 @@ from __future__ import annotations
 import enum
 import errno
 import os
-import stat
 import syslog
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from auditpy.system.children import ChildHandle, spawn_helper
+from auditpy.config.files import exec_helper_problems
+from auditpy.system.children import INIT_PATH, ChildHandle, spawn_helper
 
 SENDMAIL_PATH = "/usr/lib/sendmail"
-INIT_PATH = "/sbin/init"
-#: Modes the C daemon accepts for an exec helper (check_exe_name).
-EXEC_MODES = frozenset({0o750, 0o755, 0o555, 0o550})
 
 Notify = Callable[[int, str], None]
 
@@ -126,25 +123,6 @@ _MAIL = {
         "Audit daemon is very low on disk space for logging",
     ),
 }
-
-
-def check_exe(path: str) -> str | None:
-    """Why `path` may not be run as a helper, or None.  Repeated at run time because the
-    file can change between reading the config and the disk filling up."""
-    if not os.path.isabs(path):
-        return f"{path} is not an absolute path"
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        return f"Cannot stat {path} ({exc.strerror})"
-    if not stat.S_ISREG(st.st_mode):
-        return f"{path} is not a regular file"
-    if st.st_uid != 0:
-        return f"{path} is not owned by root"
-    mode = stat.S_IMODE(st.st_mode)
-    if mode not in EXEC_MODES:
-        return f"{path} has mode {mode:04o}, it must be 0750, 0755, 0555 or 0550"
-    return None
 
 
 def mail_text(subject: str, body: str, mail_acct: str) -> bytes:
@@ -302,9 +280,10 @@ def _exec(exe: str | None, notify: Notify) -> tuple[ChildHandle | None, str | No
         err = "Safe_exec passed NULL for program to execute"
         notify(syslog.LOG_ALERT, err)
         return None, err
-    problem = check_exe(exe)
-    if problem is not None:
-        err = f"Audit daemon refused to exec {exe}: {problem}"
+    # The check of `pyauditd --check`, again: the file may have changed since.
+    problems = exec_helper_problems(exe)
+    if problems:
+        err = f"Audit daemon refused to exec {exe}: {'; '.join(problems)}"
         notify(syslog.LOG_ALERT, err)
         return None, err
     try:

@@ -10,11 +10,14 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
 from auditpy import __version__
-from auditpy.config.auditd_conf import ConfigError, load_auditd_conf
+from auditpy.auditd.signals import HANDLED_SIGNALS
+from auditpy.config.auditd_conf import load_auditd_conf
+from auditpy.config.errors import ConfigError
 from auditpy.system.logsetup import message_handler
 
 EXIT_FAILURE = 1
@@ -98,10 +101,20 @@ def write_pid_file(path: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # First of all: a SIGHUP (or any signal the daemon handles) sent while it is starting
+    # waits for the daemon's loop instead of killing it.
     args = parse_args(argv)
     if args.check:
         return check(args.config_dir, args.allow_symlink)
+    # Before anything slow: a signal the daemon handles, sent while it is starting, waits
+    # for the daemon's loop instead of killing it. Never undone: the process ends with it.
+    signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+    from auditpy.system.service import hold_signals, seal_inherited_fds
+
+    hold_signals(HANDLED_SIGNALS)
+    seal_inherited_fds()
     from auditpy.auditd.daemon import Daemon, Options, load_config  # not needed for --check
+    from auditpy.auditd.logfile import LogFileError
 
     options = Options(
         config_dir=os.path.abspath(args.config_dir), foreground=args.foreground,
@@ -140,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         try:
             daemon.start()
-        except (OSError, TimeoutError, ValueError) as exc:
+        except (OSError, TimeoutError, ValueError, LogFileError) as exc:
             log.error("Cannot start the audit daemon: %s", exc)
             daemon.shutdown()
             report(EXIT_FAILURE)

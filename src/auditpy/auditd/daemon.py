@@ -1,20 +1,30 @@
 """pyauditd's running state: one asyncio loop reading the kernel, writing the log, and
 answering signals.
 
-Data flows one way: kernel socket -> `records` (filter, format) -> the log file (and, later,
-the dispatcher link). Signals only ever set things in motion from the loop's own thread.
+Data flows one way: kernel socket -> `proto.records` (filter, format) -> the log file and the
+dispatcher link. Nothing that can wait runs on the loop's thread: requests to the kernel go
+out from a thread of their own (the kernel may make their sender sleep while its queue is
+full, `KernelConnection`), and reading the configuration and the plugin directory happens
+on another, so records are read whatever else is going on.
+
+Signals arrive through `system.service.SignalReader` (held from the first instruction,
+coalesced, never lost) and become control operations (reload, rotate, resume, state report,
+stop) that run one at a time in the order asked.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
 import resource
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
+from typing import Protocol, TypeVar
 
 from auditpy import AUDIT_VERSION
 from auditpy.auditd import daemon_records
@@ -33,11 +43,13 @@ from auditpy.auditd.listener import (
     reply_for,
 )
 from auditpy.auditd.logfile import AuditLog, LogEvent, LogFileError, LogSettings
-from auditpy.config.auditd_conf import AuditdConfig, ConfigError, changed_keys, load_auditd_conf
+from auditpy.auditd.signals import HANDLED_SIGNALS
+from auditpy.config.auditd_conf import AuditdConfig, changed_keys, load_auditd_conf
+from auditpy.config.errors import ConfigError
 from auditpy.config.plugins import any_active, load_dispatcher_settings
 from auditpy.proto.dispatch import HEADER, PROTOCOL_V0, PROTOCOL_V1
 from auditpy.proto.enrich import Enricher
-from auditpy.proto.netlink import STATUS_ENABLED, AuditStatus
+from auditpy.proto.netlink import STATUS_ENABLED, AuditStatus, SignalInfo
 from auditpy.proto.records import (
     AUDIT_EOE,
     DAEMON_ABORT,
@@ -50,8 +62,11 @@ from auditpy.proto.records import (
     NOT_EVENTS,
     LineFormatter,
 )
-from auditpy.system.netlink import AuditSocket, NetlinkError
+from auditpy.system.children import SpawnChild, spawn_child
+from auditpy.system.logsetup import syslog_notifier
+from auditpy.system.netlink import KernelConnection, NetlinkError
 from auditpy.system.node import node_name
+from auditpy.system.service import Signal, SignalReader, write_state_file
 
 log = logging.getLogger("auditpy")
 
@@ -61,12 +76,85 @@ RECV_BATCH = 512
 #: Below this many records per read, reading pauses for COALESCE_SECONDS (a record may reach
 #: the log up to 20 ms later; at high rates batches are large and nothing pauses). Each read
 #: costs a fixed few hundred microseconds of cold-cache interpreter and system time, so the
-#: pause sets the CPU used at low rates: fork/exec at ~900 events/s took 8.2 CPU s per
-#: 100,000 events with 10 ms, 5.8 with 20 ms and 5.1 with 25 ms (C auditd: 9.6, same run).
+#: pause sets the CPU used at low rates (measurements in the benchmark issue's notes).
 SMALL_BATCH = 256
 COALESCE_SECONDS = 0.02
 #: The kernel keeps sending while we write; a large buffer absorbs bursts between reads.
 RCVBUF = 16 << 20
+
+T = TypeVar("T")
+
+
+class KernelLink(Protocol):
+    """The kernel as the daemon uses it (`system.netlink.KernelConnection`); tests give the
+    daemon a fake one. The record stream is read on the loop's thread; the requests are
+    made from the daemon's request thread only, since the kernel may make them sleep."""
+
+    multicast: bool
+
+    def fileno(self) -> int: ...
+
+    def recv_records(self, limit: int) -> tuple[list[tuple[int, bytes]], int]: ...
+
+    def state(self) -> dict[str, str]: ...
+
+    def register(self, pid: int) -> None: ...
+
+    def unregister(self) -> None: ...
+
+    def get_status(self) -> AuditStatus: ...
+
+    def set_status(self, status: AuditStatus) -> None: ...
+
+    def signal_info(self) -> SignalInfo | None: ...
+
+    def close(self) -> None: ...
+
+
+class OpenKernel(Protocol):
+    def __call__(self, *, multicast: bool, rcvbuf: int) -> KernelLink: ...
+
+
+def open_kernel(*, multicast: bool, rcvbuf: int) -> KernelLink:
+    return KernelConnection(multicast=multicast, rcvbuf=rcvbuf)
+
+
+class Operations:
+    """The daemon's control operations, one at a time, in the order they were asked for;
+    an operation already waiting is not queued again, so a storm of signals costs one run
+    of each. A failing operation is logged and the next one runs."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._waiting: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        self._task: asyncio.Task[None] | None = None
+        self.running: str | None = None
+
+    def ask(self, name: str, operation: Callable[[], Awaitable[None]]) -> None:
+        if any(waiting == name for waiting, _op in self._waiting):
+            return
+        self._waiting.append((name, operation))
+        if self._task is None:
+            self._task = self._loop.create_task(self._run())
+
+    async def _run(self) -> None:
+        try:
+            while self._waiting:
+                name, operation = self._waiting.pop(0)
+                self.running = name
+                try:
+                    await operation()
+                except Exception:
+                    log.exception("%s failed", name)
+                finally:
+                    self.running = None
+        finally:
+            self._task = None
+
+    async def idle(self) -> None:
+        """Wait until nothing runs or waits (tests, shutdown)."""
+        while self._task is not None:
+            await asyncio.shield(self._task)
 
 
 @dataclass(frozen=True)
@@ -137,15 +225,29 @@ def make_formatter(config: AuditdConfig) -> LineFormatter:
 
 
 class Daemon:
-    def __init__(self, options: Options, config: AuditdConfig) -> None:
+    """pyauditd. `open_kernel` and `spawn` are the daemon's edges: the kernel link and the
+    way children (the dispatcher) are started; tests give it fakes and run the record path,
+    reloads, write failures and actions without root."""
+
+    def __init__(
+        self,
+        options: Options,
+        config: AuditdConfig,
+        *,
+        open_kernel: OpenKernel = open_kernel,
+        spawn: SpawnChild = spawn_child,
+        handle_signals: bool = True,
+    ) -> None:
         self.options = options
         self.config = config
         self.counters = Counters()
         self.serials = DaemonSerials()
         self.formatter = make_formatter(config)
         self.loop = asyncio.new_event_loop()
-        self.kernel: AuditSocket | None = None
-        self.control: AuditSocket | None = None
+        self._open_kernel = open_kernel
+        self._spawn = spawn
+        self._handle_signals = handle_signals
+        self.kernel: KernelLink | None = None
         self.registered = False
         self.log_file: AuditLog | None = None
         self.dispatcher: DispatcherLink | None = None
@@ -153,23 +255,34 @@ class Daemon:
         self._write_failing = False
         self._size_action_done = False
         self._stop: asyncio.Future[int] = self.loop.create_future()
+        self._stopping = False
         #: the tcp_listen_port listener (remote_server), None when not listening
         self.remote: RemoteListener | None = None
+        self.operations = Operations(self.loop)
+        self._signals: SignalReader | None = None
+        #: kernel requests, which may sleep while the kernel's queue is full
+        self._requests = concurrent.futures.ThreadPoolExecutor(1, "kernel-requests")
+        #: reading auditd.conf and the plugin directory, which may be slow
+        self._files = concurrent.futures.ThreadPoolExecutor(1, "config-files")
+        self._reading = False
 
     # -- start and stop -----------------------------------------------------------------------
 
     def start(self) -> None:
         """Everything that can fail at start, in the C daemon's order; raises on failure."""
+        if self._handle_signals:
+            # Signals sent from now on are handled once the loop runs; until then they wait.
+            self._signals = SignalReader(self.loop, HANDLED_SIGNALS, self.on_signal)
         self._raise_limits()
         self._boost_priority()
-        self.control = AuditSocket()
         multicast = self.config.kernel_link == "MULTICAST"
-        self.kernel = AuditSocket(multicast=multicast, rcvbuf=RCVBUF)
+        self.kernel = self._open_kernel(multicast=multicast, rcvbuf=RCVBUF)
         if self.config.write_logs:
             self.log_file = AuditLog(log_settings(self.config), notify=self._notify)
             self.log_file.open()
             self._check_space()
         if not multicast and self.config.local_events:
+            # Blocking is fine here: nothing is read yet that could be held up.
             try:
                 self.kernel.register(os.getpid())
                 self.registered = True
@@ -184,10 +297,10 @@ class Daemon:
         self.dispatcher = DispatcherLink(
             self.loop,
             self._dispatcher_argv(),
-            wanted=self._plugins_active,
             max_pending_bytes=dispatch_backlog_bytes(self.config.q_depth),
+            spawn=self._spawn,
+            rescan=self._rescan_plugins,
         )
-        self.dispatcher.reconcile()
         self._daemon_record(
             DAEMON_START, daemon_records.start_text(AUDIT_VERSION, self.config.log_format)
         )
@@ -196,17 +309,10 @@ class Daemon:
         except (OSError, ValueError) as exc:
             self._abort("network-init", exc)
             raise
-        self.loop.add_reader(self.kernel.fileno(), self._on_readable)
-        handlers = {
-            signal.SIGHUP: self._reload,
-            signal.SIGUSR1: self._rotate,
-            signal.SIGUSR2: self._resume,
-            signal.SIGCONT: self._write_state,
-            signal.SIGTERM: self._terminate,
-            signal.SIGINT: self._terminate,
-        }
-        for signum, handler in handlers.items():
-            self.loop.add_signal_handler(signum, handler)
+        self._watch_kernel()
+        # Whether a dispatcher should run is known once the plugin directory has been read,
+        # off the record path; records for it wait in the link meanwhile.
+        self._rescan_plugins()
         log.info(
             "Started audit daemon %s: %s, logging to %s",
             AUDIT_VERSION,
@@ -223,26 +329,31 @@ class Daemon:
             self.shutdown()
 
     def shutdown(self) -> None:
-        """Undo everything `start` did that outlives us: the kernel registration above all."""
-        if self.kernel is not None:
-            self.loop.remove_reader(self.kernel.fileno())
+        """Undo everything `start` did that outlives us, the kernel registration above all.
+        After a normal stop the registration is already gone (`_op_stop`); after a failed
+        start it is undone here, blocking, since nothing else runs."""
+        self._unwatch_kernel()
+        if self._signals is not None:
+            self._signals.close()
+            self._signals = None
         self._remote_close()
         if self.dispatcher is not None:
             self.dispatcher.stop()
             self.dispatcher = None
-        if self.registered and self.control is not None:
+        if self.registered and self.kernel is not None:
             try:
-                self.control.unregister()
+                self.kernel.unregister()
             except (OSError, TimeoutError) as exc:
                 log.error("Could not unregister from the kernel: %s", exc)
             self.registered = False
         if self.log_file is not None:
             self.log_file.close()
             self.log_file = None
-        for sock in (self.kernel, self.control):
-            if sock is not None:
-                sock.close()
-        self.kernel = self.control = None
+        if self.kernel is not None:
+            self.kernel.close()
+            self.kernel = None
+        self._requests.shutdown(wait=False, cancel_futures=True)
+        self._files.shutdown(wait=False, cancel_futures=True)
         self.loop.close()
 
     def _abort(self, op: str, reason: Exception) -> None:
@@ -267,40 +378,63 @@ class Daemon:
             log.warning("Cannot set priority boost %d: %s", self.config.priority_boost, exc)
 
     def _set_enabled(self) -> None:
-        assert self.control is not None
+        assert self.kernel is not None
         if self.options.enable == "nochange":
             return
         wanted = 1 if self.options.enable == "enable" else 0
-        if self.control.get_status().enabled == 2:
+        if self.kernel.get_status().enabled == 2:
             log.warning("The audit system is locked (enabled 2); leaving it as it is")
             return
-        self.control.set_status(AuditStatus(mask=STATUS_ENABLED, enabled=wanted))
+        self.kernel.set_status(AuditStatus(mask=STATUS_ENABLED, enabled=wanted))
+
+    # -- off the loop -----------------------------------------------------------------------
+
+    async def _request(self, call: Callable[[], T]) -> T:
+        """A kernel request, made while the loop goes on reading records."""
+        return await self.loop.run_in_executor(self._requests, call)
+
+    async def _off_loop(self, call: Callable[[], T]) -> T:
+        """File-system work (configuration, plugin directory), off the record path."""
+        return await self.loop.run_in_executor(self._files, call)
+
+    def _rescan_plugins(self) -> None:
+        self.loop.create_task(self._reconcile_dispatcher())
+
+    async def _reconcile_dispatcher(self) -> None:
+        want = await self._off_loop(self._plugins_active)
+        if self.dispatcher is not None and not self._stopping:
+            self.dispatcher.reconcile(want)
 
     # -- the record path ------------------------------------------------------------------------
+
+    def _watch_kernel(self) -> None:
+        if self.kernel is not None and not self._reading:
+            self.loop.add_reader(self.kernel.fileno(), self._on_readable)
+            self._reading = True
+
+    def _unwatch_kernel(self) -> None:
+        if self.kernel is not None and self._reading and not self.loop.is_closed():
+            self.loop.remove_reader(self.kernel.fileno())
+        self._reading = False
 
     def _on_readable(self) -> None:
         """The event socket became readable (the reader is registered only when idle)."""
         if self._read_batch():
             # A trickle: stop watching the socket and read again after a pause, so the next
-            # read finds several events. At low rates each event was its own wakeup, which
-            # cost 1.5 times the C daemon's CPU per event; meanwhile records wait in the
-            # 16 MiB socket buffer, not in the kernel's backlog, so nothing is throttled or
-            # lost by the pause.
-            assert self.kernel is not None
-            self.loop.remove_reader(self.kernel.fileno())
+            # read finds several events. Meanwhile records wait in the socket buffer, not in
+            # the kernel's backlog, so nothing is throttled or lost by the pause.
+            self._unwatch_kernel()
             self.loop.call_later(COALESCE_SECONDS, self._read_after_pause)
 
     def _read_after_pause(self) -> None:
         """Read without asking epoll first: while records trickle in, one timer per pause is
-        the only wakeup (no epoll_ctl pair, no extra epoll_wait); an empty read or a large
-        batch goes back to watching the socket."""
+        the only wakeup; an empty read or a large batch goes back to watching the socket."""
         if self.kernel is None or self._stop.done():
             return
-        records_came = self._read_batch()
-        if records_came:
+        if self._read_batch():
             self.loop.call_later(COALESCE_SECONDS, self._read_after_pause)
         else:
-            self.loop.add_reader(self.kernel.fileno(), self._on_readable)
+            self._watch_kernel()
 
     def _read_batch(self) -> bool:
         """Read and handle what is waiting; True when it was a small batch of records, after
@@ -314,16 +448,24 @@ class Daemon:
             self._handle(records)
         return 0 < len(records) < SMALL_BATCH and not self._stop.done()
 
+    def _drain_kernel(self) -> None:
+        """Read everything the socket holds now."""
+        if self.kernel is None:
+            return
+        while True:
+            records, _ = self.kernel.recv_records(RECV_BATCH)
+            if not records:
+                return
+            self._handle(records)
+
     def _handle(self, records: list[tuple[int, bytes]]) -> None:
         events = [r for r in records if r[0] not in NOT_EVENTS]
         if not events:
             return
         self.counters.received += len(events)
         link = self.dispatcher
-        if link is None or link.sock is None:
+        if link is None or not link.accepting:
             self._write(self.formatter.format_batch(events))
-            if link is not None:
-                link.missed(len(events))
             return
         fmt = self.formatter.format
         lines = [fmt(t, p) for t, p in events]
@@ -353,8 +495,9 @@ class Daemon:
         return argv + (["-f"] if self.options.foreground or self.options.no_fork else [])
 
     def _plugins_active(self) -> bool:
-        """Asked at start, reloads and dispatcher exits (never per record). The plugin
-        directory is the dispatcher's: audispd.conf, when present, overrides auditd.conf."""
+        """Asked at start, reloads and dispatcher exits, off the loop (never per record). The
+        plugin directory is the dispatcher's: audispd.conf, when present, overrides
+        auditd.conf."""
         try:
             settings, _warnings = load_dispatcher_settings(
                 self.options.config_dir, self.options.base_dir
@@ -432,14 +575,10 @@ class Daemon:
         elif follow is FollowUp.KEEP_LOGS:
             self._rotate_log(keep=True)
         elif follow is FollowUp.STOP:
-            self._terminate()
+            self.on_signal(Signal(signal.SIGTERM))
 
-    def _notify(self, priority: int, message: str) -> None:
-        """Messages from the log and the actions, at syslog priorities, to our logger."""
-        level = logging.ERROR if priority <= 3 else logging.WARNING if priority <= 4 else (
-            logging.INFO if priority <= 6 else logging.DEBUG
-        )
-        log.log(level, "%s", message)
+    #: Messages from the log and the actions, at syslog priorities, to our logger.
+    _notify = staticmethod(syslog_notifier(log))
 
     def _daemon_record(
         self, msg_type: int, text: str, serial: int | None = None, *, dispatch: bool = True
@@ -448,36 +587,60 @@ class Daemon:
         payload = daemon_records.payload(text, serial)
         line = self.formatter.format(msg_type, payload)
         self._write([line])
-        if dispatch and self.dispatcher is not None and self.dispatcher.sock is not None:
-            self.dispatcher.send(self._frames([(msg_type, payload)], [line]), 1)
+        link = self.dispatcher
+        if dispatch and link is not None and link.accepting:
+            link.send(self._frames([(msg_type, payload)], [line]), 1)
 
-    def _sender(self) -> Sender | None:
-        info = self.control.signal_info() if self.control and self.registered else None
+    async def _sender(self) -> Sender | None:
+        """Who sent the signal being handled, as the kernel saw it."""
+        kernel = self.kernel
+        if kernel is None or not self.registered:
+            return None
+        info = await self._request(kernel.signal_info)
         return Sender.from_signal(info)
 
-    # -- signals ---------------------------------------------------------------------------------
+    # -- signals and the operations they start ---------------------------------------------------
 
-    def _terminate(self) -> None:
-        if self._stop.done():
+    def on_signal(self, sig: Signal) -> None:
+        """Turn a signal into an operation; the operations run one at a time."""
+        signum = sig.signum
+        if self._stopping:
             return
-        self._on_readable_drain()
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            self._stopping = True
+            self.operations.ask("stop", self._op_stop)
+        elif signum == signal.SIGHUP:
+            self.operations.ask("reload", self._op_reload)
+        elif signum == signal.SIGUSR1:
+            self.operations.ask("rotate", self._op_rotate)
+        elif signum == signal.SIGUSR2:
+            self.operations.ask("resume", self._op_resume)
+        elif signum == signal.SIGCONT:
+            self.operations.ask("state report", self._op_state)
+
+    async def _op_stop(self) -> None:
+        """Stop as the C daemon does: DAEMON_END is the last line. The kernel registration is
+        given up while records are still read, so nothing the kernel sent us before it
+        stopped is lost, and what it sends later waits for the next daemon."""
+        sender = await self._sender()
+        kernel = self.kernel
+        if self.registered and kernel is not None:
+            try:
+                await self._request(kernel.unregister)
+                self.registered = False
+            except (OSError, TimeoutError) as exc:
+                log.error("Could not unregister from the kernel: %s", exc)
+        self._drain_kernel()
+        self._unwatch_kernel()
         if self.remote is not None:
             self.remote.stop()  # ENDING to every client before DAEMON_END, as auditd
-        self._daemon_record(DAEMON_END, daemon_records.end_text(self._sender()))
+        self._daemon_record(DAEMON_END, daemon_records.end_text(sender))
         log.info("The audit daemon is exiting.")
-        self._stop.set_result(0)
+        if not self._stop.done():
+            self._stop.set_result(0)
 
-    def _on_readable_drain(self) -> None:
-        if self.kernel is None:
-            return
-        while True:
-            records, _ = self.kernel.recv_records(RECV_BATCH)
-            if not records:
-                return
-            self._handle(records)
-
-    def _rotate(self) -> None:
-        sender = self._sender()
+    async def _op_rotate(self) -> None:
+        sender = await self._sender()
         keep = self.config.max_log_file_action == "KEEP_LOGS"
         self._rotate_log(keep=keep)
         self._daemon_record(DAEMON_ROTATE, daemon_records.rotate_text(sender))
@@ -494,8 +657,8 @@ class Daemon:
         if result.errors:
             self._run_triggers(self.space.disk_error())
 
-    def _resume(self) -> None:
-        sender = self._sender()
+    async def _op_resume(self) -> None:
+        sender = await self._sender()
         self._resume_logging()
         if self.dispatcher is not None:
             self.dispatcher.forward(signal.SIGUSR2)
@@ -515,10 +678,10 @@ class Daemon:
         log.info("Audit daemon is attempting to resume logging.")
         self._check_space()
 
-    def _reload(self) -> None:
-        sender = self._sender()
+    async def _op_reload(self) -> None:
+        sender = await self._sender()
         try:
-            new, warnings = load_config(self.options)
+            new, warnings = await self._off_loop(lambda: load_config(self.options))
         except ConfigError as exc:
             log.error("Configuration not reloaded, the old one stays in force:\n%s", exc)
             self._daemon_record(DAEMON_CONFIG, daemon_records.config_text(sender, ok=False))
@@ -542,10 +705,12 @@ class Daemon:
         )
         if self.dispatcher is not None:
             self.dispatcher.max_pending_bytes = dispatch_backlog_bytes(new.q_depth)
-            self.dispatcher.reconcile()
+            await self._reconcile_dispatcher()
 
     def _apply(self, new: AuditdConfig) -> None:
-        """Put a validated configuration in force; what cannot change while running is kept
+        """Put a validated configuration in force, all of it or nothing: whatever can fail
+        (the node name, a new log file) is prepared before anything changes, so a refused
+        reload leaves the daemon exactly as it was. What cannot change while running is kept
         and named in a warning."""
         changed = changed_keys(self.config, new)
         for key in sorted(changed & {"local_events", "kernel_link"}):
@@ -553,14 +718,19 @@ class Daemon:
         formatter = self.formatter
         if changed & {"log_format", "name_format", "name"}:
             formatter = make_formatter(new)
-        if "write_logs" in changed and not new.write_logs and self.log_file is not None:
-            self.log_file.close()
-            self.log_file = None
-        elif new.write_logs and self.log_file is None:
-            self.log_file = AuditLog(log_settings(new), notify=self._notify)
-            self.log_file.open()
-        elif self.log_file is not None and self.log_file.reopen(log_settings(new)):
-            self._size_action_done = False
+        log_file = self.log_file
+        if not new.write_logs:
+            replacement = None
+        elif log_file is None:
+            replacement = AuditLog(log_settings(new), notify=self._notify)
+            replacement.open()  # raises: nothing has changed yet
+        else:
+            replacement = log_file
+            if log_file.reopen(log_settings(new)):  # raises with the old file still open
+                self._size_action_done = False
+        if log_file is not None and replacement is not log_file:
+            log_file.close()
+        self.log_file = replacement
         self.formatter = formatter
         self.space.configure(
             space_settings(new), self.log_file.sample_space() if self.log_file else None
@@ -570,13 +740,14 @@ class Daemon:
             self._boost_priority()
         self._check_space()
 
-    def _write_state(self) -> None:
+    async def _op_state(self) -> None:
         if self.dispatcher is not None:
             self.dispatcher.forward(signal.SIGCONT)
         status: AuditStatus | None = None
-        if self.control is not None:
+        kernel = self.kernel
+        if kernel is not None:
             try:
-                status = self.control.get_status()
+                status = await self._request(kernel.get_status)
             except (NetlinkError, TimeoutError):
                 status = None
         config_items = {f.name: str(getattr(self.config, f.name)) for f in fields(self.config)}
@@ -592,29 +763,16 @@ class Daemon:
             log_state=self._log_state(),
             config_items=config_items,
             extra={
-                **self._kernel_state(),
+                **(self.kernel.state() if self.kernel else {}),
                 **(self.dispatcher.state() if self.dispatcher else {}),
                 **self._remote_state(),
             },
         )
         path = self.options.state_file
-        old_umask = os.umask(0o137)
         try:
-            with open(path, "w") as f:
-                f.write(text)
+            write_state_file(path, text, 0o640)
         except OSError as exc:
             log.error("Cannot write the state report %s: %s", path, exc)
-        finally:
-            os.umask(old_umask)
-
-    def _kernel_state(self) -> dict[str, str]:
-        if self.kernel is None:
-            return {}
-        return {
-            "kernel reads": self.kernel.read_method,
-            "datagrams not from the kernel (dropped)": str(self.kernel.rejected),
-            "records longer than 8970 bytes (cut)": str(self.kernel.truncated),
-        }
 
     # -- the network listener (tcp_listen_port; remote_server) ----------------------------------
 

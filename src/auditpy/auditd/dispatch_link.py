@@ -8,7 +8,10 @@ again whether a dispatcher should run, so a reload that races with an exit still
 the processes the configuration asks for.
 
 Records never wait for the dispatcher: frames go out with non-blocking sends; what the
-socket does not take is kept up to a bound, and beyond that dropped and counted.
+socket does not take is kept up to a bound, and beyond that dropped and counted. While it
+is not yet known whether a dispatcher should run (the plugin directory is read off the
+record path), or one should run and is (re)starting, records wait in the same bounded
+queue, so a plugin gets what happened while its dispatcher was starting.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 
-from auditpy.system.children import ChildHandle, spawn_child, stdin_pair
+from auditpy.system.children import ChildHandle, SpawnChild, spawn_child, stdin_pair
 
 log = logging.getLogger("auditpy")
 
@@ -33,7 +36,9 @@ STABLE_AFTER = 60.0
 SNDBUF = 4 << 20
 #: pyaudispd needs up to ~6 s to stop a plugin that ignores SIGTERM; kill it only after.
 STOP_TIMEOUT = 8.0
-HELD_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR2, signal.SIGCONT)
+#: The dispatcher is born with every catchable signal blocked and sets its own mask, so a
+#: signal sent before its handlers exist waits instead of killing it.
+HELD_SIGNALS = tuple(signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP})
 
 
 class DispatcherLink:
@@ -42,14 +47,17 @@ class DispatcherLink:
         loop: asyncio.AbstractEventLoop,
         argv: Sequence[str],
         *,
-        wanted: Callable[[], bool],
         max_pending_bytes: int,
+        spawn: SpawnChild = spawn_child,
+        rescan: Callable[[], None] = lambda: None,
     ) -> None:
         self.loop = loop
         self.argv = list(argv)
-        #: asked after every exit and reload: should a dispatcher run now?
-        self.wanted = wanted
         self.max_pending_bytes = max_pending_bytes
+        self._spawn = spawn
+        #: called when the dispatcher exits because it has no active plugin: the owner reads
+        #: the plugin directory again (off the record path) and calls `reconcile`
+        self._rescan = rescan
         self.child: ChildHandle | None = None
         self.sock: socket.socket | None = None
         self._pending: collections.deque[tuple[memoryview, int]] = collections.deque()
@@ -59,8 +67,8 @@ class DispatcherLink:
         self._delay = RESTART_DELAY[0]
         self._started_at = 0.0
         self._restart: asyncio.TimerHandle | None = None
-        #: the last answer of `wanted`; asked only at reloads and exits, never per record
-        self._want = False
+        #: should a dispatcher run: None until the owner has read the plugin directory
+        self._want: bool | None = None
         self.records_sent = 0
         self.records_dropped = 0
         self.starts = 0
@@ -69,22 +77,30 @@ class DispatcherLink:
     def running(self) -> bool:
         return self.child is not None
 
+    @property
+    def accepting(self) -> bool:
+        """Whether records are wanted (a dispatcher runs, starts, or may be needed)."""
+        return self._want is not False
+
     # -- life cycle ---------------------------------------------------------------------------
 
-    def reconcile(self) -> None:
-        """Start, signal or leave the dispatcher so that it matches the configuration.
+    def reconcile(self, want: bool) -> None:
+        """Start, signal or leave the dispatcher so that it matches the configuration
+        (`want`: at least one plugin is active).
 
         A running dispatcher gets SIGHUP even when no plugin is active any more: it then
         stops its plugins and exits by itself, and its exit brings us back here.
         """
         if self._stopping:
             return
-        self._want = self.wanted()
+        self._want = want
         if self.child is not None:
             self.child.send_signal(signal.SIGHUP)
-        elif self._want:
+        elif want:
             self._cancel_restart()
             self._start()
+        else:
+            self._drop_pending(count=False)  # nobody wants them
 
     def forward(self, signum: int) -> None:
         if self.child is not None:
@@ -95,7 +111,7 @@ class DispatcherLink:
         try:
             # Born with its signals blocked: a SIGHUP before its handlers exist is held,
             # not fatal (pyaudispd unblocks them once its loop handles them).
-            child = spawn_child(
+            child = self._spawn(
                 self.argv,
                 stdin_fd=child_end.fileno(),
                 env=dict(os.environ),
@@ -114,11 +130,16 @@ class DispatcherLink:
         self._started_at = time.monotonic()
         child.attach(self.loop, self._exited)
         log.info("Started dispatcher: %s pid: %d", " ".join(self.argv[:3]), child.pid)
+        if self._pending:  # what came while it was starting
+            self._writing = True
+            self.loop.add_writer(parent_end.fileno(), self._drain)
 
     def _exited(self, child: ChildHandle) -> None:
         if child is not self.child:
             return
         self.child = None
+        # A frame half sent to the dead dispatcher cannot be completed: what was queued
+        # behind it is lost to the plugins, and counted.
         self._drop_pending()
         if self.sock is not None:
             self.sock.close()
@@ -129,9 +150,8 @@ class DispatcherLink:
         if status == 0:
             log.info("Dispatcher %d exited (no active plugins)", child.pid)
             self._delay = RESTART_DELAY[0]
-            self._want = self.wanted()
-            if self._want:  # a reload activated a plugin while it was exiting
-                self._start()
+            self._want = None  # a reload may have activated one while it was exiting
+            self._rescan()
             return
         how = f"killed by signal {-status}" if status is not None and status < 0 else (
             f"exit status {status}"
@@ -139,7 +159,6 @@ class DispatcherLink:
         log.error("Dispatcher %d died (%s)", child.pid, how)
         if time.monotonic() - self._started_at >= STABLE_AFTER:
             self._delay = RESTART_DELAY[0]
-        self._want = self.wanted()
         if self._want:
             self._schedule_restart()
 
@@ -153,7 +172,6 @@ class DispatcherLink:
 
     def _restart_now(self) -> None:
         self._restart = None
-        self._want = self.wanted()
         if self.child is None and not self._stopping and self._want:
             self._start()
 
@@ -181,11 +199,11 @@ class DispatcherLink:
     def send(self, data: bytes, records: int) -> None:
         """Queue one batch of frames; never blocks."""
         sock = self.sock
-        if sock is None:
-            self.missed(records)
-            return
         view = memoryview(data)
-        if not self._pending:
+        if sock is None:
+            if self._want is False:
+                return  # no plugin is active: nothing is owed to anyone
+        elif not self._pending:
             try:
                 sent = sock.send(view)
             except BlockingIOError:
@@ -202,14 +220,9 @@ class DispatcherLink:
             return
         self._pending.append((view, records))
         self._pending_bytes += len(view)
-        if not self._writing:
+        if sock is not None and not self._writing:
             self._writing = True
             self.loop.add_writer(sock.fileno(), self._drain)
-
-    def missed(self, records: int) -> None:
-        """Records that passed while no dispatcher ran: lost to plugins if one should run."""
-        if self._want:
-            self.records_dropped += records
 
     def _drain(self) -> None:
         sock = self.sock
@@ -235,9 +248,10 @@ class DispatcherLink:
             self.loop.remove_writer(self.sock.fileno())
         self._writing = False
 
-    def _drop_pending(self) -> None:
+    def _drop_pending(self, *, count: bool = True) -> None:
         self._stop_writing()
-        self.records_dropped += sum(records for _view, records in self._pending)
+        if count:
+            self.records_dropped += sum(records for _view, records in self._pending)
         self._pending.clear()
         self._pending_bytes = 0
 

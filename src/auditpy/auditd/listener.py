@@ -41,9 +41,11 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final, Protocol
 
 from auditpy.auditd.logfile import LogEvent
+from auditpy.config.tls import server_context
 from auditpy.proto.dispatch import HEADER as DISPATCH_HEADER
 from auditpy.proto.dispatch import PROTOCOL_V1
 from auditpy.proto.msgtypes import MSG_TYPE_NAMES
+from auditpy.proto.records import DAEMON_ACCEPT, DAEMON_CLOSE
 from auditpy.proto.remote import (
     HEADER,
     HEADER_SIZE,
@@ -71,8 +73,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("auditpy.remote")
 
-DAEMON_ACCEPT: Final = 1207
-DAEMON_CLOSE: Final = 1208
 
 #: Connections at once from all peers.  tcp_max_per_addr bounds one address; this bounds a
 #: flood from many addresses (each connection costs a file descriptor and ~10 KiB).
@@ -170,7 +170,7 @@ class ListenerSettings:
         if config.transport == "TLS":
             if config.tls_cert_file is None or config.tls_key_file is None:
                 raise ValueError("transport = TLS needs tls_cert_file and tls_key_file")
-            tls = make_tls_context(
+            tls = server_context(
                 config.tls_cert_file,
                 config.tls_key_file,
                 config.tls_ca_file,
@@ -184,25 +184,6 @@ class ListenerSettings:
             max_idle=config.tcp_client_max_idle,
             tls=tls,
         )
-
-
-def make_tls_context(
-    cert_file: str, key_file: str, ca_file: str | None, *, verify_client: bool
-) -> ssl.SSLContext:
-    """A server context: TLS 1.2 or later, and with `verify_client` only peers whose
-    certificate chains to `ca_file` complete the handshake."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(cert_file, key_file)
-    if ca_file is not None:
-        context.load_verify_locations(cafile=ca_file)
-    if verify_client:
-        if ca_file is None:
-            raise ValueError("tls_verify_client = yes needs tls_ca_file")
-        context.verify_mode = ssl.CERT_REQUIRED
-    else:
-        context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 # --------------------------------------------------------------------------------------

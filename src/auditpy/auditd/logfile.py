@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from auditpy.system.logsetup import syslog_notifier
+
 MIB = 1024 * 1024
 
 FLUSH_MODES = frozenset({"NONE", "INCREMENTAL", "INCREMENTAL_ASYNC", "DATA", "SYNC"})
@@ -43,22 +45,8 @@ _SHARED_DIRS = frozenset(
 
 Notify = Callable[[int, str], None]
 
-_LEVELS = {
-    syslog.LOG_EMERG: logging.CRITICAL,
-    syslog.LOG_ALERT: logging.CRITICAL,
-    syslog.LOG_CRIT: logging.CRITICAL,
-    syslog.LOG_ERR: logging.ERROR,
-    syslog.LOG_WARNING: logging.WARNING,
-    syslog.LOG_NOTICE: logging.INFO,
-    syslog.LOG_INFO: logging.INFO,
-    syslog.LOG_DEBUG: logging.DEBUG,
-}
-_logger = logging.getLogger(__name__)
-
-
-def _notify_logging(priority: int, message: str) -> None:
-    """Fallback so a library user without syslog still sees what the C daemon would log."""
-    _logger.log(_LEVELS.get(priority, logging.INFO), "%s", message)
+#: Fallback so a library user without syslog still sees what the C daemon would log.
+_notify_logging = syslog_notifier(logging.getLogger(__name__))
 
 
 def _chmod_nofollow(path: str, mode: int) -> None:
@@ -675,17 +663,31 @@ class AuditLog:
     def reopen(self, new_settings: LogSettings) -> bool:
         """Apply reloaded settings; returns True if the file had to be reopened.
 
-        As in the C daemon, a reopen also ends a suspension when it succeeds.  Raises
-        LogFileError when the new file cannot be opened (the log is then closed).
+        The new file is opened before the old one is let go: when it cannot be opened this
+        raises LogFileError and nothing has changed (the old file and settings stay in
+        force). As in the C daemon, a reopen also ends a suspension when it succeeds.
         """
         old = self._settings
-        self._apply(new_settings)
         if not old.needs_reopen(new_settings):
+            self._apply(new_settings)
             if self._fd >= 0:
                 self._sync_flusher()
             return False
+        self._apply(new_settings)
+        warnings: list[str] = []
+        size = self._size
+        try:
+            fd = self._open_checked(warnings)
+        except BaseException:
+            self._apply(old)
+            self._size = size
+            raise
+        new_size = self._size
         self.close()
-        self.open()
+        self._size = new_size
+        self._install(fd)
+        for text in warnings:
+            self._notify(syslog.LOG_WARNING, text)
         return True
 
     # ------------------------------------------------------------------- rotation

@@ -34,13 +34,21 @@ import dataclasses
 import grp
 import os
 import re
-import ssl
 import stat
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from auditpy.config.lines import LineTooLong, fold, line_tokens
+from auditpy.config.errors import ConfigError, ConfigProblem
+from auditpy.config.files import (
+    UntrustedFile,
+    exec_helper_problems,
+    read_config_file,
+    reason,
+    tls_file_problems,
+)
+from auditpy.config.lines import LineTooLong, UnterminatedLine, fold, token_lines
+from auditpy.config.tls import TLSSetupError, server_context
 
 #: 3.0.9 reads lines into a 160-byte buffer with fgets(); the newline and the terminating
 #: NUL must fit too, so a line may hold at most 158 bytes.  Longer lines are skipped.
@@ -56,38 +64,7 @@ TCP_PORT_MAX: Final = 65535
 #: Where the C daemon runs email actions through; only its absence is reported.
 SENDMAIL: Final = "/usr/lib/sendmail"
 
-#: Modes an exec helper may have; anything else could be altered or run by non-root users.
-EXEC_HELPER_MODES: Final = frozenset({0o750, 0o755, 0o555, 0o550})
-
 DEFAULT_CONFIG_FILE: Final = "/etc/audit/auditd.conf"
-
-
-@dataclass(frozen=True)
-class ConfigProblem:
-    """One error or warning, located so that an administrator can go and fix it."""
-
-    path: str
-    line: int | None
-    message: str
-
-    def __str__(self) -> str:
-        if self.line is None:
-            return f"{self.path}: {self.message}"
-        return f"{self.path}:{self.line}: {self.message}"
-
-
-class ConfigError(Exception):
-    """The configuration is refused; `errors` holds every reason found, not only the first."""
-
-    def __init__(self, errors: Iterable[ConfigProblem]) -> None:
-        self.errors: list[ConfigProblem] = list(errors)
-        super().__init__(self._render())
-
-    def _render(self) -> str:
-        return "\n".join(str(problem) for problem in self.errors)
-
-    def __str__(self) -> str:
-        return self._render()
 
 
 @dataclass(frozen=True)
@@ -524,16 +501,15 @@ class _Parse:
         self.warnings.append(ConfigProblem(self.path, line, message))
 
 
-def _scan_line(parse: _Parse, number: int, text: str) -> None:
-    try:
-        tokens = line_tokens(text, MAX_LINE_BYTES)
-    except LineTooLong as exc:
-        parse.warn(number, f"{exc} and is skipped")
+def _scan_line(parse: _Parse, number: int, tokens: list[str] | ValueError) -> None:
+    if isinstance(tokens, UnterminatedLine):
+        parse.warn(number, str(tokens))
         return
-    except ValueError as exc:
-        parse.error(number, str(exc))
+    if isinstance(tokens, LineTooLong):
+        parse.warn(number, f"{tokens} and is skipped")
         return
-    if not tokens:
+    if isinstance(tokens, ValueError):
+        parse.error(number, str(tokens))
         return
     if len(tokens) >= 2 and tokens[1] != "=":
         parse.error(number, f"missing '=' after {tokens[0]!r} (it must stand between spaces)")
@@ -620,17 +596,10 @@ def _parse(text: str, path: str) -> _Parse:
     defaults = AuditdConfig()
     state = {f.name: getattr(defaults, f.name) for f in dataclasses.fields(AuditdConfig)}
     parse = _Parse(path, state)
-    *complete, tail = text.split("\n")  # fgets() ends lines at '\n' only
-    for index, line in enumerate(complete, start=1):
-        parse.lines += 1
-        _scan_line(parse, index, line)
-    if tail:
-        # fgets() hands 3.0.9 an unterminated last line without its newline, which the
-        # line reader takes for an over-long line and skips; files behave the same here.
-        parse.warn(
-            len(complete) + 1,
-            "last line has no newline at the end and is ignored (as auditd does)",
-        )
+    # fgets() ends lines at '\n' only; the sanity checks run once a line is complete.
+    parse.lines = text.count("\n")
+    for number, tokens in token_lines(text, MAX_LINE_BYTES, last_line_needs_newline=True):
+        _scan_line(parse, number, tokens)
     if parse.lines > 0:
         _sanity_check(parse)
     return parse
@@ -655,30 +624,6 @@ def parse_auditd_conf(
 # The file-system edge.
 
 
-def exec_helper_problems(path: str) -> list[str]:
-    """Reasons an exec action's program may not be run by a root daemon (empty if none).
-
-    The program runs as root with no arguments, so it must be beyond the reach of other
-    users: absolute, a regular file, root-owned, mode exactly 0750/0755/0555/0550.
-    """
-    if not path.startswith("/"):
-        return [f"{path!r} is not an absolute path"]
-    try:
-        info = os.stat(path)  # follows symlinks, as auditd's stat() does
-    except (OSError, ValueError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        return [f"cannot stat {path!r}: {reason}"]
-    if not stat.S_ISREG(info.st_mode):
-        return [f"{path!r} is not a regular file"]
-    problems = []
-    if info.st_uid != 0:
-        problems.append(f"{path!r} is not owned by root")
-    mode = stat.S_IMODE(info.st_mode) & 0o777
-    if mode not in EXEC_HELPER_MODES:
-        problems.append(f"{path!r} has mode {mode:04o}; it should be 0750, 0755, 0555 or 0550")
-    return problems
-
-
 def log_file_problems(path: str) -> tuple[list[str], list[str]]:
     """(errors, warnings) about the log file's directory and an existing log file.
 
@@ -690,13 +635,13 @@ def log_file_problems(path: str) -> tuple[list[str], list[str]]:
         if not stat.S_ISDIR(os.stat(directory).st_mode):
             return [f"log directory {directory!r} is not a directory"], []
     except (OSError, ValueError) as exc:
-        return [f"cannot open log directory {directory!r}: {_reason(exc)}"], []
+        return [f"cannot open log directory {directory!r}: {reason(exc)}"], []
     try:
         info = os.stat(path)
     except FileNotFoundError:
         return [], []  # created when the daemon opens it
     except (OSError, ValueError) as exc:
-        return [f"cannot stat log file {path!r}: {_reason(exc)}"], []
+        return [f"cannot stat log file {path!r}: {reason(exc)}"], []
     if not stat.S_ISREG(info.st_mode):
         return [f"log file {path!r} is not a regular file"], []
     if info.st_uid != 0:
@@ -707,12 +652,6 @@ def log_file_problems(path: str) -> tuple[list[str], list[str]]:
     if not info.st_mode & stat.S_IWUSR:
         warnings.append(f"log file {path!r} is not writable by its owner")
     return [], warnings
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc)
 
 
 _EXE_KEYWORDS: Final = (
@@ -748,44 +687,15 @@ def _check_file_system(parse: _Parse, config: AuditdConfig) -> None:
         )
 
 
-def tls_file_problems(path: str, *, private: bool) -> list[str]:
-    """Reasons a TLS file cannot be used (empty if none).
-
-    A private key readable or writable by anyone but root would let them impersonate the
-    log server or read what clients send, so it must be root-owned and closed to group
-    and others, like the C daemon's key files.
-    """
-    try:
-        info = os.stat(path)
-    except (OSError, ValueError) as exc:
-        return [f"cannot stat {path!r}: {_reason(exc)}"]
-    if not stat.S_ISREG(info.st_mode):
-        return [f"{path!r} is not a regular file"]
-    problems = []
-    if private and info.st_uid != 0:
-        problems.append(f"{path!r} is not owned by root")
-    if private and info.st_mode & 0o066:
-        problems.append(
-            f"{path!r} has mode {stat.S_IMODE(info.st_mode):04o}; a private key must not be "
-            "readable or writable by group or others (use 0600 or 0400)"
-        )
-    return problems
-
-
 def _tls_load_problem(config: AuditdConfig) -> str | None:
-    """Load the files the way the listener will, so `--check` and a reload catch a bad
-    PEM file or a key that does not match its certificate before anything changes."""
+    """Load the files the way the listener will."""
     assert config.tls_cert_file is not None and config.tls_key_file is not None
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
-        context.load_cert_chain(config.tls_cert_file, config.tls_key_file)
-    except (OSError, ValueError) as exc:
-        return f"cannot load tls_cert_file/tls_key_file: {_reason(exc)}"
-    if config.tls_ca_file is not None:
-        try:
-            context.load_verify_locations(cafile=config.tls_ca_file)
-        except (OSError, ValueError) as exc:
-            return f"cannot load tls_ca_file: {_reason(exc)}"
+        server_context(
+            config.tls_cert_file, config.tls_key_file, config.tls_ca_file, verify_client=False
+        )
+    except TLSSetupError as exc:
+        return str(exc)
     return None
 
 
@@ -827,44 +737,6 @@ def _check_transport(parse: _Parse, config: AuditdConfig) -> None:
             parse.error(parse.where.get("tls_cert_file", line), problem)
 
 
-def _open_config(path: str, allow_symlink: bool) -> int | None:
-    """Open the file for reading, or return None if it does not exist."""
-    # O_NONBLOCK: a FIFO planted at the path must not hang the daemon before fstat rejects it.
-    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
-    if not allow_symlink:
-        flags |= os.O_NOFOLLOW
-    try:
-        return os.open(path, flags)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        if not allow_symlink and os.path.islink(path):
-            message = "is a symbolic link (allowed only with allow_symlink / auditd -l)"
-        else:
-            message = f"cannot open: {_reason(exc)}"
-        raise ConfigError([ConfigProblem(path, None, message)]) from None
-    except ValueError as exc:  # an embedded NUL in the path
-        raise ConfigError([ConfigProblem(path, None, f"cannot open: {exc}")]) from None
-
-
-def _read_checked(fd: int, path: str) -> bytes:
-    """Read the file after checking that only root can have written it."""
-    info = os.fstat(fd)
-    problems = []
-    if info.st_uid != 0:
-        problems.append(ConfigProblem(path, None, "is not owned by root"))
-    if info.st_mode & stat.S_IWOTH:
-        problems.append(ConfigProblem(path, None, "is world writable"))
-    if not stat.S_ISREG(info.st_mode):
-        problems.append(ConfigProblem(path, None, "is not a regular file"))
-    if problems:
-        raise ConfigError(problems)
-    chunks = []
-    while chunk := os.read(fd, 65536):
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def load_auditd_conf(
     path: str = DEFAULT_CONFIG_FILE, *, allow_symlink: bool = False, base_dir: str = "/"
 ) -> tuple[AuditdConfig, list[ConfigProblem]]:
@@ -874,17 +746,20 @@ def load_auditd_conf(
     UTF-8 are decoded with surrogateescape so the parser can name the bad line.  Relative
     paths are anchored at `base_dir` before the file-system checks.
     """
-    fd = _open_config(path, allow_symlink)
-    if fd is None:
+    try:
+        file = read_config_file(path, group_writable=True, follow_symlinks=allow_symlink)
+    except FileNotFoundError:
         default = AuditdConfig()
         return default, [ConfigProblem(path, None, "does not exist; using the defaults")]
-    try:
-        data = _read_checked(fd, path)
-    except OSError as exc:
-        raise ConfigError([ConfigProblem(path, None, f"cannot read: {_reason(exc)}")]) from None
-    finally:
-        os.close(fd)
-    parse = _parse(data.decode("utf-8", "surrogateescape"), path)
+    except UntrustedFile as exc:
+        raise ConfigError(ConfigProblem(path, None, why) for why in exc.reasons) from None
+    except (OSError, ValueError) as exc:
+        if not allow_symlink and os.path.islink(path):
+            message = "is a symbolic link (allowed only with allow_symlink / auditd -l)"
+        else:
+            message = f"cannot read: {reason(exc)}"
+        raise ConfigError([ConfigProblem(path, None, message)]) from None
+    parse = _parse(file.text, path)
     if parse.errors:
         raise ConfigError(parse.errors)
     config = AuditdConfig(**parse.state).resolved_paths(base_dir)

@@ -62,13 +62,20 @@ def line_tokens(text: str, max_bytes: int) -> list[str]:
     return tokens
 
 
-def token_lines(text: str, max_bytes: int) -> Iterator[tuple[int, list[str] | ValueError]]:
+class UnterminatedLine(ValueError):
+    """A last line without a newline, where the reader follows 3.0.9's auditd.conf parser,
+    whose fgets() loop takes it for an over-long line and skips it."""
+
+
+def token_lines(
+    text: str, max_bytes: int, *, last_line_needs_newline: bool = False
+) -> Iterator[tuple[int, list[str] | ValueError]]:
     """(line number, tokens) for every line of `text` that holds more than a comment, or
     (line number, the reason) for a line `line_tokens` refuses; lines end at a newline only, as
-    fgets() ends them."""
+    fgets() ends them. With `last_line_needs_newline`, an unterminated last line is reported
+    as UnterminatedLine instead of read."""
     rows = text.split("\n")
-    if rows and rows[-1] == "":
-        rows.pop()
+    tail = rows.pop()
     for number, row in enumerate(rows, start=1):
         try:
             tokens = line_tokens(row, max_bytes)
@@ -77,3 +84,18 @@ def token_lines(text: str, max_bytes: int) -> Iterator[tuple[int, list[str] | Va
             continue
         if tokens:
             yield number, tokens
+    if not tail:
+        return
+    number = len(rows) + 1
+    if last_line_needs_newline:
+        yield number, UnterminatedLine(
+            "last line has no newline at the end and is ignored (as auditd does)"
+        )
+        return
+    try:
+        tokens = line_tokens(tail, max_bytes)
+    except ValueError as exc:
+        yield number, exc
+        return
+    if tokens:
+        yield number, tokens

@@ -30,19 +30,23 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import stat
 import syslog
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
-from auditpy.config.auditd_conf import ConfigError, ConfigProblem, load_auditd_conf
+from auditpy.config.auditd_conf import load_auditd_conf
+from auditpy.config.errors import ConfigError, ConfigProblem
+from auditpy.config.files import (
+    ProgramIdentity,
+    check_plugin_program,
+    read_config_file,
+    reason,
+)
 from auditpy.config.lines import bounded_uint, fold, token_lines
 
 #: 4.1.4+ reads lines into a 512-byte buffer.
 MAX_LINE_BYTES: Final = 512
-#: A plugin file is a handful of lines; anything bigger is not one.
-MAX_FILE_BYTES: Final = 64 * 1024
 INT_MAX: Final = 2**31 - 1
 
 DEFAULT_PLUGIN_DIR: Final = "/etc/audit/plugins.d"
@@ -95,22 +99,6 @@ class PluginProblem(ConfigProblem):
 
 
 @dataclass(frozen=True)
-class BinaryIdentity:
-    """What a plugin's program was when it was checked.  A replaced or rewritten program
-    differs in at least one field, so a reload restarts it (and its restart budget is
-    refilled: a fixed plugin is never locked out)."""
-
-    dev: int
-    ino: int
-    mtime_ns: int
-    size: int
-
-    @classmethod
-    def of(cls, info: os.stat_result) -> BinaryIdentity:
-        return cls(info.st_dev, info.st_ino, info.st_mtime_ns, info.st_size)
-
-
-@dataclass(frozen=True)
 class PluginConfig:
     """One plugin file.  `name` (the file's basename) is its identity across reloads."""
 
@@ -126,7 +114,7 @@ class PluginConfig:
     args: tuple[str, ...] = ()
     format: str = "string"
     #: the program's identity when it was loaded (active external plugins only)
-    identity: BinaryIdentity | None = None
+    identity: ProgramIdentity | None = None
     #: where ``path`` was set, to locate problems found later with the program
     path_line: int | None = field(default=None, compare=False)
 
@@ -452,60 +440,10 @@ def parse_audispd_conf(text: str, path: str = AUDISPD_CONF) -> tuple[dict[str, o
 # The file-system edge
 
 
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc)
-
-
 def _read_root_file(path: str) -> str:
-    """A config file's text, after checking that only root can have written it.
-
-    Raises OSError or ValueError (with the reason as its message) if it may not be used.
-    """
-    # O_NONBLOCK: a FIFO planted at the path must not hang the loader before fstat refuses it.
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ValueError("is not a regular file")
-        if info.st_uid != 0:
-            raise ValueError("is not owned by root")
-        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            raise ValueError("is group or world writable")
-        if info.st_size > MAX_FILE_BYTES:
-            raise ValueError(f"is larger than {MAX_FILE_BYTES} bytes")
-        data = os.read(fd, MAX_FILE_BYTES + 1)
-        if len(data) > MAX_FILE_BYTES:
-            raise ValueError(f"is larger than {MAX_FILE_BYTES} bytes")
-    finally:
-        os.close(fd)
-    return data.decode("utf-8", "surrogateescape")
-
-
-def check_plugin_program(path: str) -> tuple[BinaryIdentity | None, str | None]:
-    """(identity, None) if `path` may be run as a root plugin, else (None, reason).
-
-    The program runs as root with every audit record, so only root may have written it:
-    absolute, a regular file (symlinks followed), root-owned, not group- or
-    world-writable, readable and executable by its owner.  Checked at load and again
-    before every restart, since the file can change in between.
-    """
-    if not path.startswith("/"):
-        return None, f"{path!r} is not an absolute path"
-    try:
-        info = os.stat(path)
-    except (OSError, ValueError) as exc:
-        return None, f"cannot stat {path!r}: {_reason(exc)}"
-    if not stat.S_ISREG(info.st_mode):
-        return None, f"{path!r} is not a regular file"
-    if info.st_uid != 0:
-        return None, f"{path!r} is not owned by root"
-    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        return None, f"{path!r} is group or world writable"
-    if info.st_mode & (stat.S_IRUSR | stat.S_IXUSR) != stat.S_IRUSR | stat.S_IXUSR:
-        return None, f"{path!r} is not readable and executable by its owner (use 0750 or 0755)"
-    return BinaryIdentity.of(info), None
+    """A plugin file's or audispd.conf's text; raises OSError or UntrustedFile (a
+    ValueError) with the reason if it may not be used."""
+    return read_config_file(path).text
 
 
 def load_plugin_file(path: str) -> tuple[PluginConfig | None, list[PluginProblem]]:
@@ -513,7 +451,7 @@ def load_plugin_file(path: str) -> tuple[PluginConfig | None, list[PluginProblem
     try:
         text = _read_root_file(path)
     except (OSError, ValueError) as exc:
-        return None, [PluginProblem(path, None, _reason(exc))]
+        return None, [PluginProblem(path, None, reason(exc))]
     try:
         config, problems = parse_plugin_conf(text, path)
     except ConfigError as exc:
@@ -522,9 +460,9 @@ def load_plugin_file(path: str) -> tuple[PluginConfig | None, list[PluginProblem
             for p in exc.errors
         ]
     if config.active and config.builtin is None and config.path is not None:
-        identity, reason = check_plugin_program(config.path)
-        if reason is not None:
-            return None, [*problems, PluginProblem(path, config.path_line, reason)]
+        identity, why = check_plugin_program(config.path)
+        if why is not None:
+            return None, [*problems, PluginProblem(path, config.path_line, why)]
         config = dataclasses.replace(config, identity=identity)
     return config, problems
 
@@ -539,7 +477,7 @@ def load_plugins(plugin_dir: str) -> tuple[dict[str, PluginConfig], list[PluginP
         names = plugin_file_names(os.listdir(plugin_dir))
     except (OSError, ValueError) as exc:
         return {}, [
-            PluginProblem(plugin_dir, None, f"cannot read plugin directory: {_reason(exc)}")
+            PluginProblem(plugin_dir, None, f"cannot read plugin directory: {reason(exc)}")
         ]
     plugins: dict[str, PluginConfig] = {}
     problems: list[PluginProblem] = []
@@ -585,7 +523,7 @@ def load_dispatcher_settings(
     except FileNotFoundError:
         return settings, warnings
     except (OSError, ValueError) as exc:
-        raise ConfigError([ConfigProblem(path, None, _reason(exc))]) from None
+        raise ConfigError([ConfigProblem(path, None, reason(exc))]) from None
     overrides, more = parse_audispd_conf(text, path)
     plugin_dir = overrides.get("plugin_dir")
     if isinstance(plugin_dir, str) and not plugin_dir.startswith("/"):

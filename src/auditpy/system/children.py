@@ -25,6 +25,10 @@ import select
 import signal
 import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Protocol
+
+#: The program every auditpy process runs to change the runlevel (the SINGLE and HALT actions).
+INIT_PATH = "/sbin/init"
 
 #: Dispositions the parent set (SIG_IGN for most signals, in the daemons) survive exec; a
 #: child must start with a clean slate, so every catchable signal is reset to its default.
@@ -195,6 +199,20 @@ def _inheritable_fds() -> list[int]:
     return found
 
 
+class SpawnChild(Protocol):
+    """`spawn_child`'s signature, for owners that take their spawner as a parameter."""
+
+    def __call__(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin_fd: int | None = None,
+        env: Mapping[str, str] | None = None,
+        new_session: bool = False,
+        blocked_signals: Iterable[int] = (),
+    ) -> ChildHandle: ...
+
+
 def spawn_child(
     argv: Sequence[str],
     *,
@@ -219,7 +237,11 @@ def spawn_child(
     file_actions: list[tuple[int, ...]] = []
     if stdin_fd is not None and stdin_fd != 0:
         file_actions.append((os.POSIX_SPAWN_DUP2, stdin_fd, 0))
-    file_actions.extend((os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable_fds())
+    # Not posix_spawn's close actions: glibc refuses one for a descriptor above the file
+    # limit (EBADF), and then no child could ever start. Ours are close-on-exec from birth;
+    # one that is not (inherited, or made inheritable on purpose) is made so here.
+    for fd in _inheritable_fds():
+        os.set_inheritable(fd, False)
     pid = os.posix_spawn(
         path,
         list(argv),
@@ -254,5 +276,13 @@ def spawn(
 def spawn_helper(
     path: str, args: Sequence[str] = (), *, stdin_fd: int | None = None
 ) -> ChildHandle:
-    """A helper run by the daemon (exec actions, mail, init); see `spawn`."""
-    return spawn(path, args, stdin_fd=stdin_fd)
+    """A helper run by a daemon (exec actions, mail, init); see `spawn`. Its stdin is
+    /dev/null unless `stdin_fd` is given: a plugin's stdin is its record stream, which a
+    helper must neither read nor hold open."""
+    if stdin_fd is not None:
+        return spawn(path, args, stdin_fd=stdin_fd)
+    devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return spawn(path, args, stdin_fd=devnull)
+    finally:
+        os.close(devnull)

@@ -6,6 +6,32 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import sys
+import syslog
+from collections.abc import Callable
+
+#: syslog(3) priorities as logging levels, for messages written with the C daemon's
+#: priorities (the log file, the actions); the three most urgent become CRITICAL, which the
+#: syslog handler sends as LOG_CRIT.
+SYSLOG_LEVELS = {
+    syslog.LOG_EMERG: logging.CRITICAL,
+    syslog.LOG_ALERT: logging.CRITICAL,
+    syslog.LOG_CRIT: logging.CRITICAL,
+    syslog.LOG_ERR: logging.ERROR,
+    syslog.LOG_WARNING: logging.WARNING,
+    syslog.LOG_NOTICE: logging.INFO,
+    syslog.LOG_INFO: logging.INFO,
+    syslog.LOG_DEBUG: logging.DEBUG,
+}
+
+
+def syslog_notifier(logger: logging.Logger) -> Callable[[int, str], None]:
+    """A `notify(priority, text)` callback that logs `text` to `logger` at the level of the
+    syslog `priority`."""
+
+    def notify(priority: int, message: str) -> None:
+        logger.log(SYSLOG_LEVELS.get(priority, logging.INFO), "%s", message)
+
+    return notify
 
 
 def message_handler(program: str, to_stderr: bool, *, stderr_format: str | None = None) -> (

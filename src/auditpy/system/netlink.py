@@ -260,3 +260,62 @@ class AuditSocket:
                     (t, p.rstrip(b"\0")) for t, _s, p in iter_standard_messages(data)
                 )
         return records, enobufs
+
+
+class KernelConnection:
+    """The audit daemon's two sockets: records arrive on `events` (the socket that registered,
+    or that joined the read-only multicast group), requests go out on `control`, so that
+    replies never interleave with the record stream.
+
+    Requests may sleep in the kernel: while its record queue is longer than backlog_limit,
+    the kernel makes every process that sends it a message wait up to backlog_wait_time
+    ("penalize the sender", kernel/audit.c audit_receive), the registered daemon included.
+    A daemon that sent one from the thread that reads the records would stop the reading
+    that empties the queue, and every audited process would wait with it; so the daemon
+    makes requests from a thread of their own while it goes on reading.
+    """
+
+    def __init__(self, *, multicast: bool, rcvbuf: int) -> None:
+        self.multicast = multicast
+        self.control = AuditSocket()
+        try:
+            self.events = AuditSocket(multicast=multicast, rcvbuf=rcvbuf)
+        except BaseException:
+            self.control.close()
+            raise
+
+    # the record stream (the loop's thread)
+
+    def fileno(self) -> int:
+        return self.events.fileno()
+
+    def recv_records(self, limit: int) -> tuple[list[tuple[int, bytes]], int]:
+        return self.events.recv_records(limit)
+
+    def state(self) -> dict[str, str]:
+        return {
+            "kernel reads": self.events.read_method,
+            "datagrams not from the kernel (dropped)": str(self.events.rejected),
+            "records longer than 8970 bytes (cut)": str(self.events.truncated),
+        }
+
+    # requests (the requesting thread)
+
+    def register(self, pid: int) -> None:
+        self.events.register(pid)
+
+    def unregister(self) -> None:
+        self.control.unregister()
+
+    def get_status(self) -> AuditStatus:
+        return self.control.get_status()
+
+    def set_status(self, status: AuditStatus) -> None:
+        self.control.set_status(status)
+
+    def signal_info(self) -> SignalInfo | None:
+        return self.control.signal_info()
+
+    def close(self) -> None:
+        self.events.close()
+        self.control.close()
