@@ -22,6 +22,7 @@ import os
 import resource
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
 from typing import Protocol, TypeVar
@@ -79,6 +80,12 @@ RECV_BATCH = 512
 #: pause sets the CPU used at low rates (measurements in the benchmark issue's notes).
 SMALL_BATCH = 256
 COALESCE_SECONDS = 0.02
+#: How long reads must have found the socket drained before a kernel request is made
+#: (`Daemon._request`): enough for kauditd to hand over what it still held.
+SETTLE_SECONDS = 0.05
+#: How long an operation waits for a settled stream to ask the kernel who sent its signal,
+#: before it names the sender from the signal itself.
+SENDER_WAIT = 2.0
 #: The kernel keeps sending while we write; a large buffer absorbs bursts between reads.
 RCVBUF = 16 << 20
 
@@ -237,6 +244,7 @@ class Daemon:
         open_kernel: OpenKernel = open_kernel,
         spawn: SpawnChild = spawn_child,
         handle_signals: bool = True,
+        tune_process: bool = True,
     ) -> None:
         self.options = options
         self.config = config
@@ -247,6 +255,8 @@ class Daemon:
         self._open_kernel = open_kernel
         self._spawn = spawn
         self._handle_signals = handle_signals
+        #: raise limits, protect from the OOM killer, boost priority (not in tests)
+        self._tune_process = tune_process
         self.kernel: KernelLink | None = None
         self.registered = False
         self.log_file: AuditLog | None = None
@@ -265,6 +275,14 @@ class Daemon:
         #: reading auditd.conf and the plugin directory, which may be slow
         self._files = concurrent.futures.ThreadPoolExecutor(1, "config-files")
         self._reading = False
+        #: set once the record stream has been caught up for SETTLE_SECONDS (see `_request`)
+        self._settled = asyncio.Event()
+        self._settled.set()
+        self._settle_timer: asyncio.TimerHandle | None = None
+        #: the last signal of each number, whose sender a DAEMON_* record names
+        self._last_signal: dict[int, Signal] = {}
+        #: the kernel's status when last asked, and when (the state report's figures)
+        self._kernel_status: tuple[AuditStatus, float] | None = None
 
     # -- start and stop -----------------------------------------------------------------------
 
@@ -273,8 +291,9 @@ class Daemon:
         if self._handle_signals:
             # Signals sent from now on are handled once the loop runs; until then they wait.
             self._signals = SignalReader(self.loop, HANDLED_SIGNALS, self.on_signal)
-        self._raise_limits()
-        self._boost_priority()
+        if self._tune_process:
+            self._raise_limits()
+            self._boost_priority()
         multicast = self.config.kernel_link == "MULTICAST"
         self.kernel = self._open_kernel(multicast=multicast, rcvbuf=RCVBUF)
         if self.config.write_logs:
@@ -390,8 +409,47 @@ class Daemon:
     # -- off the loop -----------------------------------------------------------------------
 
     async def _request(self, call: Callable[[], T]) -> T:
-        """A kernel request, made while the loop goes on reading records."""
+        """A kernel request, made from the request thread while the loop goes on reading
+        records. Callers make it only once `_settled` (or when they must, at stop).
+
+        While its record queue is over backlog_limit the kernel makes the sender of any
+        request sleep (audit_receive's "penalize the sender") on the same exclusive wait
+        queue as the audited processes it holds, and each pass of kauditd wakes only one
+        sleeper of that queue. A request sent while an audited process was held could take
+        its wake-up; if that process was the only one producing records, kauditd then found
+        nothing to do and slept, and the process slept out the whole backlog_wait_time
+        (a SIGCONT state report after a stall held its load for 60 s). The queue can be
+        over the limit only while records come faster than they are read, so requests wait
+        until reads have found the socket drained for SETTLE_SECONDS.
+        """
         return await self.loop.run_in_executor(self._requests, call)
+
+    async def _settled_within(self, timeout: float) -> bool:
+        # A read now: the flag may be stale (the daemon may just have been stopped, with
+        # its socket filling meanwhile; a SIGCONT is read as soon as the records are).
+        if self.kernel is not None and not self._stop.done():
+            self._read_batch()
+        if self._settled.is_set():
+            return True
+        try:
+            await asyncio.wait_for(self._settled.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def _track_settling(self, drained: bool) -> None:
+        if not drained:
+            if self._settle_timer is not None:
+                self._settle_timer.cancel()
+                self._settle_timer = None
+            if self._settled.is_set():
+                self._settled.clear()
+        elif not self._settled.is_set() and self._settle_timer is None:
+            self._settle_timer = self.loop.call_later(SETTLE_SECONDS, self._settle)
+
+    def _settle(self) -> None:
+        self._settle_timer = None
+        self._settled.set()
 
     async def _off_loop(self, call: Callable[[], T]) -> T:
         """File-system work (configuration, plugin directory), off the record path."""
@@ -444,6 +502,7 @@ class Daemon:
         if enobufs:
             self.counters.enobufs += enobufs
             log.warning("Kernel socket overrun (ENOBUFS), %d in all", self.counters.enobufs)
+        self._track_settling(len(records) < RECV_BATCH)
         if records:
             self._handle(records)
         return 0 < len(records) < SMALL_BATCH and not self._stop.done()
@@ -591,13 +650,18 @@ class Daemon:
         if dispatch and link is not None and link.accepting:
             link.send(self._frames([(msg_type, payload)], [line]), 1)
 
-    async def _sender(self) -> Sender | None:
-        """Who sent the signal being handled, as the kernel saw it."""
+    async def _sender(self, signum: int) -> Sender | None:
+        """Who sent the signal being handled: as the kernel saw it (the C daemon's source,
+        with the sender's login uid even after it exited), or, while the record stream is
+        too busy for a kernel request, as the signal itself says (its pid, and what /proc
+        still knows of it)."""
         kernel = self.kernel
-        if kernel is None or not self.registered:
-            return None
-        info = await self._request(kernel.signal_info)
-        return Sender.from_signal(info)
+        if kernel is not None and self.registered and await self._settled_within(SENDER_WAIT):
+            info = await self._request(kernel.signal_info)
+            if info is not None:
+                return Sender.from_signal(info)
+        sig = self._last_signal.get(signum)
+        return Sender.from_process(sig.pid) if sig is not None and sig.pid else None
 
     # -- signals and the operations they start ---------------------------------------------------
 
@@ -606,6 +670,7 @@ class Daemon:
         signum = sig.signum
         if self._stopping:
             return
+        self._last_signal[signum] = sig
         if signum in (signal.SIGTERM, signal.SIGINT):
             self._stopping = True
             self.operations.ask("stop", self._op_stop)
@@ -622,9 +687,10 @@ class Daemon:
         """Stop as the C daemon does: DAEMON_END is the last line. The kernel registration is
         given up while records are still read, so nothing the kernel sent us before it
         stopped is lost, and what it sends later waits for the next daemon."""
-        sender = await self._sender()
+        sender = await self._sender(signal.SIGTERM)
         kernel = self.kernel
         if self.registered and kernel is not None:
+            await self._settled_within(SENDER_WAIT)
             try:
                 await self._request(kernel.unregister)
                 self.registered = False
@@ -640,7 +706,7 @@ class Daemon:
             self._stop.set_result(0)
 
     async def _op_rotate(self) -> None:
-        sender = await self._sender()
+        sender = await self._sender(signal.SIGUSR1)
         keep = self.config.max_log_file_action == "KEEP_LOGS"
         self._rotate_log(keep=keep)
         self._daemon_record(DAEMON_ROTATE, daemon_records.rotate_text(sender))
@@ -658,7 +724,7 @@ class Daemon:
             self._run_triggers(self.space.disk_error())
 
     async def _op_resume(self) -> None:
-        sender = await self._sender()
+        sender = await self._sender(signal.SIGUSR2)
         self._resume_logging()
         if self.dispatcher is not None:
             self.dispatcher.forward(signal.SIGUSR2)
@@ -679,7 +745,7 @@ class Daemon:
         self._check_space()
 
     async def _op_reload(self) -> None:
-        sender = await self._sender()
+        sender = await self._sender(signal.SIGHUP)
         try:
             new, warnings = await self._off_loop(lambda: load_config(self.options))
         except ConfigError as exc:
@@ -736,20 +802,19 @@ class Daemon:
             space_settings(new), self.log_file.sample_space() if self.log_file else None
         )
         self.config = new
-        if "priority_boost" in changed:
+        if "priority_boost" in changed and self._tune_process:
             self._boost_priority()
         self._check_space()
 
     async def _op_state(self) -> None:
         if self.dispatcher is not None:
             self.dispatcher.forward(signal.SIGCONT)
-        status: AuditStatus | None = None
         kernel = self.kernel
-        if kernel is not None:
-            try:
-                status = await self._request(kernel.get_status)
-            except (NetlinkError, TimeoutError):
-                status = None
+        if kernel is not None and await self._settled_within(SENDER_WAIT):
+            with contextlib.suppress(NetlinkError, TimeoutError):
+                self._kernel_status = (await self._request(kernel.get_status), time.time())
+        # Too busy to ask the kernel now: its figures as they were when last asked.
+        status, asked = self._kernel_status or (None, 0.0)
         config_items = {f.name: str(getattr(self.config, f.name)) for f in fields(self.config)}
         text = state_report(
             version=AUDIT_VERSION,
@@ -763,6 +828,8 @@ class Daemon:
             log_state=self._log_state(),
             config_items=config_items,
             extra={
+                "kernel figures as of": time.strftime("%x %X", time.localtime(asked))
+                if status else "never asked",
                 **(self.kernel.state() if self.kernel else {}),
                 **(self.dispatcher.state() if self.dispatcher else {}),
                 **self._remote_state(),

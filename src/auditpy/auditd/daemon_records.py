@@ -60,6 +60,19 @@ class Sender:
         ses = _proc_int(f"/proc/{info.pid}/sessionid")
         return cls(info.auid, uid, ses, info.pid, info.context)
 
+    @classmethod
+    def from_process(cls, pid: int) -> Sender | None:
+        """The sender as /proc knows it, for a signal whose kernel record was not asked for;
+        None once it has exited."""
+        try:
+            uid = os.stat(f"/proc/{pid}").st_uid
+        except OSError:
+            return None
+        auid = _proc_int(f"/proc/{pid}/loginuid")
+        ses = _proc_int(f"/proc/{pid}/sessionid")
+        subj = _read_proc(f"/proc/{pid}/attr/current") or None
+        return cls(auid, uid, ses, pid, subj)
+
     def fields(self) -> str:
         subj = f" subj={self.subj}" if self.subj else ""
         return f"auid={self.auid} uid={self.uid} ses={self.ses} pid={self.pid}{subj}"

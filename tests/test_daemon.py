@@ -1,0 +1,321 @@
+"""pyauditd's Daemon without root: a fake kernel link and a fake dispatcher spawner stand in
+for the kernel and pyaudispd, so the record path, reloads, write failures, signals and the
+kernel-request thread are tested in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import logging
+import os
+import signal
+import socket
+import syslog
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+from auditpy.auditd import daemon as daemon_module
+from auditpy.auditd.daemon import Daemon, Options
+from auditpy.auditd.logfile import AuditLog, LogFileError
+from auditpy.proto.netlink import AuditStatus, SignalInfo
+from auditpy.system.children import ChildHandle, spawn_child
+from auditpy.system.service import Signal
+
+SYSCALL = 1300
+EOE = 1320
+AUDIT_GET_REPLY = 1000  # a control reply on the event socket: never an event
+
+
+def syscall(serial: int) -> tuple[int, bytes]:
+    return SYSCALL, f"audit(1700000000.{serial % 1000:03d}:{serial}): arch=c000003e syscall=110 success=yes exit=1 a0=0 items=0 ppid=1 pid=2 auid=4294967295 uid=0 comm=\"t\" exe=\"/t\" key=(null)".encode()  # noqa: E501
+
+
+def eoe(serial: int) -> tuple[int, bytes]:
+    return EOE, f"audit(1700000000.{serial % 1000:03d}:{serial}): ".encode()
+
+
+class FakeKernel:
+    """The KernelLink a test controls: records are pushed in, requests are recorded with the
+    thread that made them, and `gate` (when cleared) makes requests sleep as the kernel makes
+    a sender sleep while its queue is over backlog_limit."""
+
+    def __init__(self, *, multicast: bool, rcvbuf: int) -> None:
+        self.multicast = multicast
+        self._ours, self._theirs = socket.socketpair()
+        self._ours.setblocking(False)
+        self.records: collections.deque[tuple[int, bytes]] = collections.deque()
+        self.calls: list[tuple[str, str]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.pid = 0
+        self.status = AuditStatus(enabled=1, backlog_limit=64, lost=3, backlog=7)
+        self.sender = SignalInfo(auid=1000, pid=4242, context=None)
+        self.closed = False
+
+    def push(self, *records: tuple[int, bytes]) -> None:
+        self.records.extend(records)
+        self._theirs.send(b"x")
+
+    def fileno(self) -> int:
+        return self._ours.fileno()
+
+    def recv_records(self, limit: int) -> tuple[list[tuple[int, bytes]], int]:
+        with contextlib.suppress(BlockingIOError):
+            self._ours.recv(65536)
+        out = []
+        while self.records and len(out) < limit:
+            out.append(self.records.popleft())
+        return out, 0
+
+    def state(self) -> dict[str, str]:
+        return {"kernel reads": "fake"}
+
+    def _call(self, name: str) -> None:
+        self.calls.append((name, threading.current_thread().name))
+        self.gate.wait(30)
+
+    def register(self, pid: int) -> None:
+        self._call("register")
+        self.pid = pid
+
+    def unregister(self) -> None:
+        self._call("unregister")
+        self.pid = 0
+
+    def get_status(self) -> AuditStatus:
+        self._call("get_status")
+        return dataclasses.replace(self.status, pid=self.pid)
+
+    def set_status(self, status: AuditStatus) -> None:
+        self._call("set_status")
+
+    def signal_info(self) -> SignalInfo | None:
+        self._call("signal_info")
+        return self.sender
+
+    def close(self) -> None:
+        self.closed = True
+        self._ours.close()
+        self._theirs.close()
+
+
+class Harness:
+    def __init__(self, root: Path, spawn: Callable[..., ChildHandle] | None = None,
+                 **settings: object) -> None:
+        self.root = root
+        self.log = root / "log" / "audit.log"
+        self.log.parent.mkdir(mode=0o700, exist_ok=True)
+        (root / "etc" / "plugins.d").mkdir(parents=True, exist_ok=True)
+        (root / "run").mkdir(exist_ok=True)
+        self.settings: dict[str, object] = {
+            "log_file": str(self.log), "log_format": "RAW", "flush": "NONE",
+            "space_left": 2, "admin_space_left": 1, "priority_boost": 0,
+            "plugin_dir": str(root / "etc" / "plugins.d"), **settings,
+        }
+        self.write_config()
+        self.options = Options(config_dir=str(root / "etc"), run_dir=str(root / "run"),
+                               base_dir=str(root), foreground=True)
+        config, _ = daemon_module.load_config(self.options)
+        self.kernels: list[FakeKernel] = []
+
+        def open_kernel(*, multicast: bool, rcvbuf: int) -> FakeKernel:
+            kernel = FakeKernel(multicast=multicast, rcvbuf=rcvbuf)
+            self.kernels.append(kernel)
+            return kernel
+
+        self.daemon = Daemon(self.options, config, open_kernel=open_kernel,
+                             spawn=spawn or spawn_child, handle_signals=False,
+                             tune_process=False)
+
+    @property
+    def kernel(self) -> FakeKernel:
+        return self.kernels[0]
+
+    def write_config(self, **changes: object) -> None:
+        self.settings.update(changes)
+        path = self.root / "etc" / "auditd.conf"
+        path.write_text("".join(f"{k} = {v}\n" for k, v in self.settings.items()))
+        os.chmod(path, 0o640)
+
+    def lines(self) -> list[str]:
+        return self.log.read_text().splitlines() if self.log.exists() else []
+
+    def run_until(self, predicate: Callable[[], object], timeout: float = 10.0) -> None:
+        async def poll() -> None:
+            deadline = time.monotonic() + timeout
+            while not predicate():
+                assert time.monotonic() < deadline, "condition not reached"
+                await asyncio.sleep(0.005)
+
+        self.daemon.loop.run_until_complete(poll())
+
+    def signal(self, signum: int) -> None:
+        self.daemon.on_signal(Signal(signum))
+
+    def stop(self) -> int:
+        self.signal(signal.SIGTERM)
+        return self.daemon.run()
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Harness]:
+    h = Harness(tmp_path)
+    h.daemon.start()
+    yield h
+    if not h.daemon.loop.is_closed():
+        h.stop()
+
+
+def test_records_are_logged_once_eoe_never_and_control_replies_never(harness: Harness) -> None:
+    harness.kernel.push(syscall(1), eoe(1), (AUDIT_GET_REPLY, b"\0" * 40), syscall(2), eoe(2))
+    harness.run_until(lambda: sum("type=SYSCALL" in ln for ln in harness.lines()) == 2)
+    lines = harness.lines()
+    assert lines[0].startswith("type=DAEMON_START ")
+    assert [ln.split(" ", 1)[0] for ln in lines[1:]] == ["type=SYSCALL", "type=SYSCALL"]
+    assert harness.daemon.counters.received == 4  # two SYSCALL and two EOE records
+    assert harness.kernel.pid == os.getpid()
+
+
+def test_stop_unregisters_while_reading_and_ends_with_daemon_end(harness: Harness) -> None:
+    harness.kernel.push(syscall(1), eoe(1))
+    assert harness.stop() == 0
+    names = [name for name, _thread in harness.kernel.calls]
+    assert names[:1] == ["register"] and "unregister" in names
+    assert harness.lines()[-1].startswith("type=DAEMON_END ")
+    assert "auid=1000" in harness.lines()[-1] and "pid=4242" in harness.lines()[-1]
+    assert harness.kernel.closed
+
+
+def test_a_stalled_kernel_request_never_stops_the_record_path(harness: Harness) -> None:
+    """The kernel makes a sender sleep while its queue is over backlog_limit; a state report
+    asks the kernel for its status. The request sleeps on its own thread while records go
+    on being read and written (issue: a SIGCONT after a stall held every audited process for
+    the whole backlog_wait_time)."""
+    at_start = len(harness.kernel.calls)  # start-up registers and enables, blocking
+    harness.kernel.gate.clear()
+    harness.signal(signal.SIGCONT)
+    harness.run_until(lambda: any(n == "get_status" for n, _ in harness.kernel.calls))
+    for serial in range(100):
+        harness.kernel.push(syscall(serial), eoe(serial))
+    harness.run_until(lambda: sum("type=SYSCALL" in ln for ln in harness.lines()) == 100)
+    state = harness.root / "run" / "auditd.state"
+    assert not state.exists()
+    harness.kernel.gate.set()
+    harness.run_until(state.exists)
+    text = state.read_text()
+    assert "records received = 200" in text and "records lost by the kernel = 3" in text
+    assert all(thread != threading.current_thread().name
+               for _name, thread in harness.kernel.calls[at_start:])
+
+
+def test_a_storm_of_signals_coalesces_and_sigterm_is_never_lost(harness: Harness) -> None:
+    for _ in range(1500):
+        harness.signal(signal.SIGHUP)
+    harness.signal(signal.SIGTERM)
+    assert harness.daemon.run() == 0
+    lines = harness.lines()
+    assert lines[-1].startswith("type=DAEMON_END ")
+    reloads = sum("type=DAEMON_CONFIG" in ln for ln in lines)
+    assert 1 <= reloads <= 2
+
+
+def test_a_refused_reload_changes_nothing(harness: Harness, monkeypatch: pytest.MonkeyPatch,
+                                          tmp_path: Path) -> None:
+    """A new log_file that cannot be opened: the old file stays open and in force, records
+    keep being logged to it, the failure is recorded, and SIGUSR2 does not try the refused
+    path."""
+    other = tmp_path / "other"
+    other.mkdir(mode=0o700)
+    harness.write_config(log_file=str(other / "audit.log"))
+    real_open = AuditLog._open_checked
+
+    def refuse(self: AuditLog, warnings: list[str]) -> int:
+        if self.path.startswith(str(other)):
+            raise LogFileError(f"Couldn't open log file {self.path} (refused by the test)")
+        return real_open(self, warnings)
+
+    monkeypatch.setattr(AuditLog, "_open_checked", refuse)
+    harness.signal(signal.SIGHUP)
+    harness.run_until(lambda: any("type=DAEMON_CONFIG" in ln for ln in harness.lines()))
+    failed = [ln for ln in harness.lines() if "type=DAEMON_CONFIG" in ln]
+    assert "res=failed" in failed[0] and "state=no-change" in failed[0]
+    assert harness.daemon.config.log_file == str(harness.log)
+    harness.signal(signal.SIGUSR2)
+    harness.run_until(lambda: any("type=DAEMON_RESUME" in ln for ln in harness.lines()))
+    harness.kernel.push(syscall(7), eoe(7))
+    harness.run_until(lambda: any(":7): arch" in ln for ln in harness.lines()))
+    assert not (other / "audit.log").exists()
+
+
+def test_reload_applies_a_new_format(harness: Harness) -> None:
+    harness.write_config(name_format="USER", name="pytest-node")
+    harness.signal(signal.SIGHUP)
+    harness.run_until(lambda: any("type=DAEMON_CONFIG" in ln for ln in harness.lines()))
+    assert "res=success" in next(ln for ln in harness.lines() if "DAEMON_CONFIG" in ln)
+    harness.kernel.push(syscall(9), eoe(9))
+    harness.run_until(lambda: any(":9): arch" in ln for ln in harness.lines()))
+    assert next(ln for ln in harness.lines() if ":9): arch" in ln).startswith(
+        "node=pytest-node type=SYSCALL ")
+
+
+def test_alerts_are_logged_as_critical(harness: Harness, caplog: pytest.LogCaptureFixture
+                                       ) -> None:
+    """One map from syslog priorities to log levels: ALERT was ERROR in the daemon and
+    CRITICAL in the log module."""
+    with caplog.at_level(logging.DEBUG, logger="auditpy"):
+        harness.daemon._notify(syslog.LOG_ALERT, "disk is full")
+        harness.daemon._notify(syslog.LOG_NOTICE, "rotating")
+    levels = {r.getMessage(): r.levelno for r in caplog.records}
+    assert levels == {"disk is full": logging.CRITICAL, "rotating": logging.INFO}
+
+
+def test_disk_error_runs_its_action_and_counts_what_was_not_written(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log_file = harness.daemon.log_file
+    assert log_file is not None
+
+    def failing_write(fd: int, data: bytes) -> int:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(daemon_module.AuditLog, "write", AuditLog.write)
+    monkeypatch.setattr(os, "write", failing_write)
+    harness.kernel.push(syscall(1), eoe(1), syscall(2), eoe(2))
+    harness.run_until(lambda: harness.daemon.counters.received == 4)
+    monkeypatch.undo()
+    assert harness.daemon.counters.suspended_dropped == 2  # the two SYSCALL lines
+    assert harness.daemon._write_failing
+
+
+class SpawnRecorder:
+    """Starts a shell that copies its stdin (the dispatcher stream) to a file, in place of
+    pyaudispd, and remembers the argv it was asked for."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.argvs: list[list[str]] = []
+
+    def __call__(self, argv: Sequence[str], *, stdin_fd: int | None = None,
+                 env: Mapping[str, str] | None = None, new_session: bool = False,
+                 blocked_signals: Iterable[int] = ()) -> ChildHandle:
+        self.argvs.append(list(argv))
+        return spawn_child(["/bin/sh", "-c", f"exec cat > {self.out}"], stdin_fd=stdin_fd)
+
+
+def test_records_that_arrive_before_the_dispatcher_starts_reach_it(tmp_path: Path) -> None:
+    recorder = SpawnRecorder(tmp_path / "dispatched")
+    h = Harness(tmp_path, spawn=recorder)
+    plugin = tmp_path / "etc" / "plugins.d" / "p.conf"
+    plugin.write_text("active = yes\npath = /bin/cat\n")
+    os.chmod(plugin, 0o640)
+    h.daemon.start()
+    h.kernel.push(syscall(1), eoe(1))  # possibly before the plugin directory is read
+    h.run_until(lambda: recorder.out.exists() and b":1): arch" in recorder.out.read_bytes())
+    assert recorder.argvs[0][1:3] == ["-m", "auditpy.audispd"]
+    h.stop()
