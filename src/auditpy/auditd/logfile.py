@@ -338,7 +338,7 @@ class _Flusher:
                         self.attention = True
                         continue
                     seen = generation
-                    if failures:
+                    if failures and fd >= 0:  # (-1: the log is closed; nothing to sync)
                         self._note(
                             syslog.LOG_NOTICE,
                             f"Log flush thread has a log descriptor again after {failures} "
