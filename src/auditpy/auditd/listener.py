@@ -22,6 +22,18 @@ has tried to write.  Why the code is shaped the way it is:
   output, so memory stays bounded whatever the peers do.
 * Admission (port range, per-address and global caps) happens right after ``accept`` and
   before any TLS handshake, so refused peers cost almost nothing.
+* Idle peers cannot lock newcomers out.  ``tcp_client_max_idle`` is 0 (never) by default,
+  so without a rule of our own a thousand peers that connect and then say nothing would
+  hold every slot of the global cap for good.  When a newcomer finds the cap reached, the
+  peer idle the longest is closed to make room (``client IP:PORT: idle for N s, ... -
+  closing connection`` and its DAEMON_CLOSE), provided it has sent nothing for at least
+  ``evict_min_idle`` seconds (EVICT_MIN_IDLE); otherwise the newcomer is refused as before
+  (``op=limit``).  Busy peers are never displaced, so a flood of new connections cannot
+  push out the clients that are logging, and a quiet audisp-remote that was closed simply
+  reconnects with its next record, as after ``tcp_client_max_idle``.
+* A frame must be complete within ``frame_timeout`` (FRAME_TIMEOUT) of its first byte: a
+  deadline per frame, not an idle timer, so a peer that trickles a byte a second cannot
+  hold a connection (and a frame buffer) for ever.
 
 Each accepted connection is recorded with DAEMON_ACCEPT ``addr= port= res=success`` and its
 end with DAEMON_CLOSE, refusals with DAEMON_ACCEPT ``op=<why> ... res=no``; the texts are the
@@ -77,9 +89,13 @@ log = logging.getLogger("auditpy.remote")
 #: Connections at once from all peers.  tcp_max_per_addr bounds one address; this bounds a
 #: flood from many addresses (each connection costs a file descriptor and ~10 KiB).
 MAX_CLIENTS: Final = 1024
-#: A frame that was started must be complete within this many seconds.  audisp-remote
+#: A frame must be complete within this many seconds of its first byte.  audisp-remote
 #: writes a frame with one write(2), so only a stalled or hostile peer ever hits this.
 FRAME_TIMEOUT: Final = 10.0
+#: With the global cap reached, a peer that sent nothing for this long makes room for a
+#: newcomer.  A minute is long past any reply round trip, and much shorter than the forever
+#: an idle peer could otherwise hold its slot.
+EVICT_MIN_IDLE: Final = 60.0
 HANDSHAKE_TIMEOUT: Final = 10.0
 #: Replies a peer has not read (beyond what the kernel buffers) before it is dropped.  An
 #: honest client has at most one reply outstanding.
@@ -155,6 +171,8 @@ class ListenerSettings:
     host: str | None = None
     max_clients: int = MAX_CLIENTS
     frame_timeout: float = FRAME_TIMEOUT
+    #: idle seconds after which a peer may be closed to admit a newcomer at max_clients
+    evict_min_idle: float = EVICT_MIN_IDLE
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     max_output: int = MAX_OUTPUT
     sweep_interval: float = SWEEP_INTERVAL
@@ -252,6 +270,9 @@ class _Client(asyncio.BufferedProtocol):
         self._buffer = memoryview(self._raw)
         self._now = listener.loop.time
         self.last_rx = self._now()
+        #: when the first byte of the frame being received arrived (valid while the reader
+        #: holds a partial frame)
+        self.frame_start = self.last_rx
         self.accepted = False
         self.closed = False
         #: a TLS handshake is running; connection_lost is left to the handshake's end
@@ -287,11 +308,14 @@ class _Client(asyncio.BufferedProtocol):
         items, done = self._whole_frames(nbytes) if not self.reader.buffered else ([], 0)
         fault = None
         if done < nbytes:
+            continued = self.reader.buffered  # a frame begun by an earlier read
             try:
                 frames = self.reader.feed(self._buffer[done:nbytes])
             except ProtocolError as exc:
                 frames = exc.frames
                 fault = exc.reason
+            if self.reader.buffered and (frames or not continued):
+                self.frame_start = self.last_rx  # a new partial frame began in this read
             items += [(f.msg_type, f.seq, f.payload) for f in frames]
         lines: list[bytes] = []
         replies = self.replies
@@ -453,6 +477,8 @@ class RemoteListener:
         self._sweeper: asyncio.TimerHandle | None = None
         self._paused_accept: asyncio.TimerHandle | None = None
         self._closing: set[_Client] = set()
+        #: no client can have been idle evict_min_idle before this time (see _make_room)
+        self._none_idle_until = 0.0
         self.running = False
         #: connections accepted since start (for the state report)
         self.total_connections = 0
@@ -512,6 +538,7 @@ class RemoteListener:
         self.settings = replace(
             settings, port=self.settings.port, queue=self.settings.queue, host=self.settings.host
         )
+        self._none_idle_until = 0.0
 
     def stop(self, reason: str = "the audit daemon is stopping") -> None:
         """Answer what was received, then ENDING to every client and close everything."""
@@ -593,7 +620,7 @@ class RemoteListener:
         elif self._per_addr.get(ip, 0) >= s.max_per_addr:
             op = "dup"
             reason = f"too many connections from {ip} (tcp_max_per_addr {s.max_per_addr})"
-        elif len(self.clients) >= s.max_clients:
+        elif len(self.clients) >= s.max_clients and not self._make_room(ip, port):
             op, reason = "limit", f"too many connections in all ({s.max_clients})"
         else:
             op = reason = ""
@@ -615,6 +642,37 @@ class RemoteListener:
         task = self.loop.create_task(self._setup(client, sock))
         self._setups.add(task)
         task.add_done_callback(self._setups.discard)
+
+    def _make_room(self, ip: str, port: int) -> bool:
+        """At the global cap: close the peer idle the longest if it has been idle for
+        evict_min_idle, so that idle peers cannot lock newcomers out; False if none has.
+
+        A scan of every client per refused newcomer would let a flood cost O(clients) each;
+        but a client's last receive time only grows, and new clients start at "now", so
+        the oldest one seen bounds when any could qualify, and until then no scan is made.
+        """
+        s = self.settings
+        now = self.loop.time()
+        if now < self._none_idle_until:
+            return False
+        oldest_rx = now
+        candidate: _Client | None = None
+        for client in self.clients:
+            if client.last_rx < oldest_rx:
+                oldest_rx = client.last_rx
+            if (client.accepted and not client.closed and not client.handshaking
+                    and (candidate is None or client.last_rx < candidate.last_rx)):
+                candidate = client
+        if candidate is None or now - candidate.last_rx < s.evict_min_idle:
+            self._none_idle_until = oldest_rx + s.evict_min_idle
+            return False
+        idle = now - candidate.last_rx
+        candidate.close(
+            f"idle for {idle:.0f} s, closed to make room for {ip}:{port} "
+            f"({s.max_clients} connections in all)",
+            logging.WARNING,
+        )
+        return True
 
     async def _setup(self, client: _Client, sock: socket.socket) -> None:
         tls = self.settings.tls
@@ -729,18 +787,19 @@ class RemoteListener:
     # -- timers ---------------------------------------------------------------------------
 
     def _sweep(self) -> None:
-        """Close peers that stalled inside a frame, and (tcp_client_max_idle) peers that sent
-        nothing for a whole period."""
+        """Close peers whose frame is not complete FRAME_TIMEOUT after its first byte, and
+        (tcp_client_max_idle) peers that sent nothing for a whole period."""
         s = self.settings
         now = self.loop.time()
         for client in list(self.clients):
             if client.closed or client.transport is None or client.handshaking:
                 continue
             quiet = now - client.last_rx
-            if client.reader.buffered and quiet > s.frame_timeout:
+            if client.reader.buffered and now - client.frame_start > s.frame_timeout:
                 client.close(
-                    f"incomplete frame ({client.reader.buffered} bytes) stalled for "
-                    f"{quiet:.0f} s",
+                    f"incomplete frame ({client.reader.buffered} bytes) stalled: not "
+                    f"complete {now - client.frame_start:.0f} s after its first byte "
+                    f"(limit {s.frame_timeout:g} s)",
                     logging.WARNING,
                     True,
                 )

@@ -9,6 +9,7 @@ call per batch plus a few integer comparisons.  It never raises for I/O trouble:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import enum
 import errno
@@ -36,6 +37,13 @@ SIZE_ACTIONS = frozenset({"IGNORE", "SYSLOG", "SUSPEND", "ROTATE", "KEEP_LOGS", 
 #: (a few records a minute) from going unchecked while another process fills the disk.
 SPACE_SAMPLE_BYTES = 64 * 1024
 SPACE_SAMPLE_SECONDS = 5.0
+
+#: How far back from the end of an existing log a newline is looked for when the file does
+#: not end in one.  What a crash leaves there is the start of one record (the records before
+#: it in the same write() are whole), and a record is at most MAX_AUDIT_MESSAGE_LENGTH bytes
+#: plus a node= prefix and its translations; a longer unterminated tail is not a torn record
+#: of ours, and is not cut (see `AuditLog._repair_tail`).
+TORN_TAIL_LIMIT: Final = 64 * 1024
 
 #: Directories whose mode we refuse to change even if the log sits directly in them: the
 #: C daemon 3.0.9 would chmod /var/log to 0700 in that case, which breaks other services.
@@ -190,6 +198,11 @@ class RotateResult:
 #: INCREMENTAL_ASYNC: least time between the starts of two background fsyncs.
 MIN_SYNC_INTERVAL: Final = 0.01
 
+#: A flush thread that dies this soon after it was started is not restarted at once: the
+#: writer fsyncs inline until this long has passed, so a thread that cannot live (say, no
+#: memory for a stack) costs one message per period instead of a restart per flush point.
+FLUSHER_RESTART_DELAY: Final = 10.0
+
 
 class _Flusher:
     """The INCREMENTAL_ASYNC worker: fsync happens here so the writer never waits for the
@@ -202,7 +215,17 @@ class _Flusher:
     of the GIL, and back to back (thousands a second under load) that was 18% of pyauditd's
     CPU per record (`bench/ab.py raw`). Records written in the meantime ride on the next
     sync, so under load a record is on disk at most `min_interval` plus one fsync later than
-    with a sync per `freq` records; below `freq` records per `min_interval` nothing changes."""
+    with a sync per `freq` records; below `freq` records per `min_interval` nothing changes.
+
+    The worker must never stop syncing unnoticed (it once died of EMFILE from dup() and the
+    log went without a single fsync for the rest of the run).  When it has no descriptor of
+    the current file (dup() failed) it sets `inline`: the writer then fsyncs its own
+    descriptor at every flush point, and every kick makes the worker try dup() again.  It
+    never calls `notify` itself (that runs on the daemon's thread): it leaves its messages in
+    `notes` and sets `attention`, and the writer passes them on at its next flush point --
+    one message when a failure starts and one when it ends, so a failing dup() under load
+    cannot flood syslog.  Anything else that goes wrong ends the thread, with `attention`
+    set and the exception in `died_of`, and the writer replaces it."""
 
     def __init__(
         self,
@@ -222,19 +245,37 @@ class _Flusher:
         self._stop = False
         self.error: LogIOError | None = None
         self.syncs = 0
+        #: the worker holds no descriptor of the current file: the writer must fsync itself
+        self.inline = False
+        #: something for the writer: `notes`, `inline` or the thread's end
+        self.attention = False
+        self.notes: collections.deque[tuple[int, str]] = collections.deque()
+        self.died_of: BaseException | None = None
+        self.started = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="auditpy-log-flush", daemon=True)
         self._thread.start()
 
-    def kick(self) -> None:
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def kick(self) -> bool:
+        """Request a sync; False if one was already pending (the worker is busy, or gone)."""
         # Called every `freq` records on the hot path: while a request is already pending,
         # the fsync it triggers covers these records too.
         if self._wake.locked():
             self._wake.release()
+            return True
+        return False
 
     def stop(self) -> None:
         self._stop = True
         self.kick()
         self._thread.join(timeout=30)
+
+    def _note(self, priority: int, message: str) -> None:
+        self.notes.append((priority, message))  # deque.append is atomic under the GIL
+        self.attention = True
 
     def _sync(self, fd: int) -> None:
         try:
@@ -243,9 +284,26 @@ class _Flusher:
         except OSError as exc:
             self.error = LogIOError("fsync", exc)
 
+    def _release(self, fd: int) -> None:
+        try:
+            os.close(fd)
+        except OSError as exc:  # the descriptor is gone either way (close(2) on Linux)
+            self._note(syslog.LOG_WARNING, f"Log flush thread: close failed ({exc.strerror})")
+
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # told through the writer's notify, not a traceback
+            self.died_of = exc
+        finally:
+            if not self._stop:
+                self.inline = True
+                self.attention = True
+
+    def _loop(self) -> None:
         fd, seen = -1, -1
         synced = -self._min_interval
+        failures = 0
         try:
             while True:
                 self._wake.acquire()
@@ -262,15 +320,57 @@ class _Flusher:
                         # A rotated (or reopened) file's tail since the last sync goes to
                         # disk too before it is let go.
                         self._sync(fd)
-                        os.close(fd)
-                    fd, seen = self._dup_fd(), generation
+                        old, fd = fd, -1
+                        self._release(old)
+                    try:
+                        fd = self._dup_fd()
+                    except OSError as exc:
+                        # Without a descriptor of its own the worker cannot sync; the
+                        # writer fsyncs inline, and the next kick tries again.
+                        if not failures:
+                            self._note(
+                                syslog.LOG_ERR,
+                                "Log flush thread cannot duplicate the log descriptor "
+                                f"({exc.strerror}); the log is fsynced inline until it can",
+                            )
+                        failures += 1
+                        self.inline = True
+                        self.attention = True
+                        continue
+                    seen = generation
+                    if failures and fd >= 0:  # (-1: the log is closed; nothing to sync)
+                        self._note(
+                            syslog.LOG_NOTICE,
+                            f"Log flush thread has a log descriptor again after {failures} "
+                            "failed attempts; fsyncs are back in the background",
+                        )
+                        failures = 0
+                        self.inline = False
                 if fd < 0:
                     continue
                 synced = time.monotonic()
                 self._sync(fd)
         finally:
             if fd >= 0:
-                os.close(fd)
+                self._release(fd)
+
+
+@dataclass(slots=True)
+class _RareState:
+    """What only the rare paths of `AuditLog` touch.  Kept out of the instance so the
+    attributes of the hot path stay few: past 30 attributes CPython 3.11 stops sharing an
+    instance's dict keys, and every attribute read in `write` got slower (+60 ns a call,
+    measured)."""
+
+    #: end of the last whole record when a cut-short batch could not be cut back yet
+    torn_at: int = -1
+    not_written: int = 0
+    last_unwritten: int = 0
+    tails_repaired: int = 0
+    tail_bytes: int = 0
+    flusher_restarts: int = 0
+    #: INCREMENTAL_ASYNC after its worker died young: when to start a new one
+    flusher_retry_at: float = 0.0
 
 
 class AuditLog:
@@ -311,6 +411,7 @@ class AuditLog:
         self._last_statvfs: os.statvfs_result | None = None
         self._last_error: LogIOError | None = None
         self._consecutive_errors = 0
+        self._rare = _RareState()
         self._last_shift = 1
         self._limit = 0
         self._freq = 0
@@ -348,6 +449,36 @@ class AuditLog:
     def records_written(self) -> int:
         """Lines fully written since this object was created (all files)."""
         return self._records
+
+    @property
+    def records_not_written(self) -> int:
+        """Records handed to `write` that are not on disk (log closed, disk full, write
+        error): with `records_written`, every record offered is counted exactly once."""
+        return self._rare.not_written
+
+    @property
+    def last_unwritten(self) -> int:
+        """How many records of the last `write` call that returned NOT_OPEN, DISK_FULL or
+        DISK_ERROR are not on disk: the whole batch if nothing was written, fewer when a
+        batch was cut short (its whole records stay), 0 when only the fsync after it failed.
+        The daemon adds this, not the batch size, to "records not written"."""
+        return self._rare.last_unwritten
+
+    @property
+    def torn_tails_repaired(self) -> int:
+        """Opens that found the file ending inside a record (a crash in the middle of a
+        write) and repaired it; see `_repair_tail`."""
+        return self._rare.tails_repaired
+
+    @property
+    def torn_bytes_removed(self) -> int:
+        """Bytes of incomplete records cut off at open."""
+        return self._rare.tail_bytes
+
+    @property
+    def flush_thread_restarts(self) -> int:
+        """INCREMENTAL_ASYNC workers that died and were replaced."""
+        return self._rare.flusher_restarts
 
     @property
     def bytes_written(self) -> int:
@@ -438,11 +569,87 @@ class AuditLog:
                 raise LogFileError(
                     f"Couldn't change ownership of log file ({exc.strerror})", exc
                 ) from None
+            size = self._repair_tail(fd, path, fst, warnings)
         except BaseException:
             os.close(fd)
             raise
-        self._size = fst.st_size
+        self._size = size
         return fd
+
+    def _repair_tail(
+        self, fd: int, path: str, fst: os.stat_result, warnings: list[str]
+    ) -> int:
+        """Make an existing log end at a record boundary; returns its size afterwards.
+
+        A write() cut by SIGKILL (or a power cut) leaves the first part of a record and no
+        newline; the next record appended would be glued to it and ausearch would lose
+        both.  The torn part is cut off rather than kept as a line of its own: the rest of
+        that record died with the process anyway, and a cut record is not merely incomplete
+        but can be wrong -- ``exit=12`` for ``exit=123``, ``name="/etc/pass"`` for
+        /etc/passwd -- and any parser would take it for a real event.  The cut is
+        reported (syslog, with the byte count) and counted (`torn_tails_repaired`).
+        Only an unterminated tail longer than TORN_TAIL_LIMIT, which no crash of ours can
+        leave, is kept: it is ended with a newline so that at least our records stay whole.
+        """
+        size = fst.st_size
+        if size == 0:
+            return 0
+        try:
+            # The log fd is write-only (as the C daemon opens it); a second, read-only one of
+            # the same file (the directory is root-only, so the check cannot race) looks.
+            rfd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError as exc:
+            warnings.append(f"Cannot check the end of log file {path} ({exc.strerror})")
+            return size
+        try:
+            rst = os.fstat(rfd)
+            if (rst.st_dev, rst.st_ino) != (fst.st_dev, fst.st_ino):
+                warnings.append(f"Log file {path} was replaced while being opened")
+                return size
+            start = max(0, size - TORN_TAIL_LIMIT)
+            tail = os.pread(rfd, size - start, start)
+        except OSError as exc:
+            warnings.append(f"Cannot read the end of log file {path} ({exc.strerror})")
+            return size
+        finally:
+            os.close(rfd)
+        if tail.endswith(b"\n"):
+            return size
+        newline = tail.rfind(b"\n")
+        if newline < 0 and start > 0:
+            return self._end_tail(fd, path, size, f"more than {TORN_TAIL_LIMIT}", warnings)
+        cut = start + newline + 1
+        try:
+            os.ftruncate(fd, cut)
+        except OSError as exc:
+            warnings.append(f"Cannot cut the incomplete record off log file {path} "
+                            f"({exc.strerror})")
+            return self._end_tail(fd, path, size, str(size - cut), warnings)
+        self._rare.tails_repaired += 1
+        self._rare.tail_bytes += size - cut
+        warnings.append(
+            f"Log file {path} ended in an incomplete record ({size - cut} bytes after the "
+            "last newline, left by a crash in the middle of a write); removed them so the "
+            "next record starts on a line of its own"
+        )
+        return cut
+
+    def _end_tail(self, fd: int, path: str, size: int, length: str, warnings: list[str]) -> int:
+        """Keep an unterminated tail as a line of its own; raises LogFileError if even
+        that fails, since appending would glue the next record to it."""
+        try:
+            os.write(fd, b"\n")
+        except OSError as exc:
+            raise LogFileError(
+                f"Log file {path} ends without a newline and cannot be repaired "
+                f"({exc.strerror})", exc
+            ) from None
+        self._rare.tails_repaired += 1
+        warnings.append(
+            f"Log file {path} ended without a newline ({length} bytes after the last one); "
+            "added one so the next record starts on a line of its own"
+        )
+        return size + 1
 
     def _check_existing(self, path: str, st: os.stat_result, warnings: list[str]) -> None:
         """A symlink, a FIFO or a file someone else owns would let another user steer or
@@ -502,7 +709,16 @@ class AuditLog:
     def _sync_flusher(self) -> None:
         want = self._settings.flush == "INCREMENTAL_ASYNC" and self._freq > 0
         if want and self._flusher is None:
-            self._flusher = _Flusher(self._dup_fd, lambda: self._generation)
+            self._rare.flusher_retry_at = 0.0
+            try:
+                self._flusher = _Flusher(self._dup_fd, lambda: self._generation)
+            except RuntimeError as exc:  # "can't start new thread"
+                self._notify(
+                    syslog.LOG_ERR,
+                    f"Cannot start the log flush thread ({exc}); the log is fsynced inline, "
+                    f"and it is tried again in {FLUSHER_RESTART_DELAY:g} s",
+                )
+                self._rare.flusher_retry_at = time.monotonic() + FLUSHER_RESTART_DELAY
         elif not want and self._flusher is not None:
             self._stop_flusher()
 
@@ -511,12 +727,20 @@ class AuditLog:
         if flusher is not None:
             flusher.stop()
             self._inline_syncs += flusher.syncs
+            self._pass_notes(flusher)
 
     def _dup_fd(self) -> int:
         with self._fd_lock:
             return os.dup(self._fd) if self._fd >= 0 else -1
 
     def _close_fd(self) -> None:
+        if self._rare.torn_at >= 0 and not self._cut_torn_batch():
+            self._notify(
+                syslog.LOG_ERR,
+                f"Log file {self.path} is let go with an incomplete record at its end; it is "
+                "cut off if the file is opened again",
+            )
+        self._rare.torn_at = -1
         with self._fd_lock:
             fd, self._fd = self._fd, -1
             self._generation += 1
@@ -529,11 +753,16 @@ class AuditLog:
         """Append already formatted lines (each ending in b"\\n") with one write(2).
 
         Counts records and bytes, triggers the incremental flush every `freq` records,
-        checks the size limit and, at the documented sampling rate, free space.
+        checks the size limit and, at the documented sampling rate, free space.  A batch
+        the kernel takes only part of (a full disk, RLIMIT_FSIZE) is cut back to its last
+        whole record, so a record is on disk whole or not at all; `last_unwritten` then
+        says how many of the batch are not.
         """
         fd = self._fd
         if fd < 0:
-            return LogEvent.NOT_OPEN
+            return self._not_open(len(lines))
+        if self._consecutive_errors:
+            return self._write_after_error(lines)
         count = len(lines)
         if count == 0:
             return LogEvent.NONE
@@ -542,18 +771,14 @@ class AuditLog:
         try:
             done = os.write(fd, data)
         except OSError as exc:
-            return self._failed("write", exc)
+            return self._cut_short(fd, lines, 0, exc)
         if done != total:
             done, exc2 = self._write_rest(fd, data, done)
             if exc2 is not None:
-                self._size += done
-                self._bytes += done
-                return self._failed("write", exc2)
+                return self._cut_short(fd, lines, done, exc2)
         self._size += total
         self._bytes += total
         self._records += count
-        if self._consecutive_errors:
-            self._consecutive_errors = 0
 
         events = LogEvent.NONE
         if self._freq:
@@ -566,6 +791,28 @@ class AuditLog:
         self._since_sample += total
         if self._since_sample >= self._sample_bytes or time.monotonic() >= self._next_sample:
             events |= self._sample(fd)
+        return events
+
+    def _not_open(self, count: int) -> LogEvent:
+        self._rare.last_unwritten = count
+        self._rare.not_written += count
+        return LogEvent.NOT_OPEN
+
+    def _write_after_error(self, lines: Sequence[bytes]) -> LogEvent:
+        """The first write after a failed one (kept off the hot path, which tests the
+        error count instead of resetting it): a cut-short batch whose tail could not be
+        removed then is removed now, before anything is appended after it."""
+        count = len(lines)
+        if self._rare.torn_at >= 0 and not self._cut_torn_batch():
+            self._consecutive_errors += 1
+            self._rare.last_unwritten = count
+            self._rare.not_written += count
+            error = self._last_error
+            return LogEvent.DISK_FULL if error and error.disk_full else LogEvent.DISK_ERROR
+        errors, self._consecutive_errors = self._consecutive_errors, 0
+        events = self.write(lines)
+        if self._consecutive_errors:  # failed again: the streak goes on
+            self._consecutive_errors += errors
         return events
 
     @staticmethod
@@ -586,6 +833,60 @@ class AuditLog:
             view.release()
         return done, None
 
+    def _cut_short(self, fd: int, lines: Sequence[bytes], done: int, exc: OSError) -> LogEvent:
+        """A batch failed after `done` of its bytes were appended: keep the records that are
+        whole, cut off the part of the first one that is not (the next batch would be
+        glued to it), and count each record of the batch as written or not, exactly."""
+        whole = kept = 0
+        if done:
+            for line in lines:
+                if kept + len(line) > done:
+                    break
+                kept += len(line)
+                whole += 1
+            try:
+                end = os.fstat(fd).st_size  # O_APPEND: the batch ends the file
+            except OSError:
+                end = self._size + done
+            start = end - done
+            if kept < done:
+                if self._truncate(fd, start + kept):
+                    end = start + kept
+                elif kept and self._truncate(fd, start):
+                    end, whole, kept = start, 0, 0
+                else:
+                    self._rare.torn_at = start + kept  # cut before the next write
+                    self._notify(
+                        syslog.LOG_ERR,
+                        f"Cannot cut an incomplete record ({done - kept} bytes) off the log "
+                        f"file {self.path}; nothing more is written until it can be",
+                    )
+            self._size = end
+            self._bytes += kept
+            self._records += whole
+        unwritten = len(lines) - whole
+        self._rare.last_unwritten = unwritten
+        self._rare.not_written += unwritten
+        return self._failed("write", exc)
+
+    @staticmethod
+    def _truncate(fd: int, length: int) -> bool:
+        try:
+            os.ftruncate(fd, length)
+        except OSError:
+            return False
+        return True
+
+    def _cut_torn_batch(self) -> bool:
+        """Retry the cut `_cut_short` could not make; True once the file ends whole."""
+        end = self._rare.torn_at
+        if self._fd < 0 or not self._truncate(self._fd, end):
+            return False
+        self._rare.torn_at = -1
+        self._size = end
+        self._notify(syslog.LOG_NOTICE, f"Incomplete record cut off the log file {self.path}")
+        return True
+
     def _failed(self, op: str, exc: OSError) -> LogEvent:
         self._last_error = LogIOError(op, exc)
         self._consecutive_errors += 1
@@ -594,19 +895,81 @@ class AuditLog:
     def _flush_now(self, fd: int) -> LogEvent:
         flusher = self._flusher
         if flusher is not None:
-            flusher.kick()
+            # A kick that finds a request still pending is normal under load (the worker
+            # paces itself), but also what a dead worker looks like.
+            if flusher.attention or not (flusher.kick() or flusher.alive):
+                return self._flusher_trouble(fd, flusher)
             err = flusher.error
             if err is not None:  # reported by the worker since the last flush point
                 flusher.error = None
                 self._last_error = err
+                self._rare.last_unwritten = 0
                 return LogEvent.DISK_FULL if err.disk_full else LogEvent.DISK_ERROR
             return LogEvent.NONE
+        if self._rare.flusher_retry_at and time.monotonic() >= self._rare.flusher_retry_at:
+            self._rare.flusher_retry_at = 0.0
+            self._sync_flusher()
+        return self._fsync_inline(fd)
+
+    def _fsync_inline(self, fd: int) -> LogEvent:
         try:
             os.fsync(fd)
         except OSError as exc:
+            self._rare.last_unwritten = 0  # the records are written; their sync failed
             return self._failed("fsync", exc)
         self._inline_syncs += 1
         return LogEvent.NONE
+
+    def _flusher_trouble(self, fd: int, flusher: _Flusher) -> LogEvent:
+        """A flush point while the worker needs the writer: its messages are passed on, and
+        while it cannot sync (no descriptor, or dead) the writer fsyncs itself."""
+        flusher.attention = False
+        self._pass_notes(flusher)
+        events = LogEvent.NONE
+        err = flusher.error
+        if err is not None:
+            flusher.error = None
+            self._last_error = err
+            self._rare.last_unwritten = 0
+            events = LogEvent.DISK_FULL if err.disk_full else LogEvent.DISK_ERROR
+        if not flusher.alive:
+            self._replace_flusher(flusher)
+        elif flusher.inline:
+            flusher.attention = True  # stay on this path until the worker recovers
+            flusher.kick()  # and let it try again
+        else:
+            flusher.kick()
+            return events
+        return events | self._fsync_inline(fd)
+
+    def _pass_notes(self, flusher: _Flusher) -> None:
+        notes = flusher.notes
+        while notes:
+            priority, text = notes.popleft()
+            self._notify(priority, text)
+
+    def _replace_flusher(self, flusher: _Flusher) -> None:
+        """The worker is gone: say so, and start another -- at once if the last one lived a
+        while, else after FLUSHER_RESTART_DELAY, fsyncing inline meanwhile."""
+        self._flusher = None
+        self._inline_syncs += flusher.syncs
+        self._pass_notes(flusher)
+        exc = flusher.died_of
+        why = f"{type(exc).__name__}: {exc}" if exc is not None else "no exception"
+        now = time.monotonic()
+        if now - flusher.started >= FLUSHER_RESTART_DELAY:
+            self._notify(syslog.LOG_ERR, f"Log flush thread stopped ({why}); starting a new one")
+            self._rare.flusher_restarts += 1
+            self._sync_flusher()
+        else:
+            self._notify(
+                syslog.LOG_ERR,
+                f"Log flush thread stopped ({why}) {now - flusher.started:.1f} s after it "
+                f"started; the log is fsynced inline, and a new thread starts in "
+                f"{FLUSHER_RESTART_DELAY:g} s",
+            )
+            self._rare.flusher_restarts += 1
+            self._rare.flusher_retry_at = now + FLUSHER_RESTART_DELAY
 
     def _sample(self, fd: int) -> LogEvent:
         self._since_sample = 0

@@ -628,7 +628,10 @@ def log_file_problems(path: str) -> tuple[list[str], list[str]]:
     """(errors, warnings) about the log file's directory and an existing log file.
 
     auditd refuses a log file it could not safely append to as root: a missing directory,
-    something that is not a regular file, or a file somebody else owns.
+    something that is not a regular file, or a file somebody else owns.  A symbolic link is
+    refused too, even one to a good file: the log is opened with O_NOFOLLOW so that nobody
+    can redirect the audit trail, and checking here is what turns that refusal into a
+    FILE:LINE error before the daemon starts, rather than a failed open after.
     """
     directory = _posix_dirname(path)
     try:
@@ -637,11 +640,16 @@ def log_file_problems(path: str) -> tuple[list[str], list[str]]:
     except (OSError, ValueError) as exc:
         return [f"cannot open log directory {directory!r}: {reason(exc)}"], []
     try:
-        info = os.stat(path)
+        info = os.lstat(path)
     except FileNotFoundError:
         return [], []  # created when the daemon opens it
     except (OSError, ValueError) as exc:
         return [f"cannot stat log file {path!r}: {reason(exc)}"], []
+    if stat.S_ISLNK(info.st_mode):
+        return [
+            f"log file {path!r} is a symbolic link; the audit daemon does not follow one "
+            "(name the file itself)"
+        ], []
     if not stat.S_ISREG(info.st_mode):
         return [f"log file {path!r} is not a regular file"], []
     if info.st_uid != 0:
