@@ -8,6 +8,7 @@ per key.
 
 from __future__ import annotations
 
+from auditpy.proto.interp_tables import MACHINE_NAMES
 from auditpy.proto.msgtypes import MSG_TYPE_NAMES
 from auditpy.proto.syscalls import SYSCALL_NAMES
 from auditpy.rules import data as d
@@ -21,7 +22,6 @@ from auditpy.rules.tables import (
     MACHINE_ELF,
     OPERATOR_SYMBOLS,
 )
-from auditpy.proto.interp_tables import MACHINE_NAMES
 
 _MACHINE_BY_ELF = {elf: machine for machine, elf in MACHINE_ELF.items()}
 _FS_NAMES = {magic: name for name, magic in FS_TYPES.items()}

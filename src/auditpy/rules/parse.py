@@ -372,9 +372,10 @@ class _Builder:
         elif first == "possible":
             return 2  # auditctl then finds no action: a bad keyword, not a deprecation
         else:
-            filt = _filter_number(first)
-            if filt is None:
+            number = _filter_number(first)
+            if number is None:
                 return 2
+            filt = number
         if filt == _UNSET:
             found = _filter_number(second)
             if found is None:

@@ -186,7 +186,7 @@ class AuditSocket:
         seq = self.send(msg_type, payload)
         for reply_type, reply in self._replies(seq, timeout):
             if reply_type == NLMSG_ERROR:
-                (value,) = struct.unpack_from("=i", reply)
+                value: int = struct.unpack_from("=i", reply)[0]
                 if value < 0:
                     raise NetlinkError(-value, os.strerror(-value))
                 return value
