@@ -157,6 +157,8 @@ def build_plan(
     plan.rules = [p for filt in sorted(lists) for p in lists[filt]]
     _check_syscalls(plan, env)
     _check_unreachable(plan)
+    order = {path: i for i, path in enumerate(plan.files)}
+    plan.errors.sort(key=lambda p: (order.get(p.where.path, -1), p.where.line))
     return plan
 
 
