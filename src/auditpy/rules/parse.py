@@ -10,6 +10,7 @@ feature bits) comes from an `Environment`, so `--check` gives the same verdict a
 
 from __future__ import annotations
 
+import functools
 import grp
 import os
 import pwd
@@ -38,10 +39,10 @@ NAME_MAX = 255
 _MACHINE_BY_ELF = {elf: machine for machine, elf in MACHINE_ELF.items()}
 _ERRNO_BY_NAME = {name.lower(): number for number, name in ERRNO_NAMES.items()}
 _MSGTYPE_BY_NAME = {name.lower(): number for number, name in MSG_TYPE_NAMES.items()}
-_SYSCALL_BY_NAME: dict[int, dict[str, int]] = {
-    machine: {name.lower(): nr for nr, name in table.items()}
-    for machine, table in SYSCALL_NAMES.items()
-}
+@functools.cache
+def _syscalls_by_name(machine: int) -> dict[str, int]:
+    """Name -> number for one machine, built on first use (pyauditctl starts per command)."""
+    return {name.lower(): nr for nr, name in SYSCALL_NAMES.get(machine, {}).items()}
 #: 64-bit libaudit machines and the 32-bit machine `arch=b32` means on them.
 _MACHINE_32 = {1: 0, 3: 4, 5: 6, 9: 8}
 _MACH_X86, _MACH_86_64, _MACH_PPC64, _MACH_PPC, _MACH_S390X, _MACH_S390 = 0, 1, 3, 4, 5, 6
@@ -417,7 +418,7 @@ class _Builder:
             machine = self.machine()
             if machine < 0:
                 raise RuleError(f"Elf type unknown: 0x{self.elf:x}")
-            nr = _SYSCALL_BY_NAME.get(machine, {}).get(name.lower(), -1)
+            nr = _syscalls_by_name(machine).get(name.lower(), -1)
             if nr < 0 and _isdigit(name):
                 nr = c_strtol(name)
                 nr = nr - (1 << 32) if nr >= 1 << 31 else nr
