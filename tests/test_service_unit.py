@@ -40,6 +40,8 @@ def test_unit_matches_the_daemon() -> None:
     assert prevent == {cli.EXIT_USAGE, cli.EXIT_PRIVILEGE, cli.EXIT_CONFIG}
     assert service["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     assert "auditd.service" in unit_settings()["Unit"]["Conflicts"][0].split()
+    # Rules come from pyauditctl (all or nothing), not from the C package's augenrules.
+    assert service["ExecStartPost"] == ["-/usr/local/bin/pyauditctl --load"]
 
 
 def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
@@ -51,6 +53,8 @@ def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
     unit = tmp_path / "pyauditd.service"
     text = UNIT.read_text().replace("ExecStart=/usr/local/bin/pyauditd",
                                     f"ExecStart={installed}")
+    ctl = shutil.which("pyauditctl") or str(Path(installed).with_name("pyauditctl"))
+    text = text.replace("-/usr/local/bin/pyauditctl", f"-{ctl}")
     unit.write_text(text)
     result = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True,
                             timeout=60)

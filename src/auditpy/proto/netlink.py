@@ -15,12 +15,18 @@ NLMSG_NOOP = 1
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
 NLM_F_REQUEST = 0x1
+NLM_F_MULTI = 0x2
 NLM_F_ACK = 0x4
 
 AUDIT_GET = 1000
 AUDIT_SET = 1001
 AUDIT_USER = 1005
 AUDIT_SIGNAL_INFO = 1010
+AUDIT_ADD_RULE = 1011
+AUDIT_DEL_RULE = 1012
+AUDIT_LIST_RULES = 1013
+AUDIT_SET_FEATURE = 1018
+AUDIT_GET_FEATURE = 1019
 
 STATUS_ENABLED = 0x1
 STATUS_FAILURE = 0x2
@@ -72,6 +78,28 @@ def pack_message(
     length = NLMSG_HDRLEN + len(payload)
     padding = b"\0" * (-length % 4)
     return NLMSG_HDR.pack(length, msg_type, flags, seq, 0) + payload + padding
+
+
+@dataclass
+class AuditFeatures:
+    """`struct audit_features`: which features the kernel has on, and which are locked."""
+
+    vers: int = 1
+    mask: int = 0
+    features: int = 0
+    lock: int = 0
+
+
+AUDIT_FEATURE_LOGINUID_IMMUTABLE = 0
+_FEATURES = struct.Struct("=4I")
+
+
+def pack_features(features: AuditFeatures) -> bytes:
+    return _FEATURES.pack(features.vers, features.mask, features.features, features.lock)
+
+
+def unpack_features(data: bytes) -> AuditFeatures:
+    return AuditFeatures(*_FEATURES.unpack(data[: _FEATURES.size].ljust(_FEATURES.size, b"\0")))
 
 
 @dataclass(frozen=True)

@@ -11,23 +11,33 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Iterator
 
 from auditpy.proto.netlink import (
+    AUDIT_ADD_RULE,
+    AUDIT_DEL_RULE,
     AUDIT_GET,
+    AUDIT_GET_FEATURE,
+    AUDIT_LIST_RULES,
     AUDIT_NLGRP_READLOG,
     AUDIT_SET,
+    AUDIT_SET_FEATURE,
     AUDIT_SIGNAL_INFO,
     NETLINK_AUDIT,
     NLM_F_ACK,
     NLM_F_REQUEST,
+    NLMSG_DONE,
     NLMSG_ERROR,
     NLMSG_HDRLEN,
     STATUS_PID,
+    AuditFeatures,
     AuditStatus,
     SignalInfo,
     iter_standard_messages,
+    pack_features,
     pack_message,
     pack_status,
+    unpack_features,
     unpack_signal_info,
     unpack_status,
 )
@@ -167,6 +177,78 @@ class AuditSocket:
         except (NetlinkError, TimeoutError):
             return None
         return unpack_signal_info(reply) if len(reply) >= 8 else None
+
+    # -- rules and features (pyauditctl) ---------------------------------------------------
+
+    def request_ack_value(self, msg_type: int, payload: bytes = b"", timeout: float = 2.0) -> int:
+        """Send a request and return the ack's value: a few AUDIT_SET requests (lost and
+        backlog_wait_time_actual resets) answer with the old counter there instead of 0."""
+        seq = self.send(msg_type, payload)
+        for reply_type, reply in self._replies(seq, timeout):
+            if reply_type == NLMSG_ERROR:
+                value: int = struct.unpack_from("=i", reply)[0]
+                if value < 0:
+                    raise NetlinkError(-value, os.strerror(-value))
+                return value
+        raise TimeoutError(f"no reply from the kernel to audit request {msg_type}")
+
+    def add_rule(self, rule: bytes) -> None:
+        """AUDIT_ADD_RULE with a packed `struct audit_rule_data`; the kernel's refusal is
+        raised as NetlinkError (EEXIST: the same rule is loaded, EINVAL: it is malformed)."""
+        self.request(AUDIT_ADD_RULE, rule)
+
+    def delete_rule(self, rule: bytes) -> None:
+        self.request(AUDIT_DEL_RULE, rule)
+
+    def list_rules(self, timeout: float = 5.0) -> list[bytes]:
+        """Every loaded rule as `struct audit_rule_data` bytes, in the kernel's order.
+
+        The kernel answers from a thread with one message per rule and NLMSG_DONE; the ack
+        may come before or after them, so only NLMSG_DONE (or an error) ends the reply.
+        """
+        seq = self.send(AUDIT_LIST_RULES)
+        rules: list[bytes] = []
+        for reply_type, reply in self._replies(seq, timeout, size=1 << 17):
+            if reply_type == NLMSG_ERROR:
+                (err,) = struct.unpack_from("=i", reply)
+                if err:
+                    raise NetlinkError(-err, os.strerror(-err))
+            elif reply_type == AUDIT_LIST_RULES:
+                rules.append(reply)
+            elif reply_type == NLMSG_DONE:
+                return rules
+        raise TimeoutError("the kernel's rule list did not end")
+
+    def get_features(self) -> AuditFeatures:
+        return unpack_features(
+            self.request(AUDIT_GET_FEATURE, pack_features(AuditFeatures()),
+                         expect=AUDIT_GET_FEATURE)
+        )
+
+    def set_features(self, features: AuditFeatures) -> None:
+        self.request(AUDIT_SET_FEATURE, pack_features(features))
+
+    def _replies(
+        self, seq: int, timeout: float, size: int = RECV_SIZE * 2
+    ) -> Iterator[tuple[int, bytes]]:
+        """The kernel's messages answering request `seq`, until `timeout` passes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self.sock.settimeout(remaining)
+            try:
+                data, (nl_pid, _groups) = self.sock.recvfrom(size)
+            except TimeoutError:
+                return
+            finally:
+                self.sock.settimeout(None)
+            if nl_pid != 0:
+                continue
+            for reply_type, reply_seq, reply in iter_standard_messages(data):
+                if reply_seq == seq:
+                    yield reply_type, reply
 
     # -- registration -----------------------------------------------------------------------
 
