@@ -572,16 +572,18 @@ class Daemon:
             return  # write_logs = no: records are only dispatched
         events = log_file.write(lines)
         if events:
-            self._after_write(events, len(lines))
+            self._after_write(events)
         elif self._write_failing:
             self._write_failing = False
             self.space.write_ok()
 
-    def _after_write(self, events: LogEvent, count: int) -> None:
+    def _after_write(self, events: LogEvent) -> None:
         """The rare path: something about the log needs the daemon's attention."""
         assert self.log_file is not None
         if events & (LogEvent.NOT_OPEN | LogEvent.DISK_FULL | LogEvent.DISK_ERROR):
-            self.counters.suspended_dropped += count
+            # Only the records of the batch that are not on disk, whole: the log file takes
+            # a partly written batch back to its last complete record.
+            self.counters.suspended_dropped += self.log_file.last_unwritten
         if events & LogEvent.DISK_FULL:
             self._write_failing = True
             self._run_triggers(self.space.disk_full())
@@ -905,7 +907,7 @@ class Daemon:
             return ACK  # write_logs = no: acknowledged, as auditd does
         events = log_file.write(lines)
         if events:
-            self._after_write(events, count)
+            self._after_write(events)
         elif self._write_failing:
             self._write_failing = False
             self.space.write_ok()
@@ -939,4 +941,7 @@ class Daemon:
             "file system space action performed": "yes" if self.space.space_warning else "no",
             "admin space action performed": "yes" if self.space.admin_space_warning else "no",
             "disk error detected": "yes" if self._write_failing else "no",
+            "torn records cut at open (a crash in the middle of a write)":
+                f"{lf.torn_tails_repaired} ({lf.torn_bytes_removed} bytes)",
+            "log flush thread restarts": str(lf.flush_thread_restarts),
         }
