@@ -71,10 +71,15 @@ class FakeKernel:
         out = []
         while self.records and len(out) < limit:
             out.append(self.records.popleft())
+        if self.records:
+            self._theirs.send(b"x")  # still readable, as a socket with more datagrams is
         return out, 0
 
     def state(self) -> dict[str, str]:
         return {"kernel reads": "fake"}
+
+    def state_counts(self) -> dict[str, int]:
+        return {"truncated": 0, "rejected": 0}
 
     def _call(self, name: str) -> None:
         self.calls.append((name, threading.current_thread().name))
