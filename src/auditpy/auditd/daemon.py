@@ -965,7 +965,10 @@ class Daemon:
                 self._kernel_status = (await self._request(kernel.get_status), time.time())
         # Too busy to ask the kernel now: its figures as they were when last asked.
         status, asked = self._kernel_status or (None, 0.0)
-        config_items = {f.name: str(getattr(self.config, f.name)) for f in fields(self.config)}
+        config_items = {
+            f.name: f"{value:04o}" if f.name.endswith("_mode") else str(value)
+            for f in fields(self.config) for value in [getattr(self.config, f.name)]
+        }
         text = state_report(
             version=AUDIT_VERSION,
             priority=os.getpriority(os.PRIO_PROCESS, 0),

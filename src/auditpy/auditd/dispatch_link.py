@@ -107,7 +107,10 @@ class DispatcherLink:
             self._cancel_restart()
             self._start()
         else:
-            self._drop_pending(count=False)  # nobody wants them
+            # Nobody wants them: they were never owed to anyone, so they are taken back
+            # from what was offered rather than counted as dropped.
+            self.records_offered -= self.records_pending
+            self._drop_pending(count=False)
 
     def forward(self, signum: int) -> None:
         if self.child is not None:
