@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -178,6 +179,21 @@ def proc_state(pid: int) -> str | None:
     except (FileNotFoundError, ProcessLookupError):
         return None
     return stat[stat.rindex(")") + 2 :].split()[0]
+
+
+def remote_plugin_state(pid: int, stderr: Path, timeout: float = 10.0) -> dict[str, str]:
+    """pyaudisp-remote's state (SIGUSR1 makes it log a ``state: key=value ...`` line), read
+    from its stderr file: {"queue_size": "10", "connected": "no", "received": ...}."""
+
+    def state_lines() -> list[str]:
+        text = stderr.read_text(errors="replace") if stderr.exists() else ""
+        complete = text[: text.rfind("\n") + 1]  # a line still being written is not read
+        return [line for line in complete.splitlines() if "state: server=" in line]
+
+    seen = len(state_lines())
+    os.kill(pid, signal.SIGUSR1)
+    line = wait_for(lambda: state_lines()[seen:], timeout, "a state line after SIGUSR1")[0]
+    return dict(item.split("=", 1) for item in line.split("state: ", 1)[1].split())
 
 
 def make_pki(directory: Path) -> None:
