@@ -365,7 +365,7 @@ def test_stable_run_refills_budget(make: Make) -> None:
     d.start()
     refilled = r"plugin p.conf has run for 0.2 s; restart budget refilled"
     for kill in range(4):
-        wait_for(lambda: "p" in d.plugin_pids(), 2.0, "running")
+        d.wait_ready("p")  # running, and its start is on record
         pid = d.plugin_pids()["p"]
         if kill:  # the first run has used no budget yet; every restart has used all of it
             d.wait_log(refilled, kill)  # so it ran longer than stable-after

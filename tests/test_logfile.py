@@ -23,7 +23,7 @@ from auditpy.auditd.logfile import (
     _Flusher,
 )
 
-from .conftest import wait_for
+from .conftest import need, wait_for
 
 GID = 4242
 LINE = b"type=SYSCALL msg=audit(1700000000.123:42): arch=c000003e syscall=257 success=yes\n"
@@ -580,6 +580,7 @@ def test_reopen_ends_suspension(logdir: Path, notes: Notes) -> None:
 def tiny_fs(tmp_path: Path) -> Iterator[Path]:
     if os.geteuid() != 0:
         pytest.skip("mounting needs root")
+    need("mount")
     mnt = tmp_path / "tiny"
     mnt.mkdir()
     r = subprocess.run(

@@ -15,7 +15,7 @@ import pytest
 
 from auditpy.proto.netlink import AuditStatus
 
-from ..conftest import needs, wait_for
+from ..conftest import needs, proc_state, wait_for
 from .conftest import DaemonDir, RunningDaemon, auditctl, start_pyauditd
 
 AUDISP_SYSLOG = "/sbin/audisp-syslog"
@@ -39,16 +39,6 @@ def cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
-
-
-def state(pid: int) -> str:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("State:"):
-                return line.split()[1]
-    except OSError:
-        pass
-    return "?"
 
 
 def stdout_target(pid: int) -> str:
@@ -110,13 +100,13 @@ class Plugins:
         kids = proc_ppid_map()
         zombies = []
         dispatchers = [p for p in kids.get(daemon_pid, []) if "audispd" in cmdline(p)]
-        zombies += [p for p in kids.get(daemon_pid, []) if state(p) == "Z"]
+        zombies += [p for p in kids.get(daemon_pid, []) if proc_state(p) == "Z"]
         if not dispatchers:
             return None, set(), zombies
         assert len(dispatchers) == 1, dispatchers
         names = set()
         for p in kids.get(dispatchers[0], []):
-            if state(p) == "Z":
+            if proc_state(p) == "Z":
                 zombies.append(p)
                 continue
             target = stdout_target(p)
@@ -232,7 +222,7 @@ def test_scenario_a_with_debians_audisp_syslog(
         kids = proc_ppid_map()
         return sum(1 for d in kids.get(pid, []) if "audispd" in cmdline(d)
                    for p in kids.get(d, []) if "audisp-syslog" in cmdline(p)
-                   and state(p) != "Z")
+                   and proc_state(p) != "Z")
 
     write(True)
     daemon = start_pyauditd(daemon_dir)
@@ -315,7 +305,8 @@ def test_random_walk_keeps_processes_equal_to_configuration(
                     if target is not None:
                         os.kill(target, signal.SIGKILL)
                         # dead before the check below, which must not see it still running
-                        wait_for(lambda t=target: state(t) in ("Z", "?"), 5, f"pid {target} dead")
+                        wait_for(lambda t=target: proc_state(t) in ("Z", None), 5,
+                                 f"pid {target} dead")
             daemon.signal(signal.SIGHUP)
             wait_for(lambda: plugins.matches(daemon.pid), 3.0, "the running plugins to match",
                      context=lambda note=note: f"{note}: running {plugins.running(daemon.pid)}, "
