@@ -4,7 +4,6 @@ kernel-request thread are tested in-process."""
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 import dataclasses
@@ -14,7 +13,6 @@ import signal
 import socket
 import syslog
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -26,6 +24,8 @@ from auditpy.auditd.logfile import AuditLog, LogFileError
 from auditpy.proto.netlink import AuditStatus, SignalInfo
 from auditpy.system.children import ChildHandle, spawn_child
 from auditpy.system.service import Signal
+
+from .conftest import wait_for_async
 
 SYSCALL = 1300
 EOE = 1320
@@ -152,13 +152,10 @@ class Harness:
         return self.log.read_text().splitlines() if self.log.exists() else []
 
     def run_until(self, predicate: Callable[[], object], timeout: float = 10.0) -> None:
-        async def poll() -> None:
-            deadline = time.monotonic() + timeout
-            while not predicate():
-                assert time.monotonic() < deadline, "condition not reached"
-                await asyncio.sleep(0.005)
-
-        self.daemon.loop.run_until_complete(poll())
+        """Run the daemon's loop until the predicate holds."""
+        self.daemon.loop.run_until_complete(
+            wait_for_async(predicate, timeout, getattr(predicate, "__qualname__", ""),
+                           interval=0.005))
 
     def signal(self, signum: int) -> None:
         self.daemon.on_signal(Signal(signum))
