@@ -323,6 +323,24 @@ def test_a_helper_that_passes_the_check_is_run(tmp_path: Path, notes: Notes) -> 
     assert out.child.wait(10) == 0
 
 
+def test_a_helper_never_gets_the_daemons_stdin(tmp_path: Path, notes: Notes) -> None:
+    """A daemon's stdin may be a record stream (a plugin's is): a helper must neither read
+    nor hold it open, so it gets /dev/null."""
+    report = tmp_path / "stdin"
+    helper = script(tmp_path / "helper", f"readlink /proc/$$/fd/0 > {report}\n")
+    reader, writer = os.pipe()
+    saved = os.dup(0)
+    os.dup2(reader, 0)
+    try:
+        out = run_action("EXEC", kind=K.SPACE_LEFT, exe=helper, log=FakeLog(), notify=notes)
+    finally:
+        os.dup2(saved, 0)
+        for fd in (saved, reader, writer):
+            os.close(fd)
+    assert out.child is not None and out.child.wait(10) == 0
+    assert report.read_text().strip() == "/dev/null"
+
+
 def test_exec_refuses_bad_helper(tmp_path: Path, notes: Notes) -> None:
     helper = script(tmp_path / "helper", "exit 0\n", mode=0o777)
     log = FakeLog()

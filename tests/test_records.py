@@ -85,3 +85,20 @@ def test_enriched_line_matches_c_auditd(record: CapturedRecord) -> None:
     assert record.c_line is not None
     formatter = LineFormatter(enricher=Enricher())
     assert formatter.format(record.msg_type, record.payload) == record.c_line + b"\n"
+
+
+def test_the_kernel_record_limit_is_defined_once() -> None:
+    """MAX_AUDIT_MESSAGE_LENGTH: the kernel's record size, the dispatcher's and the remote
+    protocol's payload limit. It was written out three times with two values (8970 and
+    8938, the line limit, under one name), so a change to one would not reach the others."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "src" / "auditpy"
+    places = [
+        f"{path.relative_to(root)}:{node.lineno}"
+        for path in root.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant) and node.value in (8970, 8938)
+    ]
+    assert places == ["proto/records.py:19"], places
