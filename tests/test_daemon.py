@@ -12,6 +12,8 @@ import logging
 import os
 import signal
 import socket
+import subprocess
+import sys
 import syslog
 import threading
 import time
@@ -324,3 +326,47 @@ def test_records_that_arrive_before_the_dispatcher_starts_reach_it(tmp_path: Pat
     h.run_until(lambda: recorder.out.exists() and b":1): arch" in recorder.out.read_bytes())
     assert recorder.argvs[0][1:3] == ["-m", "auditpy.audispd"]
     h.stop()
+
+
+def test_records_read_are_written_before_an_overrun_is_said(harness: Harness) -> None:
+    """What the daemon has read dies with it if it is killed: it is written before anything
+    that may take time in the same wakeup, such as saying (syslog) that the socket overran."""
+    kernel = harness.kernel
+    real_recv = kernel.recv_records
+    overruns = iter([3])
+
+    def recv_with_overrun(limit: int) -> tuple[list[tuple[int, bytes]], int]:
+        records, _ = real_recv(limit)
+        return records, next(overruns, 0) if records else 0
+
+    kernel.recv_records = recv_with_overrun  # type: ignore[method-assign]
+    on_disk_when_said: list[int] = []
+
+    class Witness(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "overrun" in record.getMessage():
+                on_disk_when_said.append(
+                    sum("type=SYSCALL" in ln for ln in harness.lines()))
+
+    witness = Witness()
+    logging.getLogger("auditpy").addHandler(witness)
+    try:
+        kernel.push(*(r for serial in range(50) for r in (syscall(serial), eoe(serial))))
+        harness.run_until(lambda: on_disk_when_said)
+    finally:
+        logging.getLogger("auditpy").removeHandler(witness)
+    assert on_disk_when_said == [50]
+    assert harness.daemon.counters.enobufs == 3
+
+
+def test_start_up_leaves_out_what_the_configuration_does_not_use() -> None:
+    """A restarted daemon registers sooner when it imports only what it needs: the network
+    listener, the metrics endpoint and the ENRICHED tables are loaded when used."""
+    code = ("import sys, auditpy.auditd.cli, auditpy.auditd.daemon; "
+            "print(' '.join(sorted(sys.modules)))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True).stdout.split()
+    for module in ("auditpy.auditd.listener", "auditpy.auditd.metrics",
+                   "auditpy.auditd.exposition", "auditpy.proto.enrich",
+                   "auditpy.config.plugins"):
+        assert module not in loaded

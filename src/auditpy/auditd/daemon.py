@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from auditpy import AUDIT_VERSION
 from auditpy.auditd import daemon_records
@@ -34,7 +34,6 @@ from auditpy.auditd.counters import Counters, LogCount, state_report
 from auditpy.auditd.daemon_records import DaemonSerials, Sender
 from auditpy.auditd.diskspace import SpacePolicy, SpaceSettings, Trigger
 from auditpy.auditd.dispatch_link import DispatcherLink
-from auditpy.auditd.exposition import metric_families
 from auditpy.auditd.ledger import (
     SYSCALL_COMPANIONS,
     Cause,
@@ -42,17 +41,7 @@ from auditpy.auditd.ledger import (
     SerialWatch,
     serial_of,
 )
-from auditpy.auditd.listener import (
-    ACK,
-    RESTART_KEYS,
-    ListenerSettings,
-    RemoteListener,
-    Reply,
-    dispatch_frames,
-    reply_for,
-)
 from auditpy.auditd.logfile import AuditLog, LogEvent, LogFileError, LogSettings
-from auditpy.auditd.metrics import MetricsServer
 from auditpy.auditd.signals import HANDLED_SIGNALS
 from auditpy.config.auditd_conf import (
     AuditdConfig,
@@ -61,11 +50,8 @@ from auditpy.config.auditd_conf import (
     metrics_address,
 )
 from auditpy.config.errors import ConfigError
-from auditpy.config.plugins import any_active, load_dispatcher_settings
 from auditpy.proto.dispatch import HEADER, PROTOCOL_V0, PROTOCOL_V1
-from auditpy.proto.enrich import Enricher
 from auditpy.proto.netlink import STATUS_ENABLED, AuditStatus, SignalInfo
-from auditpy.proto.prometheus import exposition
 from auditpy.proto.records import (
     AUDIT_EOE,
     DAEMON_ABORT,
@@ -84,6 +70,15 @@ from auditpy.system.logsetup import syslog_notifier
 from auditpy.system.netlink import KernelConnection, NetlinkError
 from auditpy.system.node import node_name
 from auditpy.system.service import Signal, SignalReader, write_state_file
+
+if TYPE_CHECKING:
+    from auditpy.auditd.listener import RemoteListener, Reply
+    from auditpy.auditd.metrics import MetricsServer
+
+# What only some configurations use (the network listener, the metrics endpoint, ENRICHED,
+# the plugin directory) is imported where it is first needed: a daemon restarted after a
+# crash registers with the kernel sooner, and the kernel drops what it makes while no daemon
+# is registered (on a kernel booted without audit=1).
 
 log = logging.getLogger("auditpy")
 
@@ -249,7 +244,11 @@ def dispatch_backlog_bytes(q_depth: int) -> int:
 
 
 def make_formatter(config: AuditdConfig) -> LineFormatter:
-    enricher = Enricher() if config.log_format == "ENRICHED" else None
+    enricher = None
+    if config.log_format == "ENRICHED":
+        from auditpy.proto.enrich import Enricher
+
+        enricher = Enricher()
     return LineFormatter(node=node_name(config.name_format, config.name), enricher=enricher)
 
 
@@ -543,12 +542,14 @@ class Daemon:
         which the caller pauses."""
         assert self.kernel is not None
         records, enobufs = self.kernel.recv_records(RECV_BATCH)
+        # Records read are written before anything that may take time (syslog, below): what
+        # the daemon holds in memory dies with it if it is killed.
+        if records:
+            self._handle(records)
+        self._track_settling(len(records) < RECV_BATCH)
         if enobufs:
             self.counters.enobufs += enobufs
             log.warning("Kernel socket overrun (ENOBUFS), %d in all", self.counters.enobufs)
-        self._track_settling(len(records) < RECV_BATCH)
-        if records:
-            self._handle(records)
         return 0 < len(records) < SMALL_BATCH and not self._stop.done()
 
     def _drain_kernel(self) -> None:
@@ -567,19 +568,20 @@ class Daemon:
             return
         counters = self.counters
         counters.received += len(events)
-        self._watch_serials(events)
         link = self.dispatcher
         if link is None or not link.accepting:
             lines = self.formatter.format_batch(events)
             counters.eoe += len(events) - len(lines)
             self._write(lines, counters.kernel)
-            return
-        fmt = self.formatter.format
-        lines = [fmt(t, p) for t, p in events]
-        logged = [line for (t, _p), line in zip(events, lines, strict=True) if t != AUDIT_EOE]
-        counters.eoe += len(events) - len(logged)
-        self._write(logged, counters.kernel)
-        link.send(self._frames(events, lines), len(events))
+        else:
+            fmt = self.formatter.format
+            lines = [fmt(t, p) for t, p in events]
+            logged = [ln for (t, _p), ln in zip(events, lines, strict=True) if t != AUDIT_EOE]
+            counters.eoe += len(events) - len(logged)
+            self._write(logged, counters.kernel)
+            link.send(self._frames(events, lines), len(events))
+        # After the write: a gap found here may be said in syslog and the log.
+        self._watch_serials(events)
 
     def _watch_serials(self, events: list[tuple[int, bytes]]) -> None:
         """Feed the serial watch one serial per event (see ledger.SYSCALL_COMPANIONS)."""
@@ -617,6 +619,8 @@ class Daemon:
         """Asked at start, reloads and dispatcher exits, off the loop (never per record). The
         plugin directory is the dispatcher's: audispd.conf, when present, overrides
         auditd.conf."""
+        from auditpy.config.plugins import any_active, load_dispatcher_settings
+
         try:
             settings, _warnings = load_dispatcher_settings(
                 self.options.config_dir, self.options.base_dir
@@ -797,6 +801,8 @@ class Daemon:
     async def _metrics_start(self) -> None:
         if self.config.metrics_listen is None:
             return
+        from auditpy.auditd.metrics import MetricsServer
+
         server = MetricsServer(self.loop, metrics_address(self.config.metrics_listen),
                                self.config.metrics_socket_mode, self.render_metrics)
         try:
@@ -811,6 +817,9 @@ class Daemon:
         return self._kernel_status[0] if self._kernel_status else None
 
     def render_metrics(self) -> str:
+        from auditpy.auditd.exposition import metric_families
+        from auditpy.proto.prometheus import exposition
+
         return exposition(metric_families(self))
 
     # -- signals and the operations they start ---------------------------------------------------
@@ -998,6 +1007,8 @@ class Daemon:
         """Listen when tcp_listen_port is set; raises OSError or ValueError (TLS files)."""
         if self.config.tcp_listen_port is None:
             return
+        from auditpy.auditd.listener import ListenerSettings, RemoteListener
+
         listener = RemoteListener(self.loop, ListenerSettings.from_config(self.config), self)
         listener.start()
         self.remote = listener
@@ -1024,6 +1035,8 @@ class Daemon:
                 listener.stop("the listener is turned off")
                 self.remote = None
             return
+        from auditpy.auditd.listener import RESTART_KEYS, ListenerSettings, RemoteListener
+
         try:
             settings = ListenerSettings.from_config(new)
         except (OSError, ValueError) as exc:
@@ -1046,6 +1059,8 @@ class Daemon:
     def remote_records(self, lines: list[bytes]) -> Reply:
         """Records from network clients (RemoteSink): written verbatim (the client's node=,
         no enrichment), dispatched with distribute_network, and the reply for them."""
+        from auditpy.auditd.listener import ACK, dispatch_frames, reply_for  # loaded: listening
+
         count = len(lines)
         self.counters.network_records += count
         link = self.dispatcher
