@@ -392,6 +392,26 @@ class KillRun:
     kernel_lost: int = 0
 
 
+def process_state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "X"
+
+
+def pause(load: subprocess.Popen[bytes]) -> None:
+    """Stop the load, and wait until it has stopped. A process the kernel holds (its queue
+    over backlog_limit) sleeps on the same exclusive wait queue as a sender of a kernel
+    request, and a request could take the wake-up meant for it (it would then sleep out
+    backlog_wait_time): the restart is timed by asking the kernel, only once no audited
+    process sleeps there."""
+    load.send_signal(signal.SIGSTOP)
+    deadline = time.monotonic() + 120
+    while process_state(load.pid) not in ("T", "Z", "X") and time.monotonic() < deadline:
+        time.sleep(0.0005)
+
+
 def kill_storm(target: Target, flush: str, kills: int, per_cycle: int, loadgen: Path,
                rng: random.Random, kill_after: tuple[float, float], keep: bool) -> KillRun:
     run = KillRun(flush)
@@ -411,7 +431,7 @@ def kill_storm(target: Target, flush: str, kills: int, per_cycle: int, loadgen: 
                     time.sleep(rng.uniform(*kill_after))
                     if load.poll() is None:
                         run.under_load += 1
-                        load.send_signal(signal.SIGSTOP)  # paused until the restart
+                        pause(load)
                     old = daemon.proc
                     assert old is not None
                     killed = time.monotonic()
