@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """pyauditd's events/s and events lost per kill -9 against the size of its kernel socket's
-receive buffer (daemon.RCVBUF), with the C auditd's figures beside them.
+receive buffer (startup.RCVBUF), with the C auditd's figures beside them.
 
 What the kernel has handed to a daemon's socket dies with the daemon; what it could not hand
 over it keeps (requeued, for the next daemon). The buffer should hold what throughput needs
@@ -33,8 +33,11 @@ import bench
 #: Runs pyauditd with another RCVBUF: the size is its first argument.
 WRAPPER = """\
 import sys
-import auditpy.auditd.daemon as daemon
-daemon.RCVBUF = int(sys.argv.pop(1))
+try:
+    import auditpy.auditd.startup as module
+except ImportError:  # a tree from before auditd.startup
+    import auditpy.auditd.daemon as module
+module.RCVBUF = int(sys.argv.pop(1))
 from auditpy.auditd.cli import main
 sys.exit(main())
 """

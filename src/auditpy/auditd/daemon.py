@@ -24,7 +24,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from auditpy import AUDIT_VERSION
@@ -41,14 +41,10 @@ from auditpy.auditd.ledger import (
     SerialWatch,
     serial_of,
 )
-from auditpy.auditd.logfile import AuditLog, LogEvent, LogFileError, LogSettings
+from auditpy.auditd.logfile import AuditLog, LogEvent, LogFileError
 from auditpy.auditd.signals import HANDLED_SIGNALS
-from auditpy.config.auditd_conf import (
-    AuditdConfig,
-    changed_keys,
-    load_auditd_conf,
-    metrics_address,
-)
+from auditpy.auditd.startup import RCVBUF, Options, Registered, load_config, log_settings
+from auditpy.config.auditd_conf import AuditdConfig, changed_keys, metrics_address
 from auditpy.config.errors import ConfigError
 from auditpy.proto.dispatch import HEADER, PROTOCOL_V0, PROTOCOL_V1
 from auditpy.proto.netlink import STATUS_ENABLED, AuditStatus, SignalInfo
@@ -101,8 +97,6 @@ SENDER_WAIT = 2.0
 TICK_SECONDS = 1.0
 #: How often the kernel's counters are asked for (when it can be asked without harm).
 KERNEL_POLL_SECONDS = 5.0
-#: The kernel keeps sending while we write; a large buffer absorbs bursts between reads.
-RCVBUF = 16 << 20
 
 T = TypeVar("T")
 
@@ -181,50 +175,6 @@ class Operations:
             await asyncio.shield(self._task)
 
 
-@dataclass(frozen=True)
-class Options:
-    config_dir: str = "/etc/audit"
-    foreground: bool = False
-    no_fork: bool = False
-    enable: str = "enable"
-    run_dir: str = "/run"
-    allow_symlink: bool = False
-    #: relative paths in auditd.conf are taken from here (the directory pyauditd started in)
-    base_dir: str = "/"
-
-    @property
-    def config_path(self) -> str:
-        return os.path.join(self.config_dir, "auditd.conf")
-
-    @property
-    def pid_file(self) -> str:
-        return os.path.join(self.run_dir, "auditd.pid")
-
-    @property
-    def state_file(self) -> str:
-        return os.path.join(self.run_dir, "auditd.state")
-
-
-def load_config(options: Options) -> tuple[AuditdConfig, list[str]]:
-    """Read and check auditd.conf; raises ConfigError naming the file, line and reason."""
-    config, problems = load_auditd_conf(
-        options.config_path, allow_symlink=options.allow_symlink, base_dir=options.base_dir
-    )
-    return config, [str(p) for p in problems]
-
-
-def log_settings(config: AuditdConfig) -> LogSettings:
-    return LogSettings(
-        log_file=config.log_file,
-        log_gid=config.log_gid,
-        flush=config.flush,
-        freq=config.freq,
-        num_logs=config.num_logs,
-        max_log_file=config.max_log_file,
-        max_log_file_action=config.max_log_file_action,
-    )
-
-
 def space_settings(config: AuditdConfig) -> SpaceSettings:
     return SpaceSettings(
         space_left=config.space_left,
@@ -266,6 +216,7 @@ class Daemon:
         spawn: SpawnChild = spawn_child,
         handle_signals: bool = True,
         tune_process: bool = True,
+        registered: Registered | None = None,
     ) -> None:
         self.options = options
         self.config = config
@@ -278,6 +229,8 @@ class Daemon:
         self._handle_signals = handle_signals
         #: raise limits, protect from the OOM killer, boost priority (not in tests)
         self._tune_process = tune_process
+        #: the log and kernel link `startup.register_early` opened and registered from
+        self._early = registered
         self.kernel: KernelLink | None = None
         self.registered = False
         self.log_file: AuditLog | None = None
@@ -328,16 +281,22 @@ class Daemon:
             self._raise_limits()
             self._boost_priority()
         multicast = self.config.kernel_link == "MULTICAST"
-        self.kernel = self._open_kernel(multicast=multicast, rcvbuf=RCVBUF)
+        early, self._early = self._early, None
+        if early is not None:
+            self.kernel, self.log_file, self.registered = early.kernel, early.log_file, True
+        else:
+            self.kernel = self._open_kernel(multicast=multicast, rcvbuf=RCVBUF)
         if self.config.write_logs:
-            self.log_file = AuditLog(log_settings(self.config), notify=self._notify)
-            self.log_file.open()
+            if self.log_file is None:
+                self.log_file = AuditLog(log_settings(self.config), notify=self._notify)
+                self.log_file.open()
             self._check_space()
         if not multicast and self.config.local_events:
             # Blocking is fine here: nothing is read yet that could be held up.
             try:
-                self.kernel.register(os.getpid())
-                self.registered = True
+                if not self.registered:
+                    self.kernel.register(os.getpid())
+                    self.registered = True
             except (OSError, TimeoutError) as exc:
                 self._abort("set-pid", exc)
                 raise
