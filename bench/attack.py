@@ -515,6 +515,8 @@ class ReloadRun:
     logged_after: int
     sent_after: int
     running: bool
+    #: the kernel's enabled flag as the messages went out (a user message is dropped while 0)
+    enabled: int = 1
 
 
 def failed_reload(target: Target, messages: int, keep: bool) -> ReloadRun:
@@ -533,6 +535,7 @@ def failed_reload(target: Target, messages: int, keep: bool) -> ReloadRun:
             line = daemon.wait_line(b"type=DAEMON_CONFIG", timeout=5)
             failed = line is not None and b"res=failed" in line
             # The records: user messages, as `auditctl -m` sends them.
+            enabled = status().enabled
             sock = AuditSocket()
             try:
                 for i in range(messages):
@@ -548,7 +551,7 @@ def failed_reload(target: Target, messages: int, keep: bool) -> ReloadRun:
             running = proc.poll() is None
         finally:
             daemon.stop()
-    return ReloadRun(failed, logged(), messages, running)
+    return ReloadRun(failed, logged(), messages, running, enabled)
 
 
 # -- the report ---------------------------------------------------------------------------------
@@ -798,7 +801,8 @@ def main(argv: list[str] | None = None) -> int:
                     rrun = failed_reload(target, args.messages, args.keep)
                     reloads.setdefault(target.key, []).append(rrun)
                     print(f"reload {target.title:9}: res=failed {rrun.config_failed_record}, "
-                          f"{rrun.logged_after}/{rrun.sent_after} logged after", flush=True)
+                          f"{rrun.logged_after}/{rrun.sent_after} logged after "
+                          f"(kernel enabled={rrun.enabled} as they were sent)", flush=True)
             rows += reload_rows(reloads)
         notes.append(f"Interpreter: {interpreter_start()}; pyauditd ran as "
                      f"`{args.pyauditd}` from {src}.")
