@@ -24,8 +24,8 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, fields
-from typing import Protocol, TypeVar
+from dataclasses import fields
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from auditpy import AUDIT_VERSION
 from auditpy.auditd import daemon_records
@@ -34,7 +34,6 @@ from auditpy.auditd.counters import Counters, LogCount, state_report
 from auditpy.auditd.daemon_records import DaemonSerials, Sender
 from auditpy.auditd.diskspace import SpacePolicy, SpaceSettings, Trigger
 from auditpy.auditd.dispatch_link import DispatcherLink
-from auditpy.auditd.exposition import metric_families
 from auditpy.auditd.ledger import (
     SYSCALL_COMPANIONS,
     Cause,
@@ -42,30 +41,13 @@ from auditpy.auditd.ledger import (
     SerialWatch,
     serial_of,
 )
-from auditpy.auditd.listener import (
-    ACK,
-    RESTART_KEYS,
-    ListenerSettings,
-    RemoteListener,
-    Reply,
-    dispatch_frames,
-    reply_for,
-)
-from auditpy.auditd.logfile import AuditLog, LogEvent, LogFileError, LogSettings
-from auditpy.auditd.metrics import MetricsServer
+from auditpy.auditd.logfile import AuditLog, LogEvent, LogFileError
 from auditpy.auditd.signals import HANDLED_SIGNALS
-from auditpy.config.auditd_conf import (
-    AuditdConfig,
-    changed_keys,
-    load_auditd_conf,
-    metrics_address,
-)
+from auditpy.auditd.startup import RCVBUF, Options, Registered, load_config, log_settings
+from auditpy.config.auditd_conf import AuditdConfig, changed_keys, metrics_address
 from auditpy.config.errors import ConfigError
-from auditpy.config.plugins import any_active, load_dispatcher_settings
 from auditpy.proto.dispatch import HEADER, PROTOCOL_V0, PROTOCOL_V1
-from auditpy.proto.enrich import Enricher
 from auditpy.proto.netlink import STATUS_ENABLED, AuditStatus, SignalInfo
-from auditpy.proto.prometheus import exposition
 from auditpy.proto.records import (
     AUDIT_EOE,
     DAEMON_ABORT,
@@ -84,6 +66,15 @@ from auditpy.system.logsetup import syslog_notifier
 from auditpy.system.netlink import KernelConnection, NetlinkError
 from auditpy.system.node import node_name
 from auditpy.system.service import Signal, SignalReader, write_state_file
+
+if TYPE_CHECKING:
+    from auditpy.auditd.listener import RemoteListener, Reply
+    from auditpy.auditd.metrics import MetricsServer
+
+# What only some configurations use (the network listener, the metrics endpoint, ENRICHED,
+# the plugin directory) is imported where it is first needed: a daemon restarted after a
+# crash registers with the kernel sooner, and the kernel drops what it makes while no daemon
+# is registered (on a kernel booted without audit=1).
 
 log = logging.getLogger("auditpy")
 
@@ -106,8 +97,6 @@ SENDER_WAIT = 2.0
 TICK_SECONDS = 1.0
 #: How often the kernel's counters are asked for (when it can be asked without harm).
 KERNEL_POLL_SECONDS = 5.0
-#: The kernel keeps sending while we write; a large buffer absorbs bursts between reads.
-RCVBUF = 16 << 20
 
 T = TypeVar("T")
 
@@ -186,50 +175,6 @@ class Operations:
             await asyncio.shield(self._task)
 
 
-@dataclass(frozen=True)
-class Options:
-    config_dir: str = "/etc/audit"
-    foreground: bool = False
-    no_fork: bool = False
-    enable: str = "enable"
-    run_dir: str = "/run"
-    allow_symlink: bool = False
-    #: relative paths in auditd.conf are taken from here (the directory pyauditd started in)
-    base_dir: str = "/"
-
-    @property
-    def config_path(self) -> str:
-        return os.path.join(self.config_dir, "auditd.conf")
-
-    @property
-    def pid_file(self) -> str:
-        return os.path.join(self.run_dir, "auditd.pid")
-
-    @property
-    def state_file(self) -> str:
-        return os.path.join(self.run_dir, "auditd.state")
-
-
-def load_config(options: Options) -> tuple[AuditdConfig, list[str]]:
-    """Read and check auditd.conf; raises ConfigError naming the file, line and reason."""
-    config, problems = load_auditd_conf(
-        options.config_path, allow_symlink=options.allow_symlink, base_dir=options.base_dir
-    )
-    return config, [str(p) for p in problems]
-
-
-def log_settings(config: AuditdConfig) -> LogSettings:
-    return LogSettings(
-        log_file=config.log_file,
-        log_gid=config.log_gid,
-        flush=config.flush,
-        freq=config.freq,
-        num_logs=config.num_logs,
-        max_log_file=config.max_log_file,
-        max_log_file_action=config.max_log_file_action,
-    )
-
-
 def space_settings(config: AuditdConfig) -> SpaceSettings:
     return SpaceSettings(
         space_left=config.space_left,
@@ -249,7 +194,11 @@ def dispatch_backlog_bytes(q_depth: int) -> int:
 
 
 def make_formatter(config: AuditdConfig) -> LineFormatter:
-    enricher = Enricher() if config.log_format == "ENRICHED" else None
+    enricher = None
+    if config.log_format == "ENRICHED":
+        from auditpy.proto.enrich import Enricher
+
+        enricher = Enricher()
     return LineFormatter(node=node_name(config.name_format, config.name), enricher=enricher)
 
 
@@ -267,6 +216,7 @@ class Daemon:
         spawn: SpawnChild = spawn_child,
         handle_signals: bool = True,
         tune_process: bool = True,
+        registered: Registered | None = None,
     ) -> None:
         self.options = options
         self.config = config
@@ -279,6 +229,8 @@ class Daemon:
         self._handle_signals = handle_signals
         #: raise limits, protect from the OOM killer, boost priority (not in tests)
         self._tune_process = tune_process
+        #: the log and kernel link `startup.register_early` opened and registered from
+        self._early = registered
         self.kernel: KernelLink | None = None
         self.registered = False
         self.log_file: AuditLog | None = None
@@ -329,16 +281,22 @@ class Daemon:
             self._raise_limits()
             self._boost_priority()
         multicast = self.config.kernel_link == "MULTICAST"
-        self.kernel = self._open_kernel(multicast=multicast, rcvbuf=RCVBUF)
+        early, self._early = self._early, None
+        if early is not None:
+            self.kernel, self.log_file, self.registered = early.kernel, early.log_file, True
+        else:
+            self.kernel = self._open_kernel(multicast=multicast, rcvbuf=RCVBUF)
         if self.config.write_logs:
-            self.log_file = AuditLog(log_settings(self.config), notify=self._notify)
-            self.log_file.open()
+            if self.log_file is None:
+                self.log_file = AuditLog(log_settings(self.config), notify=self._notify)
+                self.log_file.open()
             self._check_space()
         if not multicast and self.config.local_events:
             # Blocking is fine here: nothing is read yet that could be held up.
             try:
-                self.kernel.register(os.getpid())
-                self.registered = True
+                if not self.registered:
+                    self.kernel.register(os.getpid())
+                    self.registered = True
             except (OSError, TimeoutError) as exc:
                 self._abort("set-pid", exc)
                 raise
@@ -543,12 +501,14 @@ class Daemon:
         which the caller pauses."""
         assert self.kernel is not None
         records, enobufs = self.kernel.recv_records(RECV_BATCH)
+        # Records read are written before anything that may take time (syslog, below): what
+        # the daemon holds in memory dies with it if it is killed.
+        if records:
+            self._handle(records)
+        self._track_settling(len(records) < RECV_BATCH)
         if enobufs:
             self.counters.enobufs += enobufs
             log.warning("Kernel socket overrun (ENOBUFS), %d in all", self.counters.enobufs)
-        self._track_settling(len(records) < RECV_BATCH)
-        if records:
-            self._handle(records)
         return 0 < len(records) < SMALL_BATCH and not self._stop.done()
 
     def _drain_kernel(self) -> None:
@@ -567,19 +527,20 @@ class Daemon:
             return
         counters = self.counters
         counters.received += len(events)
-        self._watch_serials(events)
         link = self.dispatcher
         if link is None or not link.accepting:
             lines = self.formatter.format_batch(events)
             counters.eoe += len(events) - len(lines)
             self._write(lines, counters.kernel)
-            return
-        fmt = self.formatter.format
-        lines = [fmt(t, p) for t, p in events]
-        logged = [line for (t, _p), line in zip(events, lines, strict=True) if t != AUDIT_EOE]
-        counters.eoe += len(events) - len(logged)
-        self._write(logged, counters.kernel)
-        link.send(self._frames(events, lines), len(events))
+        else:
+            fmt = self.formatter.format
+            lines = [fmt(t, p) for t, p in events]
+            logged = [ln for (t, _p), ln in zip(events, lines, strict=True) if t != AUDIT_EOE]
+            counters.eoe += len(events) - len(logged)
+            self._write(logged, counters.kernel)
+            link.send(self._frames(events, lines), len(events))
+        # After the write: a gap found here may be said in syslog and the log.
+        self._watch_serials(events)
 
     def _watch_serials(self, events: list[tuple[int, bytes]]) -> None:
         """Feed the serial watch one serial per event (see ledger.SYSCALL_COMPANIONS)."""
@@ -617,6 +578,8 @@ class Daemon:
         """Asked at start, reloads and dispatcher exits, off the loop (never per record). The
         plugin directory is the dispatcher's: audispd.conf, when present, overrides
         auditd.conf."""
+        from auditpy.config.plugins import any_active, load_dispatcher_settings
+
         try:
             settings, _warnings = load_dispatcher_settings(
                 self.options.config_dir, self.options.base_dir
@@ -797,6 +760,8 @@ class Daemon:
     async def _metrics_start(self) -> None:
         if self.config.metrics_listen is None:
             return
+        from auditpy.auditd.metrics import MetricsServer
+
         server = MetricsServer(self.loop, metrics_address(self.config.metrics_listen),
                                self.config.metrics_socket_mode, self.render_metrics)
         try:
@@ -811,6 +776,9 @@ class Daemon:
         return self._kernel_status[0] if self._kernel_status else None
 
     def render_metrics(self) -> str:
+        from auditpy.auditd.exposition import metric_families
+        from auditpy.proto.prometheus import exposition
+
         return exposition(metric_families(self))
 
     # -- signals and the operations they start ---------------------------------------------------
@@ -1001,6 +969,8 @@ class Daemon:
         """Listen when tcp_listen_port is set; raises OSError or ValueError (TLS files)."""
         if self.config.tcp_listen_port is None:
             return
+        from auditpy.auditd.listener import ListenerSettings, RemoteListener
+
         listener = RemoteListener(self.loop, ListenerSettings.from_config(self.config), self)
         listener.start()
         self.remote = listener
@@ -1027,6 +997,8 @@ class Daemon:
                 listener.stop("the listener is turned off")
                 self.remote = None
             return
+        from auditpy.auditd.listener import RESTART_KEYS, ListenerSettings, RemoteListener
+
         try:
             settings = ListenerSettings.from_config(new)
         except (OSError, ValueError) as exc:
@@ -1049,6 +1021,8 @@ class Daemon:
     def remote_records(self, lines: list[bytes]) -> Reply:
         """Records from network clients (RemoteSink): written verbatim (the client's node=,
         no enrichment), dispatched with distribute_network, and the reply for them."""
+        from auditpy.auditd.listener import ACK, dispatch_frames, reply_for  # loaded: listening
+
         count = len(lines)
         self.counters.network_records += count
         link = self.dispatcher
