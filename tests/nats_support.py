@@ -255,3 +255,32 @@ def make_pki(directory: Path) -> dict[str, Path]:
     client = leaf(main, "client", "DNS:client")
     return {"ca": main[1], "other_ca": other[1], "server_key": server[0],
             "server_cert": server[1], "client_key": client[0], "client_cert": client[1]}
+
+
+def publish(urls: list[str], lines: list[bytes], subject_of=None) -> None:  # type: ignore[no-untyped-def]
+    """Store `lines` in the stream (node subjects, record IDs), 500 in flight at a time."""
+    import asyncio
+
+    from auditpy.proto import jetstream as js
+
+    def subject(line: bytes) -> str:
+        node = js.line_node(line) or b"none"
+        return f"audit.{js.subject_token(node.decode())}"
+
+    pick = subject_of or subject
+
+    async def send(client):  # type: ignore[no-untyped-def]
+        loop = asyncio.get_running_loop()
+        for start in range(0, len(lines), 500):
+            futures = []
+            for line in lines[start:start + 500]:
+                future = loop.create_future()
+                reply = client.request_subject(future)
+                msg_id = js.record_msg_id(line, js.line_node(line) or b"none", b"test")
+                client.publish(pick(line), line, reply, [(js.MSG_ID, msg_id)])
+                futures.append(future)
+            for future in futures:
+                msg = await asyncio.wait_for(future, 30)
+                js.parse_pub_ack(msg.payload)
+
+    run(send, urls, 600)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, fields
 from auditpy import AUDIT_VERSION
 from auditpy.auditd import daemon_records
 from auditpy.auditd.actions import ActionKind, FollowUp, run_action
+from auditpy.auditd.collector import NatsCollector, collector_from_config, reconfigure_collector
 from auditpy.auditd.counters import Counters, state_report
 from auditpy.auditd.daemon_records import DaemonSerials, Sender
 from auditpy.auditd.diskspace import SpacePolicy, SpaceSettings, Trigger
@@ -155,6 +156,8 @@ class Daemon:
         self._stop: asyncio.Future[int] = self.loop.create_future()
         #: the tcp_listen_port listener (remote_server), None when not listening
         self.remote: RemoteListener | None = None
+        #: the JetStream collector (nats_collector), None when not collecting
+        self.collector: NatsCollector | None = None
 
     # -- start and stop -----------------------------------------------------------------------
 
@@ -193,6 +196,7 @@ class Daemon:
         )
         try:
             self._remote_start()
+            self.collector = collector_from_config(self.loop, self.config, self)
         except (OSError, ValueError) as exc:
             self._abort("network-init", exc)
             raise
@@ -227,6 +231,8 @@ class Daemon:
         if self.kernel is not None:
             self.loop.remove_reader(self.kernel.fileno())
         self._remote_close()
+        if self.collector is not None:
+            self.collector.close()
         if self.dispatcher is not None:
             self.dispatcher.stop()
             self.dispatcher = None
@@ -463,6 +469,8 @@ class Daemon:
         self._on_readable_drain()
         if self.remote is not None:
             self.remote.stop()  # ENDING to every client before DAEMON_END, as auditd
+        if self.collector is not None:
+            self.collector.stop()  # writes what it holds before DAEMON_END
         self._daemon_record(DAEMON_END, daemon_records.end_text(self._sender()))
         log.info("The audit daemon is exiting.")
         self._stop.set_result(0)
@@ -533,6 +541,7 @@ class Daemon:
             self._daemon_record(DAEMON_CONFIG, daemon_records.config_text(sender, ok=False))
             return
         self._remote_reconfigure(old)
+        self.collector = reconfigure_collector(self.collector, self.loop, self.config, self)
         # Logged, never dispatched, like the C daemon's.
         self._daemon_record(
             DAEMON_CONFIG,
@@ -595,6 +604,7 @@ class Daemon:
                 **self._kernel_state(),
                 **(self.dispatcher.state() if self.dispatcher else {}),
                 **self._remote_state(),
+                **(self.collector.state() if self.collector is not None else {}),
             },
         )
         path = self.options.state_file
