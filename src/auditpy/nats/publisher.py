@@ -167,7 +167,7 @@ def _read_back(path: str, cursor: bytes, limit: int) -> tuple[list[bytes] | None
         data = b""
         position = size
         while position > 0 and size - position < limit:
-            step = min(RECOVER_CHUNK, position)
+            step = min(RECOVER_CHUNK, position, limit - (size - position))
             position -= step
             f.seek(position)
             data = f.read(step) + data
