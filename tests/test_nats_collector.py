@@ -279,3 +279,19 @@ def test_collector_start_fails_cleanly_without_a_server(tmp_path: Path) -> None:
     finally:
         assert c.stop() == 0
 
+
+
+def test_nats_fanin_benchmark_runs(tmp_path: Path) -> None:
+    bench = Path(__file__).resolve().parent.parent / "bench" / "nats_fanin.py"
+    result = subprocess.run(
+        [sys.executable, str(bench), "--hosts", "3", "--events", "200", "--rounds", "1",
+         "--replicas", "3", "--collectors", "2", "--baseline", "auditd",
+         "--publisher-records", "500", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
+    report = (tmp_path / "NATS_FANIN.md").read_text()
+    assert "| 1 | NATS R3, 2 collectors | 600 |" in report
+    assert re.search(r"\| 1 \| NATS R3, 2 collectors \| 600 \|.*\| 600 \|\n", report), report
+    assert "| 1 | audisp-remote -> auditd | 600 |" in report
+    assert "Publisher (pyaudisp-nats" in report

@@ -238,6 +238,16 @@ def test_pub_ack_and_errors() -> None:
             js.parse_pub_ack(bad)
 
 
+def test_quick_pub_ack_agrees_with_the_parser() -> None:
+    for payload in (b'{"stream":"AUDIT", "seq":1}',
+                    b'{"stream":"AUDIT", "seq":1,"duplicate": true}',
+                    b'{"stream":"S","seq":2,"duplicate":true}'):
+        assert js.quick_pub_ack(payload) is js.parse_pub_ack(payload).duplicate
+    for other in (b'{"error":{"code":503}}', b'{"stream":"S","error":{}}', b"", b"[1]",
+                  b'{"stream":"S"}'):
+        assert js.quick_pub_ack(other) is None
+
+
 def test_ack_subjects() -> None:
     delivery = js.parse_ack_subject(b"$JS.ACK.AUDIT.col.2.17.9.1796004447639780896.4")
     assert delivery == js.Delivery("AUDIT", "col", 2, 17, 9, 1796004447639780896, 4)

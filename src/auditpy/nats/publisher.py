@@ -215,6 +215,9 @@ class Publisher:
         self._inflight: collections.deque[tuple[int, float]] = collections.deque()
         #: acknowledged tokens that arrived before an older one's
         self._early: set[int] = set()
+        #: records acknowledged in order, not yet removed from the queue (see _settle)
+        self._acked = 0
+        self._settle_handle: asyncio.Handle | None = None
         self._token = 0
         self._inbox = b""
         self._inbox_sid: int | None = None
@@ -428,12 +431,14 @@ class Publisher:
         room = self.conf.window - len(inflight)
         if room <= 0:
             return
-        if queue.unsynced and queue.sendable - len(inflight) < room:
+        # the queue's head holds the records acknowledged in this loop iteration (_settle
+        # removes them), then those in flight
+        index = self._acked + len(inflight)
+        if queue.unsynced and queue.sendable - index < room:
             try:
                 queue.sync()
             except QueueError as exc:
                 self._limited_log("sync", syslog.LOG_ERR, str(exc))
-        index = len(inflight)
         stop = min(queue.sendable, index + room)
         if index >= stop:
             return
@@ -473,30 +478,37 @@ class Publisher:
                          + (" (no stream leader or no stream for the subject)"
                             if status.status == js.STATUS_NO_RESPONDERS else ""))
             return
-        try:
-            ack = js.parse_pub_ack(msg.payload)
-        except js.JetStreamError as exc:
-            self._failed(f"the stream refused a record: {exc}")
-            return
+        duplicate = js.quick_pub_ack(msg.payload)
+        if duplicate is None:
+            try:
+                duplicate = js.parse_pub_ack(msg.payload).duplicate
+            except js.JetStreamError as exc:
+                self._failed(f"the stream refused a record: {exc}")
+                return
         self.published += 1
-        if ack.duplicate:
+        if duplicate:
             self.duplicates += 1
         if token != inflight[0][0]:
             self._early.add(token)
             self.reordered += 1
             self._gap_suspected = True
             return
-        done = 1
         inflight.popleft()
+        self._acked += 1
         early = self._early
         while early and inflight and inflight[0][0] in early:
             early.discard(inflight.popleft()[0])
-            done += 1
-        try:
-            self.queue.pop_front(done)
-        except QueueError as exc:
-            self._limited_log("pop", syslog.LOG_ERR, str(exc))
-        self._progress()
+            self._acked += 1
+        if self._settle_handle is None and self._loop is not None:
+            self._settle_handle = self._loop.call_soon(self._settle)
+
+    def _settle(self) -> None:
+        """Once per loop iteration: the acknowledged records leave the queue (one head
+        pointer write), and the window is filled again (one send)."""
+        self._settle_handle = None
+        if self._acked:
+            self._pop_acked()
+            self._progress()
         self._fill()
 
     def _progress(self) -> None:
@@ -544,7 +556,17 @@ class Publisher:
         self._resume = None
         self._fill()
 
+    def _pop_acked(self) -> None:
+        """Remove now what was acknowledged earlier in this loop iteration."""
+        if self._acked:
+            done, self._acked = self._acked, 0
+            try:
+                self.queue.pop_front(done)
+            except QueueError as exc:
+                self._limited_log("pop", syslog.LOG_ERR, str(exc))
+
     def _reset_inflight(self) -> None:
+        self._pop_acked()  # acknowledged before the failure: those are stored
         if self._inflight:
             self._in_doubt = True
         self._inflight.clear()
@@ -555,6 +577,7 @@ class Publisher:
 
     async def _skip_stored(self) -> None:
         """Drop from the head the records the stream already holds (see the module doc)."""
+        self._pop_acked()
         if not self._in_doubt or self._gap_suspected or not len(self.queue):
             return
         self._checking = True

@@ -101,6 +101,17 @@ def parse_pub_ack(payload: bytes) -> PubAck:
     return PubAck(stream, seq, value.get("duplicate") is True)
 
 
+def quick_pub_ack(payload: bytes) -> bool | None:
+    """Whether a pub ack says "duplicate", without a JSON parser, for the usual reply
+    ``{"stream":"S", "seq":N}`` (``,"duplicate": true`` added for a duplicate); None
+    for anything else (an error, another shape), which `parse_pub_ack` then reads."""
+    if not payload.startswith(b'{"stream":"') or not payload.endswith(b"}"):
+        return None
+    if b'"error"' in payload or b'"seq":' not in payload:
+        return None
+    return b'"duplicate": true' in payload or b'"duplicate":true' in payload
+
+
 @dataclass(frozen=True, slots=True)
 class Delivery:
     """What the ``$JS.ACK`` reply subject of a delivered message says about it."""
