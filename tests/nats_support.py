@@ -193,6 +193,8 @@ def create_stream(urls: list[str], name: str = "AUDIT", subjects: tuple[str, ...
 def stream_messages(urls: list[str], name: str = "AUDIT") -> list[tuple[int, str, str, bytes]]:
     """Every message of the stream in stream order: (stream seq, subject, Nats-Msg-Id,
     payload), read through a throw-away durable consumer with no acks."""
+    import asyncio
+
     from auditpy.nats import jetstream as jsapi
     from auditpy.nats.client import new_token
     from auditpy.proto import jetstream as js
@@ -202,8 +204,16 @@ def stream_messages(urls: list[str], name: str = "AUDIT") -> list[tuple[int, str
         durable = "reader" + new_token(8)
         config = {"durable_name": durable, "ack_policy": "none", "deliver_policy": "all",
                   "replay_policy": "instant", "max_waiting": 16}
-        await jsapi.api(client, f"CONSUMER.DURABLE.CREATE.{name}.{durable}",
-                        {"stream_name": name, "config": config}, 10)
+        deadline = time.monotonic() + 90
+        while True:  # after a node was killed, the cluster may still be electing leaders
+            try:
+                await jsapi.api(client, f"CONSUMER.DURABLE.CREATE.{name}.{durable}",
+                                {"stream_name": name, "config": config}, 10)
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
         out = []
         try:
             while True:

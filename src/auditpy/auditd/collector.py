@@ -199,6 +199,7 @@ class NatsCollector:
         #: stream seq -> ack subject of records written whose acknowledgement may be lost
         self._in_doubt: dict[int, bytes] = {}
         self._in_doubt_since = 0.0
+        self._delay = RETRY[0] / 2
         self.running = False
         # counters
         self.received = 0
@@ -279,42 +280,51 @@ class NatsCollector:
         client = self.client
         self._inbox = client.new_inbox()
         client.subscribe(self._inbox, self._on_msg)
-        delay = RETRY[0]
         while not self._stopping:
             try:
-                server = await client.connect()
-                if self.conf.create_consumer:
-                    await jsapi.ensure_consumer(client, self.conf.stream, js.pull_consumer_config(
-                        self.conf.consumer, ack_wait_s=self.conf.ack_wait,
-                        max_ack_pending=self.conf.max_ack_pending))
-                else:
-                    await jsapi.consumer_info(client, self.conf.stream, self.conf.consumer)
-            except (NatsError, js.JetStreamError) as exc:
-                if isinstance(exc, ConnectError) or not client.connected:
-                    log.warning("NATS collector: cannot connect: %s", exc)
-                else:
-                    log.warning("NATS collector: consumer %s of %s not usable: %s",
-                                self.conf.consumer, self.conf.stream, exc)
-                    client.close("consumer not usable")
-                await self._sleep(delay)
-                delay = min(delay * 2, RETRY[1])
-                continue
-            delay = RETRY[0]
-            log.info("NATS collector connected to %s", server)
-            lost = client.lost
-            self._pulls.clear()
-            self._confirm_again()
-            self._pull()
-            stop = asyncio.ensure_future(self._stop_event.wait())
-            waiters: list[asyncio.Future[Any]] = [lost, stop]
-            try:
-                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stop.cancel()
-            if lost.done():
-                self._connection_lost(lost.result())
-                await self._sleep(RETRY[0])
+                await self._connected_once()
+            except Exception:  # a bug costs a reconnect, never the collector
+                log.exception("NATS collector: internal error; reconnecting")
+                self._connection_lost("internal error")
+                client.close("internal error")
+                await self._sleep(RETRY[1])
         await self._finish()
+
+    async def _connected_once(self) -> None:
+        client = self.client
+        try:
+            server = await client.connect()
+            if self.conf.create_consumer:
+                await jsapi.ensure_consumer(client, self.conf.stream, js.pull_consumer_config(
+                    self.conf.consumer, ack_wait_s=self.conf.ack_wait,
+                    max_ack_pending=self.conf.max_ack_pending))
+            else:
+                await jsapi.consumer_info(client, self.conf.stream, self.conf.consumer)
+        except (NatsError, js.JetStreamError) as exc:
+            if isinstance(exc, ConnectError) or not client.connected:
+                log.warning("NATS collector: cannot connect: %s", exc)
+            else:
+                log.warning("NATS collector: consumer %s of %s not usable: %s",
+                            self.conf.consumer, self.conf.stream, exc)
+                client.close("consumer not usable")
+            self._delay = min(self._delay * 2, RETRY[1])
+            await self._sleep(self._delay)
+            return
+        self._delay = RETRY[0] / 2
+        log.info("NATS collector connected to %s", server)
+        lost = client.lost
+        self._pulls.clear()
+        self._confirm_again()
+        self._pull()
+        stop = asyncio.ensure_future(self._stop_event.wait())
+        waiters: list[asyncio.Future[Any]] = [lost, stop]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if lost.done():
+            self._connection_lost(lost.result())
+            await self._sleep(RETRY[0])
 
     async def _finish(self) -> None:
         """Removed collector: confirm the last acknowledgements, close."""

@@ -251,6 +251,7 @@ class Client:
         self._servers: list[ServerUrl] = list(options.servers)
         self._next = random.randrange(len(self._servers))
         self._conn: _Connection | None = None
+        self._last_lost: asyncio.Future[str] | None = None
         self._subs: dict[int, Callable[[Msg], None]] = {}
         self._sub_subjects: dict[int, str] = {}
         self._sid = 0
@@ -276,10 +277,11 @@ class Client:
 
     @property
     def lost(self) -> asyncio.Future[str]:
-        """Resolves (to the reason) when the current connection ends."""
-        if self._conn is None:
-            raise NotConnected("not connected")
-        return self._conn.lost
+        """Resolves (to the reason) when the last connection made ends (at once if it has
+        ended already, even before the caller looked)."""
+        if self._last_lost is None:
+            raise NotConnected("never connected")
+        return self._last_lost
 
     @property
     def servers(self) -> list[ServerUrl]:
@@ -352,6 +354,7 @@ class Client:
             for sid, subject in self._sub_subjects.items():
                 conn.write(wire.sub_op(subject, sid))
             conn.start_keepalive()
+            self._last_lost = conn.lost
         except BaseException as exc:
             reason = _reason(exc) if isinstance(exc, Exception) else "cancelled"
             if self._conn is conn:

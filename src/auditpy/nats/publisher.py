@@ -83,10 +83,11 @@ def is_eoe(line: bytes) -> bool:
     )
 
 
-def split_record(stored: bytes) -> tuple[bytes, bytes]:
-    """(ID, line) of a record as the queue holds it."""
-    msg_id, _, line = stored.partition(b"\n")
-    return msg_id, line
+def split_record(stored: bytes) -> tuple[bytes, bytes, bytes]:
+    """(ID, node, payload) of an item as the queue holds it: ``ID \n NODE \n PAYLOAD``."""
+    msg_id, _, rest = stored.partition(b"\n")
+    node, _, payload = rest.partition(b"\n")
+    return msg_id, node, payload
 
 
 # --------------------------------------------------------------------------------------
@@ -231,11 +232,12 @@ class Publisher:
         #: an acknowledgement overtook an older record still queued: the head check is off
         self._gap_suspected = False
         self._recovered_ids: set[bytes] = set()
+        self._connect_delay = RETRY[0] / 2
         self._stopping = False
         #: the head check runs: nothing may be sent meanwhile
         self._checking = False
-        self._stop_event: asyncio.Event | None = None
-        self._space: asyncio.Event | None = None
+        self._stop_event = asyncio.Event()
+        self._space = asyncio.Event()
         self._limited: dict[str, float] = {}
         self._overflow_pending = 0
         self._overflow_reported = -1e9
@@ -343,6 +345,16 @@ class Publisher:
         if the queue is full.  Never waits."""
         self._enqueue([line for line in lines if line and not is_eoe(line)])
 
+    def submit_named(self, items: list[tuple[bytes, bytes, bytes]]) -> None:
+        """Items named by the caller: (``Nats-Msg-Id``, node, payload), each published to
+        the node's subject.  The seam for publishing whole events (JSON) instead of
+        records: the event assembler names an event by node, boot ID and its time stamp
+        and serial (`auditpy.proto.jetstream.event_msg_id`), which every re-send of that
+        event repeats.  Records recovered from the log after a crash are records, so a
+        publisher of events recovers by assembling them again."""
+        self._queue_items([msg_id + b"\n" + node + b"\n" + payload
+                           for msg_id, node, payload in items], b"")
+
     def room(self) -> int:
         return max(0, self.conf.queue_depth - len(self.queue))
 
@@ -356,15 +368,20 @@ class Publisher:
         for raw in lines:
             if len(raw) > MAX_RECORD:
                 raw = raw[:MAX_RECORD]
-            msg_id, line, _node = name(raw)
+            msg_id, line, node = name(raw)
             if recovered and not remember and msg_id in recovered:
                 recovered.discard(msg_id)
                 self.skipped_recovered += 1
                 continue
             if remember:
                 recovered.add(msg_id)
-            records.append(msg_id + b"\n" + line)
+            records.append(msg_id + b"\n" + node + b"\n" + line)
             last_raw = raw
+        self._queue_items(records, last_raw)
+
+    def _queue_items(self, records: list[bytes], last_raw: bytes) -> None:
+        """Append to the queue (what does not fit is dropped and counted), remember the
+        last raw record for the recovery, send."""
         if not records:
             return
         room = self.room()
@@ -448,8 +465,7 @@ class Publisher:
         get = queue.get
         token = self._token
         for i in range(index, stop):
-            msg_id, _, line = get(i).partition(b"\n")
-            node = js.line_node(line) or self.ids.default_node
+            msg_id, node, line = split_record(get(i))
             token += 1
             header = HEADER_PREFIX + msg_id + b"\r\n\r\n"
             size = len(header)
@@ -517,8 +533,7 @@ class Publisher:
         if not len(self.queue):
             self._gap_suspected = False
             self._in_doubt = False
-        if self._space is not None:
-            self._space.set()
+        self._space.set()
 
     def _check_acks(self) -> None:
         self._watchdog = None
@@ -591,9 +606,9 @@ class Publisher:
         ids: dict[bytes, int] = {}
         subjects: set[bytes] = set()
         for i in range(head):
-            msg_id, line = split_record(self.queue.get(i))
+            msg_id, node, _payload = split_record(self.queue.get(i))
             ids[msg_id] = i
-            subjects.add(self.ids.subject(js.line_node(line) or self.ids.default_node))
+            subjects.add(self.ids.subject(node))
         last = -1
         for subject in subjects:
             try:
@@ -637,49 +652,54 @@ class Publisher:
         old.close("reconfigured")
 
     async def run(self) -> None:
-        """Connect, send, reconnect, until `stop`."""
+        """Connect, send, reconnect, until `stop`.  An unexpected error costs a reconnect,
+        never the publisher."""
         self._loop = asyncio.get_running_loop()
-        self._stop_event = asyncio.Event()
-        self._space = asyncio.Event()
         self._attach(self.client)
-        delay = RETRY[0]
         while not self._stop_event.is_set():
-            client = self.client
             try:
-                server = await client.connect()
-            except ConnectError as exc:
-                self._limited_log("connect", syslog.LOG_WARNING,
-                                  f"cannot connect to NATS: {exc}", 30.0)
-                await self._sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            delay = RETRY[0]
-            self.log(syslog.LOG_INFO, f"connected to {server}")
-            self._paused_until = 0.0
-            self._failures_in_row = 0
-            lost = client.lost
-            with contextlib.suppress(NatsError):
-                await self._skip_stored()
-            self._fill()
-            stop = asyncio.ensure_future(self._stop_event.wait())
-            waiters: list[asyncio.Future[Any]] = [lost, stop]
-            try:
-                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stop.cancel()
-            if lost.done():
+                await self._connected_once()
+            except Exception as exc:
+                self.log(syslog.LOG_ERR, f"internal error, reconnecting: {exc!r}")
                 self._reset_inflight()
-                self._limited_log("lost", syslog.LOG_WARNING, lost.result(), 10.0)
-                await self._sleep(RETRY[0])
+                self.client.close("internal error")
+                await self._sleep(RETRY[1])
+
+    async def _connected_once(self) -> None:
+        client = self.client
+        try:
+            server = await client.connect()
+        except ConnectError as exc:
+            self._limited_log("connect", syslog.LOG_WARNING,
+                              f"cannot connect to NATS: {exc}", 30.0)
+            self._connect_delay = min(self._connect_delay * 2, 5.0)
+            await self._sleep(self._connect_delay)
+            return
+        self._connect_delay = RETRY[0] / 2
+        self.log(syslog.LOG_INFO, f"connected to {server}")
+        self._paused_until = 0.0
+        self._failures_in_row = 0
+        lost = client.lost
+        with contextlib.suppress(NatsError):
+            await self._skip_stored()
+        self._fill()
+        stop = asyncio.ensure_future(self._stop_event.wait())
+        waiters: list[asyncio.Future[Any]] = [lost, stop]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if lost.done():
+            self._reset_inflight()
+            self._limited_log("lost", syslog.LOG_WARNING, lost.result(), 10.0)
+            await self._sleep(RETRY[0])
 
     async def _sleep(self, delay: float) -> None:
-        assert self._stop_event is not None
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop_event.wait(), delay)
 
     async def wait_for_room(self) -> None:
         """For a reader that may wait (a regular file as input): until the queue has room."""
-        assert self._space is not None
         while not self.room():
             self._space.clear()
             await self._space.wait()
@@ -688,7 +708,6 @@ class Publisher:
         """Give queued records up to `timeout` seconds to be stored; True if none is left."""
         deadline = time.monotonic() + timeout
         while len(self.queue) and time.monotonic() < deadline:
-            assert self._space is not None
             self._space.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._space.wait(), min(0.2, deadline - time.monotonic()))
@@ -697,8 +716,7 @@ class Publisher:
     async def stop(self) -> None:
         """Stop sending; what is not acknowledged stays queued (on disk) for the next run."""
         self._stopping = True
-        if self._stop_event is not None:
-            self._stop_event.set()
+        self._stop_event.set()
         if self.client.connected:
             await self.client.drain_and_close(1.0)
         self._reset_inflight()

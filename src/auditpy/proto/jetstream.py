@@ -246,3 +246,9 @@ def record_msg_id(line: bytes, node: bytes, boot_id: bytes, occurrence: int = 0)
     tail = f":{occurrence}" if occurrence else ""
     return f"{node.decode('utf-8', 'replace')}:{boot_id.decode()}:{stamp.decode()}:{crc:08x}{tail}"
 
+
+
+def event_msg_id(node: bytes, boot_id: bytes, stamp: bytes) -> str:
+    """The ``Nats-Msg-Id`` of a whole event (all its records in one message): node, boot
+    ID, and the event's ``SECONDS.MILLIS:SERIAL``, which identify it as one."""
+    return f"{node.decode('utf-8', 'replace')}:{boot_id.decode()}:{stamp.decode()}"
