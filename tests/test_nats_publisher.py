@@ -351,3 +351,19 @@ def test_named_items_are_the_seam_for_whole_events(nats: Cluster) -> None:
     stored = stream_messages(nats.urls)
     assert [(s, i, p) for _, s, i, p in stored] == [
         ("audit.h9", "h9:b00t:1700000000.001:5", b'{"records":3}')]
+
+
+def test_create_stream_from_the_publisher_configuration(tmp_path: Path) -> None:
+    with cluster(tmp_path / "cluster") as c:
+        conf = write_conf(tmp_path / "n.conf", c.urls, subject="logs.{node}.audit",
+                          stream="LOGS")
+        argv = [sys.executable, "-m", "auditpy.audisp_nats", "-c", str(conf), "--no-syslog",
+                "--create-stream", "3", "--duplicate-window", "60"]
+        env = dict(os.environ, PYTHONPATH=SRC)
+        for _ in range(2):  # the second time it exists already
+            result = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
+            assert result.returncode == 0, result.stderr
+            assert ("stream LOGS: subjects ['logs.*.audit'], 3 replicas, duplicate window "
+                    "60 s") in result.stderr
+        bad = subprocess.run([*argv[:-3], "9"], capture_output=True, text=True, env=env)
+        assert bad.returncode == 2 and "1..5 replicas" in bad.stderr

@@ -7,6 +7,10 @@ byte, as audisp-af_unix does).  The same publisher runs inside pyaudispd as
 ``builtin_nats``.
 
     pyaudisp-nats [-c CONFIG] [--check] [--no-syslog]
+    pyaudisp-nats [-c CONFIG] --create-stream REPLICAS [--duplicate-window SECONDS]
+
+``--create-stream`` creates the configuration's stream (file storage, REPLICAS copies, the
+subjects of ``subject`` with ``{node}`` as a wildcard) unless it exists, and exits.
 
 Signals: SIGTERM/SIGINT exit at once (queued records stay in the queue file); SIGHUP reads
 the configuration again and reconnects with it (the queue settings change only at restart);
@@ -32,8 +36,16 @@ from collections.abc import Sequence
 from typing import Final
 
 from auditpy.config.auditd_conf import ConfigError
-from auditpy.config.nats_conf import DEFAULT_PUBLISHER_CONF, PUBLISHER, load_nats_conf
+from auditpy.config.nats_conf import (
+    DEFAULT_PUBLISHER_CONF,
+    PUBLISHER,
+    NatsConf,
+    load_nats_conf,
+)
+from auditpy.nats import jetstream as jsapi
+from auditpy.nats.client import Client, NatsError, options_for
 from auditpy.nats.publisher import Publisher
+from auditpy.proto import jetstream as js
 from auditpy.proto.dispatch import FrameError, unpack_frames
 from auditpy.proto.dispatch import string_line as dispatcher_string_line
 from auditpy.system.spool import QueueError
@@ -133,7 +145,12 @@ class NatsPlugin:
                 self.log(syslog.LOG_ERR, str(problem))
             self.log(syslog.LOG_ERR, "SIGHUP: configuration refused; keeping the running one")
             return
-        self.publisher.reconfigure(parsed.config)
+        try:
+            self.publisher.reconfigure(parsed.config)
+        except (OSError, ValueError) as exc:
+            self.log(syslog.LOG_ERR, f"SIGHUP: cannot load the TLS files ({exc}); keeping "
+                     "the running configuration")
+            return
         self.log(syslog.LOG_INFO, "SIGHUP: configuration reloaded; reconnecting")
 
     async def _read_input(self) -> None:
@@ -222,6 +239,29 @@ class NatsPlugin:
             self._finish(1, f"internal error in the {task.get_name()} task: {exc!r}")
 
 
+async def create_stream(conf: NatsConf, replicas: int, window: float, log: Log) -> int:
+    if not 1 <= replicas <= 5 or window <= 0:
+        log(syslog.LOG_ERR, "--create-stream takes 1..5 replicas and a positive window")
+        return 2
+    subject = conf.subject.replace("{node}", "*")
+    client = Client(options_for(conf, PROG))
+    try:
+        await client.connect()
+        info = await jsapi.ensure_stream(client, js.stream_config(
+            conf.stream, [subject], replicas=replicas, duplicate_window_s=window))
+    except (NatsError, js.JetStreamError) as exc:
+        log(syslog.LOG_ERR, f"cannot create stream {conf.stream}: {exc}")
+        return 1
+    finally:
+        client.close()
+    config = info.get("config")
+    shown = config if isinstance(config, dict) else {}
+    log(syslog.LOG_INFO, f"stream {conf.stream}: subjects {shown.get('subjects')}, "
+        f"{shown.get('num_replicas')} replicas, duplicate window "
+        f"{int(shown.get('duplicate_window', 0) or 0) / 1e9:g} s")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Audit dispatcher plugin publishing records to NATS JetStream.")
@@ -229,6 +269,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"configuration file (default {DEFAULT_PUBLISHER_CONF})")
     parser.add_argument("--check", action="store_true", help="check the configuration and exit")
     parser.add_argument("--no-syslog", action="store_true", help="log to stderr only")
+    parser.add_argument("--create-stream", type=int, metavar="REPLICAS",
+                        help="create the stream with REPLICAS copies (1..5) and exit")
+    parser.add_argument("--duplicate-window", type=float, default=120.0, metavar="SECONDS",
+                        help="with --create-stream: how long a Nats-Msg-Id is remembered")
     args = parser.parse_args(argv)
     log = Log(use_syslog=not args.no_syslog)
     try:
@@ -241,10 +285,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(syslog.LOG_WARNING, str(problem))
     if args.check:
         return 0
-    publisher = Publisher(parsed.config, log, program=PROG)
+    if args.create_stream is not None:
+        return asyncio.run(create_stream(parsed.config, args.create_stream,
+                                         args.duplicate_window, log))
     try:
+        publisher = Publisher(parsed.config, log, program=PROG)
         publisher.open()
-    except QueueError as exc:
+    except (QueueError, OSError, ValueError) as exc:
         log(syslog.LOG_ERR, f"{exc}; exiting")
         return 1
     log(syslog.LOG_INFO, f"started: servers {','.join(str(s) for s in parsed.config.servers)}, "

@@ -26,7 +26,7 @@ import threading
 
 from auditpy.audispd.runner import PluginRunner, Record, RunnerContext, State
 from auditpy.config.auditd_conf import ConfigError
-from auditpy.config.nats_conf import PUBLISHER, load_nats_conf
+from auditpy.config.nats_conf import PUBLISHER, NatsConf, load_nats_conf
 from auditpy.config.plugins import PluginConfig, parse_nats_args
 from auditpy.nats.publisher import Publisher
 from auditpy.proto.records import AUDIT_EOE
@@ -90,7 +90,12 @@ class NatsPlugin(PluginRunner):
             return
         for problem in parsed.warnings:
             log.warning("plugin %s: %s", self.name, problem)
-        publisher = Publisher(parsed.config, self._log, program="pyaudispd")
+        try:
+            publisher = Publisher(parsed.config, self._log, program="pyaudispd")
+        except (OSError, ValueError) as exc:
+            log.error("plugin %s not started: cannot load the TLS files: %s", self.name, exc)
+            self.state = State.FAILED
+            return
         try:
             publisher.open()
         except QueueError as exc:
@@ -140,8 +145,15 @@ class NatsPlugin(PluginRunner):
             return
         engine, publisher = self._engine, self.publisher
         if engine is not None and publisher is not None:
-            engine.call_soon_threadsafe(publisher.reconfigure, parsed.config)
+            engine.call_soon_threadsafe(self._reconfigure, publisher, parsed.config)
             log.info("plugin %s: %s reloaded; reconnecting", self.name, self.conf_path)
+
+    def _reconfigure(self, publisher: Publisher, conf: NatsConf) -> None:
+        try:
+            publisher.reconfigure(conf)
+        except (OSError, ValueError) as exc:
+            log.error("plugin %s: cannot load the TLS files (%s); keeping the running "
+                      "configuration", self.name, exc)
 
     async def stop(
         self, *, drain: float = 0.0, term_timeout: float = 0.0, keep: bool = False

@@ -43,9 +43,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from auditpy.auditd.listener import ACK, Reply
-from auditpy.config.nats_conf import COLLECTOR, NatsConf, load_nats_conf, tls_context
+from auditpy.config.nats_conf import COLLECTOR, NatsConf, load_nats_conf
 from auditpy.nats import jetstream as jsapi
-from auditpy.nats.client import Client, ConnectError, NatsError, NatsOptions
+from auditpy.nats.client import Client, ConnectError, NatsError, options_for
 from auditpy.proto import jetstream as js
 from auditpy.proto import nats as wire
 from auditpy.proto.nats import Msg
@@ -175,12 +175,7 @@ class NatsCollector:
         self.sink = sink
         self.own_log = own_log
         self.source = source
-        self.client = Client(NatsOptions(
-            servers=conf.servers, name=conf.client_name("pyauditd-collector"),
-            user=conf.user, password=conf.password, token=conf.token, tls=tls_context(conf),
-            tls_required=conf.tls, tls_server_name=conf.tls_server_name,
-            connect_timeout=conf.connect_timeout, ping_interval=conf.ping_interval,
-        ))
+        self.client = Client(options_for(conf, "pyauditd-collector"))
         self.index = LogIndex(self._index_paths)
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -567,6 +562,10 @@ def reconfigure_collector(
         log.info("NATS collector stopped for the new settings")
     if path is None or new_conf is None:
         return None
-    replacement = NatsCollector(loop, new_conf, sink, own_log=own_log, source=path)
+    try:
+        replacement = NatsCollector(loop, new_conf, sink, own_log=own_log, source=path)
+    except (OSError, ValueError) as exc:
+        log.error("NATS collector not restarted: cannot load its TLS files: %s", exc)
+        return None
     replacement.start()
     return replacement

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from auditpy import AUDIT_VERSION
+from auditpy.config.nats_conf import NatsConf, tls_context
 from auditpy.proto import nats as wire
 from auditpy.proto.nats import Info, Msg, ServerUrl
 
@@ -508,6 +509,23 @@ class Client:
             await asyncio.wait_for(self._live().ping(), timeout)
         except TimeoutError:
             raise RequestTimeout(f"no PONG within {timeout:g} s") from None
+
+
+def options_for(conf: NatsConf, program: str) -> NatsOptions:
+    """The client settings a NATS file (publisher's or collector's) asks for.  Raises
+    OSError / ssl.SSLError if its TLS files cannot be loaded."""
+    return NatsOptions(
+        servers=conf.servers,
+        name=conf.client_name(program),
+        user=conf.user,
+        password=conf.password,
+        token=conf.token,
+        tls=tls_context(conf),
+        tls_required=conf.tls,
+        tls_server_name=conf.tls_server_name,
+        connect_timeout=conf.connect_timeout,
+        ping_interval=conf.ping_interval,
+    )
 
 
 def load_tls_context(

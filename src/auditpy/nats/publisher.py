@@ -45,9 +45,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
-from auditpy.config.nats_conf import NatsConf, tls_context
+from auditpy.config.nats_conf import NatsConf
 from auditpy.nats import jetstream as jsapi
-from auditpy.nats.client import Client, ConnectError, NatsError, NatsOptions, boot_id
+from auditpy.nats.client import Client, ConnectError, NatsError, boot_id, options_for
 from auditpy.proto import jetstream as js
 from auditpy.proto import nats as wire
 from auditpy.proto.nats import Msg
@@ -209,7 +209,7 @@ class Publisher:
         self.program = program
         self.ids = Identities(conf, boot if boot is not None else boot_id(), host)
         self.queue: RecordQueue = MemoryQueue()
-        self.client = Client(self._options(conf, program))
+        self.client = Client(options_for(conf, program))
         self._cursor_fd = -1
         self._loop: asyncio.AbstractEventLoop | None = None
         #: queue index i <-> inflight[i]: (token, time sent)
@@ -251,21 +251,6 @@ class Publisher:
         self.already_stored = 0
         self.reordered = 0
         self.failures = 0
-
-    @staticmethod
-    def _options(conf: NatsConf, program: str) -> NatsOptions:
-        return NatsOptions(
-            servers=conf.servers,
-            name=conf.client_name(program),
-            user=conf.user,
-            password=conf.password,
-            token=conf.token,
-            tls=tls_context(conf),
-            tls_required=conf.tls,
-            tls_server_name=conf.tls_server_name,
-            connect_timeout=conf.connect_timeout,
-            ping_interval=conf.ping_interval,
-        )
 
     # -- small helpers ------------------------------------------------------------------
 
@@ -648,7 +633,7 @@ class Publisher:
         self.conf = dataclasses.replace(conf, **fixed)
         self.ids = Identities(self.conf, self.ids.boot)
         old = self.client
-        self._attach(Client(self._options(self.conf, self.program)))
+        self._attach(Client(options_for(self.conf, self.program)))
         old.close("reconfigured")
 
     async def run(self) -> None:
