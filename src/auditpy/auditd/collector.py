@@ -474,7 +474,7 @@ class NatsCollector:
 
     def _track_confirmation(self, seqs: list[int], subjects: list[bytes]) -> None:
         try:
-            future = self.client._live().ping()
+            future = self.client.ping()
         except NatsError:
             self._in_doubt.update(zip(seqs, subjects, strict=True))
             return

@@ -503,6 +503,11 @@ class Client:
                 raise NatsError(f"no responders on {subject}")
         return msg
 
+    def ping(self) -> asyncio.Future[None]:
+        """A PING now; the future resolves at its PONG, when the server has read everything
+        written before it (fails with NotConnected if the connection ends first)."""
+        return self._live().ping()
+
     async def flush(self, timeout: float = 5.0) -> None:
         """Wait until the server has read everything written so far (a PING round trip)."""
         try:
