@@ -5,6 +5,7 @@ the test fails; `cluster()` is a context manager and the fixtures use it)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -95,6 +96,16 @@ class Node:
         except OSError:
             return False
 
+    def routes_up(self) -> int:
+        """Routes to other members up (-1 if the monitor does not answer)."""
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.http_port}/routez", timeout=1
+            ) as reply:
+                return int(json.loads(reply.read()).get("num_routes", 0))
+        except (OSError, ValueError):
+            return -1
+
     def kill(self, signum: int = signal.SIGKILL) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signum)
@@ -131,7 +142,11 @@ class Cluster:
     def start(self, timeout: float = 30.0) -> None:
         for node in self.nodes:
             node.start()
-        if not wait_until(lambda: all(n.healthy() for n in self.nodes), timeout, 0.1):
+        # healthy, and every member routed to every other, so that the INFO a client gets
+        # announces the whole cluster
+        members = len(self.nodes) - 1
+        if not wait_until(lambda: all(n.healthy() and n.routes_up() >= members
+                                      for n in self.nodes), timeout, 0.1):
             logs = "\n".join(f"--- {n.name}\n{n.log()[-2000:]}" for n in self.nodes)
             raise RuntimeError(f"nats-server cluster did not become healthy:\n{logs}")
 

@@ -55,8 +55,14 @@ def test_request_reply_headers_and_discovery(three: Cluster) -> None:
     async def main() -> None:
         client = Client(options(three.urls[:1]))
         await client.connect()
-        # the other members were learnt from INFO connect_urls
-        assert {s.port for s in client.servers} == {n.port for n in three.nodes}
+        # the other members are learnt from INFO connect_urls (the first INFO, or a later
+        # one once the routes are up)
+        members = {n.port for n in three.nodes}
+        for _ in range(200):
+            if {s.port for s in client.servers} == members:
+                break
+            await asyncio.sleep(0.05)
+        assert {s.port for s in client.servers} == members
         got: list[Msg] = []
 
         def echo(msg: Msg) -> None:
