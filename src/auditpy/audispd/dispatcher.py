@@ -61,6 +61,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from auditpy.audispd.builtin_af_unix import AfUnixPlugin
+from auditpy.audispd.builtin_nats import NatsPlugin
 from auditpy.audispd.builtin_syslog import SyslogPlugin
 from auditpy.audispd.runner import (
     BACKOFF_INITIAL,
@@ -77,6 +78,7 @@ from auditpy.audispd.runner import (
 from auditpy.config.errors import ConfigError
 from auditpy.config.plugins import (
     AF_UNIX,
+    NATS,
     SYSLOG,
     DispatcherSettings,
     PluginConfig,
@@ -124,6 +126,8 @@ def make_runner(config: PluginConfig, ctx: RunnerContext) -> PluginRunner:
         return AfUnixPlugin(config, ctx)
     if config.builtin == SYSLOG:
         return SyslogPlugin(config, ctx)
+    if config.builtin == NATS:
+        return NatsPlugin(config, ctx)
     return ExternalPlugin(config, ctx)
 
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 from auditpy import AUDIT_VERSION
 from auditpy.auditd import daemon_records
 from auditpy.auditd.actions import ActionKind, FollowUp, run_action
+from auditpy.auditd.collector import NatsCollector, collector_from_config, reconfigure_collector
 from auditpy.auditd.counters import Counters, LogCount, state_report
 from auditpy.auditd.daemon_records import DaemonSerials, Sender
 from auditpy.auditd.diskspace import SpacePolicy, SpaceSettings, Trigger
@@ -251,6 +252,8 @@ class Daemon:
         self._stopping = False
         #: the tcp_listen_port listener (remote_server), None when not listening
         self.remote: RemoteListener | None = None
+        #: the JetStream collector (nats_collector), None when not collecting
+        self.collector: NatsCollector | None = None
         self.operations = Operations(self.loop)
         self._signals: SignalReader | None = None
         #: kernel requests, which may sleep while the kernel's queue is full
@@ -328,6 +331,7 @@ class Daemon:
         )
         try:
             self._remote_start()
+            self.collector = collector_from_config(self.loop, self.config, self)
         except (OSError, ValueError) as exc:
             self._abort("network-init", exc)
             raise
@@ -369,6 +373,8 @@ class Daemon:
             self._signals.close()
             self._signals = None
         self._remote_close()
+        if self.collector is not None:
+            self.collector.close()
         if self.dispatcher is not None:
             self.dispatcher.stop()
             self.dispatcher = None
@@ -842,6 +848,8 @@ class Daemon:
         self._unwatch_kernel()
         if self.remote is not None:
             self.remote.stop()  # ENDING to every client before DAEMON_END, as auditd
+        if self.collector is not None:
+            self.collector.stop()  # writes what it holds before DAEMON_END
         self._daemon_record(DAEMON_END, daemon_records.end_text(sender))
         log.info("The audit daemon is exiting.")
         if not self._stop.done():
@@ -904,6 +912,7 @@ class Daemon:
             self._daemon_record(DAEMON_CONFIG, daemon_records.config_text(sender, ok=False))
             return
         self._remote_reconfigure(old)
+        self.collector = reconfigure_collector(self.collector, self.loop, self.config, self)
         # Logged, never dispatched, like the C daemon's.
         self._daemon_record(
             DAEMON_CONFIG,
@@ -979,6 +988,7 @@ class Daemon:
                 **(self.kernel.state() if self.kernel else {}),
                 **(self.dispatcher.state() if self.dispatcher else {}),
                 **self._remote_state(),
+                **(self.collector.state() if self.collector is not None else {}),
             },
         )
         path = self.options.state_file
