@@ -353,14 +353,13 @@ class Delivery:
 
     def records_queued(self, records: Sequence[bytes]) -> list[Decision]:
         """`records` were appended to the queue (in forward mode: written, not fsynced)."""
-        if records and not self._exiting:
-            self._queue.extend(records)
-            self.received += len(records)
-            if self._durable:
-                self._unsynced += len(records)
-                if self._sync_at is None:
-                    self._sync_at = self.clock() + SYNC_DELAY
-            self._pump()
+        self._queue.extend(records)
+        self.received += len(records)
+        if self._durable:
+            self._unsynced += len(records)
+            if self._sync_at is None:
+                self._sync_at = self.clock() + SYNC_DELAY
+        self._pump()
         return self._take()
 
     def connected(self) -> list[Decision]:
