@@ -9,6 +9,7 @@ could lose the SIGTERM behind it), and its exec helpers inherited its stdin.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import os
 import signal
@@ -19,7 +20,12 @@ from typing import Any
 
 import pytest
 
+from auditpy.audisp_remote.link import Link
+from auditpy.audisp_remote.plugin import RemotePlugin
+from auditpy.audisp_remote.signals import HANDLED_SIGNALS
+from auditpy.config.remote_conf import load_remote_conf
 from auditpy.proto import remote as rp
+from auditpy.system.service import Signal
 
 from .test_audisp_remote import (
     FakeServer,
@@ -179,3 +185,64 @@ def test_an_exec_helper_does_not_inherit_the_record_stream(
     assert seen.read_text().strip() == "/dev/null"
     assert not stolen.exists() or stolen.read_bytes() == b""
     assert lines_stored(server) == collections.Counter(range(50))
+
+
+def test_every_held_signal_is_handled(tmp_path: Path) -> None:
+    """The signals main holds and the ones the loop acts on are one set: each one does what
+    it is for (a held signal nobody handles would just be ignored for ever)."""
+    conf = write_conf(tmp_path / "r.conf", port=60)
+    messages: list[str] = []
+    plugin = RemotePlugin(str(conf), load_remote_conf(str(conf)),
+                          lambda _p, m: messages.append(m))
+    effects = {}
+
+    async def signals() -> None:  # (a reload may connect: that takes a loop)
+        for signum in sorted(HANDLED_SIGNALS):
+            before = len(messages)
+            plugin._on_signal(Signal(signum))
+            effects[signal.Signals(signum).name] = messages[before:]
+
+    asyncio.run(signals())
+    assert effects == {
+        "SIGHUP": ["configuration reloaded; server 127.0.0.1:60"],
+        "SIGINT": ["SIGINT: exiting"],
+        "SIGUSR1": [plugin.state_line()],
+        "SIGUSR2": [],  # (not suspended: resuming says nothing)
+        "SIGTERM": [],  # (already exiting)
+    }
+    assert plugin.exit_code == 0
+
+
+def test_a_link_holds_what_the_server_said_before_the_connect_completed() -> None:
+    """A server may answer, or hang up, before the plugin learns its connect succeeded:
+    those reports wait for `release` instead of reaching a plugin that has no connection."""
+    reports: list[tuple[str, object]] = []
+
+    class Owner:
+        def link_data(self, link: Link, data: bytes) -> None:
+            reports.append(("data", data))
+
+        def link_eof(self, link: Link) -> None:
+            reports.append(("eof", None))
+
+        def link_lost(self, link: Link, error: str | None) -> None:
+            reports.append(("lost", error))
+
+        def link_writable(self, link: Link) -> None:
+            reports.append(("writable", None))
+
+    link = Link(Owner())
+    link.data_received(b"ENDING")
+    assert link.eof_received() is False
+    link.pause_writing()
+    assert link.paused and not reports
+    link.release()
+    assert reports == [("data", b"ENDING"), ("eof", None)]
+    link.resume_writing()
+    link.connection_lost(ConnectionResetError(104, "Connection reset by peer"))
+    assert reports[2:] == [("writable", None), ("lost", "Connection reset by peer")]
+    ended = Link(Owner())
+    ended.release()
+    ended.abort()  # no transport yet: only the reports stop
+    ended.data_received(b"late")
+    assert len(reports) == 4 and ended.closed.is_set() is False
