@@ -27,6 +27,7 @@ from auditpy.config.remote_conf import load_remote_conf
 from auditpy.proto import remote as rp
 from auditpy.system.service import Signal
 
+from .conftest import wait_for
 from .test_audisp_remote import (
     FakeServer,
     Plugin,
@@ -34,7 +35,6 @@ from .test_audisp_remote import (
     ack,
     lines_stored,
     record,
-    wait_for,
     write_conf,
 )
 from .test_audisp_remote import (
@@ -74,8 +74,9 @@ def test_a_sighup_storm_through_start_up_does_not_kill_the_plugin(
     plugin = start(tmp_path, cleanup, server)
     pid = plugin.proc.pid
     # The earliest moment a signal can be survived: once the kernel shows it blocked.
-    assert wait_for(lambda: signal.SIGHUP in blocked_signals(pid)
-                    or plugin.proc.poll() is not None, 20)
+    wait_for(lambda: signal.SIGHUP in blocked_signals(pid) or plugin.proc.poll() is not None,
+             20, "SIGHUP held (SigBlk in /proc/PID/status) while the plugin starts",
+             context=plugin.stderr)
     assert plugin.proc.poll() is None and signal.SIGHUP in blocked_signals(pid), (
         "SIGHUP is never held while the plugin starts", plugin.stderr())
     sent = 0

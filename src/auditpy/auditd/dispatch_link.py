@@ -25,6 +25,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 
+from auditpy.proto.dispatch import parse_figures
 from auditpy.system.children import ChildHandle, SpawnChild, spawn_child, stdin_pair
 
 log = logging.getLogger("auditpy")
@@ -69,8 +70,14 @@ class DispatcherLink:
         self._restart: asyncio.TimerHandle | None = None
         #: should a dispatcher run: None until the owner has read the plugin directory
         self._want: bool | None = None
+        self.records_offered = 0
         self.records_sent = 0
         self.records_dropped = 0
+        #: the figures per plugin (offered, delivered, dropped, queued, restarts): what
+        #: the running dispatcher last reported, plus what earlier dispatchers had counted
+        self._reported: dict[str, dict[str, int]] = {}
+        self._carried: dict[str, dict[str, int]] = {}
+        self._figures_in = bytearray()
         self.starts = 0
 
     @property
@@ -100,7 +107,10 @@ class DispatcherLink:
             self._cancel_restart()
             self._start()
         else:
-            self._drop_pending(count=False)  # nobody wants them
+            # Nobody wants them: they were never owed to anyone, so they are taken back
+            # from what was offered rather than counted as dropped.
+            self.records_offered -= self.records_pending
+            self._drop_pending(count=False)
 
     def forward(self, signum: int) -> None:
         if self.child is not None:
@@ -129,6 +139,7 @@ class DispatcherLink:
         self.starts += 1
         self._started_at = time.monotonic()
         child.attach(self.loop, self._exited)
+        self.loop.add_reader(parent_end.fileno(), self._read_figures)
         log.info("Started dispatcher: %s pid: %d", " ".join(self.argv[:3]), child.pid)
         if self._pending:  # what came while it was starting
             self._writing = True
@@ -141,9 +152,7 @@ class DispatcherLink:
         # A frame half sent to the dead dispatcher cannot be completed: what was queued
         # behind it is lost to the plugins, and counted.
         self._drop_pending()
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
+        self._close_sock()
         status = child.returncode
         if self._stopping:
             return
@@ -187,9 +196,7 @@ class DispatcherLink:
         self._cancel_restart()
         child, self.child = self.child, None
         self._flush_blocking(deadline=time.monotonic() + min(1.0, timeout))
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
+        self._close_sock()
         if child is not None and child.wait(timeout) is None:
             child.send_signal(signal.SIGKILL)
             child.wait(None)
@@ -198,6 +205,7 @@ class DispatcherLink:
 
     def send(self, data: bytes, records: int) -> None:
         """Queue one batch of frames; never blocks."""
+        self.records_offered += records
         sock = self.sock
         view = memoryview(data)
         if sock is None:
@@ -243,6 +251,21 @@ class DispatcherLink:
             self.records_sent += records
         self._stop_writing()
 
+    def _close_sock(self) -> None:
+        """Let go of the socket; the dead dispatcher's figures are carried forward."""
+        self._stop_writing()
+        sock, self.sock = self.sock, None
+        if sock is None:
+            return
+        if not self.loop.is_closed():
+            self.loop.remove_reader(sock.fileno())
+        self._carried = self.plugin_figures
+        for figures in self._carried.values():
+            figures.pop("queued", None)
+        self._reported = {}
+        self._figures_in.clear()
+        sock.close()
+
     def _stop_writing(self) -> None:
         if self._writing and self.sock is not None:
             self.loop.remove_writer(self.sock.fileno())
@@ -270,6 +293,38 @@ class DispatcherLink:
         except OSError:
             pass
         self._drop_pending()
+
+    @property
+    def plugin_figures(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for source in (self._carried, self._reported):
+            for name, figures in source.items():
+                mine = out.setdefault(name, {})
+                for key, value in figures.items():
+                    # counters add up across dispatchers; a queue is the running one's
+                    mine[key] = value if key == "queued" else mine.get(key, 0) + value
+        return out
+
+    def _read_figures(self) -> None:
+        sock = self.sock
+        if sock is None:
+            return
+        try:
+            data = sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.loop.remove_reader(sock.fileno())  # its exit follows, through the pidfd
+            return
+        self._figures_in += data
+        for report in parse_figures(self._figures_in):
+            self._reported = report
+
+    @property
+    def records_pending(self) -> int:
+        return sum(records for _view, records in self._pending)
 
     def state(self) -> dict[str, str]:
         return {
