@@ -103,7 +103,7 @@ def test_load_checks_the_file(tmp_path: Path) -> None:
     os.chmod(secret, 0o600)
     assert load_nats_conf(str(secret)).config.password == "p"
     writable = write(tmp_path / "w.conf", "servers = a\n", 0o664)
-    with pytest.raises(ConfigError, match="writable by group or others"):
+    with pytest.raises(ConfigError, match="is group or world writable"):
         load_nats_conf(str(writable))
     with pytest.raises(ConfigError, match="cannot open"):
         load_nats_conf(str(tmp_path / "missing.conf"))

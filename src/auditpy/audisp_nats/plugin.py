@@ -30,7 +30,6 @@ import os
 import select
 import signal
 import stat
-import sys
 import syslog
 from collections.abc import Sequence
 from typing import Final
@@ -46,82 +45,19 @@ from auditpy.nats import jetstream as jsapi
 from auditpy.nats.client import Client, NatsError, options_for
 from auditpy.nats.publisher import Publisher
 from auditpy.proto import jetstream as js
-from auditpy.proto.dispatch import FrameError, unpack_frames
-from auditpy.proto.dispatch import string_line as dispatcher_string_line
+from auditpy.proto.dispatch import FrameError
+from auditpy.proto.plugin_input import INPUT_CHUNK, MAX_INPUT_LINE, InputDecoder
+from auditpy.system.logsetup import PluginLog
 from auditpy.system.spool import QueueError
 
 PROG: Final = "pyaudisp-nats"
-INPUT_CHUNK: Final = 1 << 16
-#: A line this long without a newline cannot be a record; it is cut to bound memory.
-MAX_INPUT_LINE: Final = 1 << 16
 #: At the end of the input, how long queued records may take to be delivered.
 EOF_DRAIN: Final = 10.0
 HANDLED_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 
 
-class Log:
-    """Messages to stderr (the dispatcher's log) and syslog; a failing sink is ignored."""
-
-    def __init__(self, *, use_syslog: bool = True) -> None:
-        self._use_syslog = use_syslog
-        if use_syslog:
-            syslog.openlog(PROG, syslog.LOG_PID, syslog.LOG_DAEMON)
-
-    def __call__(self, priority: int, message: str) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            sys.stderr.write(f"{PROG}: {message}\n")
-            sys.stderr.flush()
-        if self._use_syslog:
-            with contextlib.suppress(OSError, ValueError):
-                syslog.syslog(priority, message)
-
-
-class InputDecoder:
-    """stdin bytes -> records (lines without newline).  A first byte of 0 or 1 is the
-    version field of a binary `audit_dispatcher_header`; anything else starts a line."""
-
-    def __init__(self) -> None:
-        self.binary: bool | None = None
-        self._buffer = bytearray()
-        self._discarding = False
-        self.cut_lines = 0
-
-    def feed(self, data: bytes) -> list[bytes]:
-        """Raises FrameError for corrupt binary input (it cannot resynchronise)."""
-        if not data:
-            return []
-        if self.binary is None:
-            self.binary = data[0] in (0, 1)
-        self._buffer += data
-        if self.binary:
-            return [dispatcher_string_line(version, msg_type, payload)[:-1]
-                    for version, msg_type, payload in unpack_frames(self._buffer)]
-        lines = self._buffer.split(b"\n")
-        rest = lines.pop()
-        if self._discarding and lines:
-            lines.pop(0)
-            self._discarding = False
-        out = [bytes(line) for line in lines]
-        if self._discarding:
-            rest = bytearray()
-        elif len(rest) > MAX_INPUT_LINE:
-            out.append(bytes(rest[:MAX_INPUT_LINE]))
-            rest = bytearray()
-            self._discarding = True
-            self.cut_lines += 1
-        self._buffer = bytearray(rest)
-        return out
-
-    def finish(self) -> list[bytes]:
-        rest = bytes(self._buffer)
-        self._buffer.clear()
-        if self.binary or self._discarding or not rest:
-            return []
-        return [rest]
-
-
 class NatsPlugin:
-    def __init__(self, config_path: str, publisher: Publisher, log: Log,
+    def __init__(self, config_path: str, publisher: Publisher, log: PluginLog,
                  stdin_fd: int = 0) -> None:
         self.config_path = config_path
         self.publisher = publisher
@@ -194,7 +130,11 @@ class NatsPlugin:
             if pollable:
                 with contextlib.suppress(OSError, ValueError):
                     loop.remove_reader(fd)
-        publisher.submit(self.decoder.finish())
+        rest, cut_bytes = self.decoder.finish()
+        publisher.submit(rest)
+        if cut_bytes:
+            self.log(syslog.LOG_WARNING, f"end of input: {cut_bytes} bytes of an incomplete "
+                     "binary record were dropped")
         if self.decoder.cut_lines:
             self.log(syslog.LOG_WARNING, f"{self.decoder.cut_lines} input lines longer than "
                      f"{MAX_INPUT_LINE} bytes were cut")
@@ -239,7 +179,7 @@ class NatsPlugin:
             self._finish(1, f"internal error in the {task.get_name()} task: {exc!r}")
 
 
-async def create_stream(conf: NatsConf, replicas: int, window: float, log: Log) -> int:
+async def create_stream(conf: NatsConf, replicas: int, window: float, log: PluginLog) -> int:
     if not 1 <= replicas <= 5 or window <= 0:
         log(syslog.LOG_ERR, "--create-stream takes 1..5 replicas and a positive window")
         return 2
@@ -274,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duplicate-window", type=float, default=120.0, metavar="SECONDS",
                         help="with --create-stream: how long a Nats-Msg-Id is remembered")
     args = parser.parse_args(argv)
-    log = Log(use_syslog=not args.no_syslog)
+    log = PluginLog(PROG, use_syslog=not args.no_syslog)
     try:
         parsed = load_nats_conf(args.config, PUBLISHER)
     except ConfigError as exc:

@@ -7,11 +7,10 @@ object so that the delivery core (which must not read the real clock) can use it
 
 from __future__ import annotations
 
-import contextlib
-import sys
-import syslog
 from collections.abc import Callable
 from typing import Final
+
+from auditpy.system.logsetup import PluginLog
 
 PROG: Final = "pyaudisp-remote"
 
@@ -19,22 +18,9 @@ PROG: Final = "pyaudisp-remote"
 LogFunc = Callable[[int, str], None]
 
 
-class Log:
-    """Every message goes to stderr (the dispatcher's log) and to syslog, like the C
-    plugin's messages; a failing sink is ignored because logging must not stop delivery."""
-
-    def __init__(self, *, use_syslog: bool = True) -> None:
-        self._use_syslog = use_syslog
-        if use_syslog:
-            syslog.openlog(PROG, syslog.LOG_PID, syslog.LOG_DAEMON)
-
-    def __call__(self, priority: int, message: str) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            sys.stderr.write(f"{PROG}: {message}\n")
-            sys.stderr.flush()
-        if self._use_syslog:
-            with contextlib.suppress(OSError, ValueError):
-                syslog.syslog(priority, message)
+def Log(*, use_syslog: bool = True) -> PluginLog:
+    """pyaudisp-remote's messages (see `PluginLog`)."""
+    return PluginLog(PROG, use_syslog=use_syslog)
 
 
 class RateLimit:

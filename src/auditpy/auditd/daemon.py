@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 from auditpy import AUDIT_VERSION
 from auditpy.auditd import daemon_records
 from auditpy.auditd.actions import ActionKind, FollowUp, run_action
-from auditpy.auditd.collector import NatsCollector, collector_from_config, reconfigure_collector
 from auditpy.auditd.counters import Counters, LogCount, state_report
 from auditpy.auditd.daemon_records import DaemonSerials, Sender
 from auditpy.auditd.diskspace import SpacePolicy, SpaceSettings, Trigger
@@ -76,6 +75,7 @@ from auditpy.system.node import node_name
 from auditpy.system.service import Signal, SignalReader, write_state_file
 
 if TYPE_CHECKING:
+    from auditpy.auditd.collector import NatsCollector
     from auditpy.auditd.listener import RemoteListener, Reply
     from auditpy.auditd.metrics import MetricsServer
 
@@ -331,7 +331,10 @@ class Daemon:
         )
         try:
             self._remote_start()
-            self.collector = collector_from_config(self.loop, self.config, self)
+            if self.config.nats_collector is not None:
+                from auditpy.auditd.collector import collector_from_config
+
+                self.collector = collector_from_config(self.loop, self.config, self)
         except (OSError, ValueError) as exc:
             self._abort("network-init", exc)
             raise
@@ -912,7 +915,11 @@ class Daemon:
             self._daemon_record(DAEMON_CONFIG, daemon_records.config_text(sender, ok=False))
             return
         self._remote_reconfigure(old)
-        self.collector = reconfigure_collector(self.collector, self.loop, self.config, self)
+        if self.collector is not None or self.config.nats_collector is not None:
+            from auditpy.auditd.collector import reconfigure_collector
+
+            self.collector = reconfigure_collector(
+                self.collector, self.loop, self.config, self)
         # Logged, never dispatched, like the C daemon's.
         self._daemon_record(
             DAEMON_CONFIG,

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from auditpy import AUDIT_VERSION
 from auditpy.config.nats_conf import NatsConf, tls_context
+from auditpy.config.tls import client_context
 from auditpy.proto import nats as wire
 from auditpy.proto.nats import Info, Msg, ServerUrl
 
@@ -536,17 +537,8 @@ def options_for(conf: NatsConf, program: str) -> NatsOptions:
 def load_tls_context(
     ca_file: str | None, cert_file: str | None, key_file: str | None
 ) -> ssl.SSLContext:
-    """A client context: the server must prove itself against `ca_file` (or the system
-    CAs); with `cert_file` we present a client certificate.  Raises OSError/SSLError."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if ca_file:
-        context.load_verify_locations(cafile=ca_file)
-    else:
-        context.load_default_certs(ssl.Purpose.SERVER_AUTH)
-    if cert_file:
-        context.load_cert_chain(cert_file, key_file)
-    return context
+    """The client context of `config.tls` (one for every auditpy client)."""
+    return client_context(ca_file=ca_file, cert_file=cert_file, key_file=key_file)
 
 
 def boot_id(path: str = "/proc/sys/kernel/random/boot_id") -> bytes:
