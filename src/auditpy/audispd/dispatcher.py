@@ -62,6 +62,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from auditpy.audispd.builtin_af_unix import AfUnixPlugin
+from auditpy.audispd.builtin_json import JsonPlugin
 from auditpy.audispd.builtin_syslog import SyslogPlugin
 from auditpy.audispd.runner import (
     BACKOFF_INITIAL,
@@ -78,6 +79,7 @@ from auditpy.audispd.runner import (
 from auditpy.config.auditd_conf import ConfigError
 from auditpy.config.plugins import (
     AF_UNIX,
+    JSON,
     SYSLOG,
     DispatcherSettings,
     PluginConfig,
@@ -125,6 +127,8 @@ def make_runner(config: PluginConfig, ctx: RunnerContext) -> PluginRunner:
         return AfUnixPlugin(config, ctx)
     if config.builtin == SYSLOG:
         return SyslogPlugin(config, ctx)
+    if config.builtin == JSON:
+        return JsonPlugin(config, ctx)
     return ExternalPlugin(config, ctx)
 
 

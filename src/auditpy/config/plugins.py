@@ -51,12 +51,14 @@ AUDISPD_CONF: Final = "audispd.conf"
 
 AF_UNIX: Final = "af_unix"
 SYSLOG: Final = "syslog"
+JSON: Final = "json"
 #: Values of ``path`` that name a builtin instead of a program (2.x spellings and short).
 BUILTIN_PATHS: Final = {
     "builtin_af_unix": AF_UNIX,
     "af_unix": AF_UNIX,
     "builtin_syslog": SYSLOG,
     "syslog": SYSLOG,
+    "builtin_json": JSON,
 }
 
 DEFAULT_AF_UNIX_MODE: Final = 0o640
@@ -265,6 +267,17 @@ def parse_syslog_args(args: Iterable[str]) -> SyslogArgs:
     )
 
 
+def parse_json_args(args: Iterable[str]) -> str | None:
+    """builtin_json takes the path of its configuration file (jsonout.py), or nothing for
+    the defaults."""
+    given = list(args)
+    if len(given) > 1:
+        raise ValueError("json: one argument at most: the path of its configuration file")
+    if given and not given[0].startswith("/"):
+        raise ValueError(f"json: configuration file {given[0]!r} is not an absolute path")
+    return given[0] if given else None
+
+
 # --------------------------------------------------------------------------------------
 # Plugin files (pure)
 
@@ -329,7 +342,7 @@ def parse_plugin_conf(
     if config.type == "builtin" and config.builtin is None and "path" in where:
         error(
             where.get("type"),
-            "type = builtin needs path = builtin_af_unix or builtin_syslog",
+            "type = builtin needs path = builtin_af_unix, builtin_syslog or builtin_json",
         )
     if config.active and config.path is None and "path" not in refused:
         error(where.get("active"), "the plugin is active but has no path")
@@ -338,6 +351,8 @@ def parse_plugin_conf(
         try:
             if config.builtin == AF_UNIX:
                 parse_af_unix_args(config.args)
+            elif config.builtin == JSON:
+                parse_json_args(config.args)
             else:
                 parse_syslog_args(config.args)
         except ValueError as exc:
@@ -364,7 +379,10 @@ def _plugin_value(keyword: str, tokens: list[str]) -> object:
         return _choice(keyword, value, ("string", "binary"))
     # path
     if fold(value) not in BUILTIN_PATHS and not value.startswith("/"):
-        raise ValueError(f"path {value!r} is neither absolute nor builtin_af_unix / builtin_syslog")
+        raise ValueError(
+            f"path {value!r} is neither absolute nor builtin_af_unix / builtin_syslog / "
+            "builtin_json"
+        )
     return value
 
 

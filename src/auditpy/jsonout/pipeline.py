@@ -145,16 +145,16 @@ class JsonPipeline:
     def add_record(self, msg_type: int, payload: bytes) -> None:
         """One dispatcher record (V0 payload or V1 line)."""
         for event in self.assembler.add_payload(msg_type, payload):
-            self._emit(event)
+            self.emit(event)
 
     def add_line(self, line: bytes) -> None:
         """One string-format record or log line."""
         for event in self.assembler.add_line(line):
-            self._emit(event)
+            self.emit(event)
 
     def expire(self, now: float | None = None) -> None:
         for event in self.assembler.expire(now):
-            self._emit(event)
+            self.emit(event)
 
     def next_deadline(self) -> float | None:
         return self.assembler.next_deadline()
@@ -169,7 +169,7 @@ class JsonPipeline:
         """End of input: every open event is written (marked incomplete), then the sink
         is closed."""
         for event in self.assembler.flush():
-            self._emit(event)
+            self.emit(event)
         self.flush()
         self.sink.close()
 
@@ -244,7 +244,7 @@ class JsonPipeline:
             return None
         return self.encoder.render(parsed, extra, top)
 
-    def _emit(self, event: Event) -> None:
+    def emit(self, event: Event) -> None:
         self.stats.events += 1
         obj = self.event_object(event)
         if obj is None:
