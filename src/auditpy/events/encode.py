@@ -46,6 +46,7 @@ __all__ = [
     "Parsed",
     "decode_sockaddr",
     "dumps",
+    "fragment",
     "text",
     "type_key",
 ]
@@ -102,6 +103,11 @@ def _json_value(value: Value) -> Any:
     if isinstance(value, list):
         return [_json_value(v) for v in value]
     return {k: _json_value(v) for k, v in value.items()}
+
+
+def fragment(values: dict[str, Value]) -> str:
+    """``"key":value,...`` of an object holding field values (no braces)."""
+    return dumps({k: _json_value(v) for k, v in values.items()})[1:-1]
 
 
 def dumps(obj: Any) -> str:
@@ -219,7 +225,7 @@ class EncodeOptions:
     argv_string: bool = False
 
 
-def _arch_name(arch: int) -> str | None:
+def arch_name(arch: int) -> str | None:
     machine = ELF_TO_MACHINE.get(arch & 0xFFFFFFFF)
     return None if machine is None else MACHINE_NAMES.get(machine)
 
@@ -277,9 +283,9 @@ class Encoder:
             for name, value in self._userdb(fields):
                 obj[name] = _json_value(value)
         if opts.universal and arch is not None:
-            arch_name = _arch_name(arch)
-            if arch_name is not None:
-                obj["ARCH"] = arch_name
+            arch_name_ = arch_name(arch)
+            if arch_name_ is not None:
+                obj["ARCH"] = arch_name_
                 if nr is not None:
                     call = syscall_name(arch, nr)
                     if call is not None:

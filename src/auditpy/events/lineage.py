@@ -32,9 +32,10 @@ import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, NamedTuple
 
 from auditpy.events.fields import Value
+from auditpy.events.filters import split_keys
 from auditpy.proto.interp_tables import ELF_TO_MACHINE
 from auditpy.proto.syscalls import SYSCALL_NAMES
 
@@ -131,6 +132,51 @@ def systemd_unit(path: str | None) -> str | None:
 # -- the table -------------------------------------------------------------------------------
 
 
+class SyscallFacts(NamedTuple):
+    """What the process table (and the filters) take from a SYSCALL record."""
+
+    pid: int | None
+    ppid: int | None
+    arch: int | None
+    nr: int | None
+    exit: int | None
+    a0: int | None
+    comm: bytes | None
+    exe: bytes | None
+    key: bytes | None
+    success: bool
+
+
+def syscall_facts(fields: list[tuple[str, Value]]) -> SyscallFacts:
+    pid = ppid = arch = nr = exit_ = a0 = None
+    comm = exe = key = None
+    success = True
+    for name, value in fields:
+        number = int(value) if isinstance(value, int) else None
+        if name == "pid":
+            pid = number
+        elif name == "ppid":
+            ppid = number
+        elif name == "arch":
+            arch = number
+        elif name == "syscall":
+            nr = number
+        elif name == "exit":
+            exit_ = number
+        elif name == "a0":
+            a0 = number
+        elif name == "comm":
+            comm = _text(value)
+        elif name == "exe":
+            exe = _text(value)
+        elif name == "key":
+            key = _text(value)
+        elif name == "success":
+            success = value == b"yes"
+    return SyscallFacts(pid, ppid, arch, nr, exit_, a0, comm, exe, key, success)
+
+
+
 @dataclass(frozen=True)
 class ProcInfo:
     """What /proc says about a process (from the I/O layer)."""
@@ -156,6 +202,7 @@ class Process:
     """One process as the table knows it."""
 
     __slots__ = (
+        "cache",
         "cgroup",
         "comm",
         "exe",
@@ -185,6 +232,8 @@ class Process:
         self.forked = False
         #: bumped on every change, for caches of what is derived from it
         self.version = 0
+        #: the caller's cache of what it derives from this entry (keyed by versions)
+        self.cache: object = None
 
     def touch(self) -> None:
         self.version += 1
@@ -211,10 +260,6 @@ class TableStats:
 
 def _text(value: Value) -> bytes | None:
     return value if isinstance(value, bytes) else None
-
-
-def _int(value: Value) -> int | None:
-    return int(value) if isinstance(value, int) else None
 
 
 class ProcessTable:
@@ -323,30 +368,10 @@ class ProcessTable:
     def observe(self, eid: str, syscall: list[tuple[str, Value]]) -> Process | None:
         """Update the table from one SYSCALL record's fields (event `eid`); returns the
         entry of the process the event is about (None without a pid)."""
-        arch = nr = pid = ppid = exit_ = a0 = None
-        comm = exe = key = None
-        success = True
-        for name, value in syscall:
-            if name == "pid":
-                pid = _int(value)
-            elif name == "ppid":
-                ppid = _int(value)
-            elif name == "arch":
-                arch = _int(value)
-            elif name == "syscall":
-                nr = _int(value)
-            elif name == "exit":
-                exit_ = _int(value)
-            elif name == "a0":
-                a0 = _int(value)
-            elif name == "comm":
-                comm = _text(value)
-            elif name == "exe":
-                exe = _text(value)
-            elif name == "key":
-                key = _text(value)
-            elif name == "success":
-                success = value == b"yes"
+        return self.observe_facts(eid, syscall_facts(syscall))
+
+    def observe_facts(self, eid: str, facts: SyscallFacts) -> Process | None:
+        pid, ppid, arch, nr, exit_, a0, comm, exe, key, success = facts
         if pid is None:
             return None
         kind = syscall_kind(arch, nr) if arch is not None and nr is not None else 0
@@ -364,10 +389,10 @@ class ProcessTable:
                 proc.touch()
                 self.stats.exits += 1
         if key is not None and self.rules.keys:
-            label = key.decode("utf-8", "surrogateescape")
-            if label in self.rules.keys and label not in proc.labels:
-                proc.labels = proc.labels | {label}
-                proc.touch()
+            for label in split_keys(key):
+                if label in self.rules.keys and label not in proc.labels:
+                    proc.labels = proc.labels | {label}
+                    proc.touch()
         return proc
 
     def _current(

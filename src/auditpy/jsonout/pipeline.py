@@ -23,19 +23,23 @@ from auditpy.events.encode import (
     EncodeOptions,
     Encoder,
     Names,
-    Parsed,
     dumps,
+    fragment,
 )
 from auditpy.events.fields import Value
 from auditpy.events.filters import EventFilter, split_keys
 from auditpy.events.lineage import (
     EXEC,
     LabelRules,
+    Process,
     ProcessTable,
+    SyscallFacts,
     container_id,
+    syscall_facts,
     syscall_kind,
     systemd_unit,
 )
+from auditpy.events.render import LineRenderer
 from auditpy.jsonout import procfs
 from auditpy.jsonout.sinks import Sink, open_sink
 
@@ -123,6 +127,8 @@ class JsonPipeline:
         self.assembler.timeout = config.end_of_event_timeout
         self.table.rules = label_rules(config)
         self.table.capacity = config.process_table_size
+        self.renderer = LineRenderer(self.encoder)
+        self._generation = getattr(self, "_generation", 0) + 1
 
     @staticmethod
     def _open_sink(config: JsonConfig) -> Sink:
@@ -175,83 +181,118 @@ class JsonPipeline:
 
     # -- events -------------------------------------------------------------------------
 
-    def enrich(self, parsed: Parsed) -> tuple[
-        dict[int, dict[str, Value]] | None, dict[str, Value] | None, bool
+    def _context(self, eid: str, facts: SyscallFacts) -> tuple[
+        Process | None, dict[str, Value], dict[str, Value]
     ]:
-        """(extras per record type, top-level extras, keep) for one event: the process
-        table is updated from it whether or not it is filtered out."""
-        config = self.config
-        syscall = parsed.syscall
-        keys: list[str] = []
-        labels: frozenset[str] = frozenset()
-        extra: dict[int, dict[str, Value]] | None = None
-        top: dict[str, Value] | None = None
-        if syscall is not None:
-            proc = self.table.observe(parsed.event.eid, syscall)
-            for name, value in syscall:
-                if name == "key":
-                    keys = split_keys(value if isinstance(value, bytes) else None)
-                    break
-            if proc is not None:
-                labels = proc.labels
-                info = self.table.enrichment(proc)
-                if not config.enrich_pid:
-                    info.pop("PPID", None)
-                    info.pop("PID", None)
-                if info:
-                    extra = {AUDIT_SYSCALL: info}
-                if config.execve_env and AUDIT_EXECVE in parsed.merged:
-                    env = self._environ(proc.pid, syscall)
-                    if env is not None:
-                        extra = extra or {}
-                        extra[AUDIT_EXECVE] = {"ENV": env}
-                if proc.cgroup:
-                    top = {}
-                    if config.enrich_container:
-                        cid = container_id(proc.cgroup)
-                        if cid:
-                            top["CONTAINER_INFO"] = {"ID": cid.encode()}
-                    if config.enrich_systemd:
-                        unit = systemd_unit(proc.cgroup)
-                        if unit:
-                            top["SYSTEMD_INFO"] = {"UNIT": unit.encode()}
-        keep = not self.filter.active or not self.filter.drops(parsed.first_type, keys, labels)
-        return extra, top, keep
+        """The process of a SYSCALL event (the table updated from it, whether or not the
+        event is filtered out), its SYSCALL extras (PPID, PID, LABELS) and top-level extras
+        (CONTAINER_INFO, SYSTEMD_INFO)."""
+        proc = self.table.observe_facts(eid, facts)
+        if proc is None:
+            return None, {}, {}
+        return self._context_of(proc)
 
-    def _environ(self, pid: int, syscall: list[tuple[str, Value]]) -> dict[str, Value] | None:
+    def _environ(self, pid: int, facts: SyscallFacts) -> dict[str, Value] | None:
+        """ENV for an exec event: the configured variables of the live process."""
         read = self.access.read_environ
-        if read is None:
+        if read is None or not self.config.execve_env or not facts.success:
             return None
-        arch = nr = None
-        success = False
-        for name, value in syscall:
-            if name == "arch" and isinstance(value, int):
-                arch = int(value)
-            elif name == "syscall" and isinstance(value, int):
-                nr = value
-            elif name == "success":
-                success = value == b"yes"
-        if not success or arch is None or nr is None or syscall_kind(arch, nr) != EXEC:
+        if facts.arch is None or facts.nr is None or syscall_kind(facts.arch, facts.nr) != EXEC:
             return None
         env = read(pid, self.config.execve_env)
         return None if env is None else dict(env.items())
 
+    def _keep(self, first_type: int, facts: SyscallFacts | None, labels: frozenset[str]) -> bool:
+        if not self.filter.active:
+            return True
+        keys = split_keys(facts.key) if facts is not None else []
+        return not self.filter.drops(first_type, keys, labels)
+
     def event_object(self, event: Event) -> dict[str, Any] | None:
-        """The JSON object for `event`, None if it is filtered out."""
+        """The JSON object for `event` (the generic path), None if it is filtered out."""
         parsed = self.encoder.parse(event)
-        extra, top, keep = self.enrich(parsed)
-        if not keep:
+        syscall = parsed.syscall
+        extra: dict[int, dict[str, Value]] = {}
+        top: dict[str, Value] = {}
+        labels: frozenset[str] = frozenset()
+        facts = syscall_facts(syscall) if syscall is not None else None
+        if facts is not None:
+            proc, info, top = self._context(event.eid, facts)
+            if proc is not None:
+                labels = proc.labels
+                if info:
+                    extra[AUDIT_SYSCALL] = info
+                if AUDIT_EXECVE in parsed.merged:
+                    env = self._environ(proc.pid, facts)
+                    if env is not None:
+                        extra[AUDIT_EXECVE] = {"ENV": env}
+        if not self._keep(parsed.first_type, facts, labels):
             return None
         return self.encoder.render(parsed, extra, top)
 
     def emit(self, event: Event) -> None:
+        """Write one event (unless filtered out): cached fragments when the event's shape
+        allows, the generic path otherwise; the same bytes either way."""
         self.stats.events += 1
-        obj = self.event_object(event)
-        if obj is None:
-            self.stats.filtered += 1
-            return
+        layout = self.renderer.layout(event)
+        if layout is None:
+            obj = self.event_object(event)
+            if obj is None:
+                self.stats.filtered += 1
+                return
+            line = dumps(obj)
+        else:
+            facts = layout.facts
+            syscall_extra = execve_extra = top_extra = ""
+            labels: frozenset[str] = frozenset()
+            if facts is not None:
+                proc = self.table.observe_facts(event.eid, facts)
+                if proc is not None:
+                    labels = proc.labels
+                    syscall_extra, top_extra = self._proc_fragments(proc)
+                    if layout.has_execve:
+                        env = self._environ(proc.pid, facts)
+                        if env is not None:
+                            execve_extra = fragment({"ENV": env})
+            if not self._keep(layout.groups[0][0], facts, labels):
+                self.stats.filtered += 1
+                return
+            line = self.renderer.line(layout, syscall_extra, execve_extra, top_extra)
         self.stats.written += 1
-        self._out.append(self.prefix + dumps(obj).encode("utf-8", "surrogateescape") + b"\n")
+        self._out.append(self.prefix + line.encode("utf-8", "surrogateescape") + b"\n")
+
+    def _proc_fragments(self, proc: Process) -> tuple[str, str]:
+        """SYSCALL and top-level extras of `proc`, cached on its entry until it, its parent
+        or the configuration changes."""
+        parent = self.table.parent_of(proc)
+        key = (proc.version, parent, -1 if parent is None else parent.version,
+               self._generation)
+        cached = proc.cache
+        if isinstance(cached, tuple) and cached[0] == key:
+            return cached[1], cached[2]
+        _proc, info, top = self._context_of(proc)
+        frags = (fragment(info) if info else "", fragment(top) if top else "")
+        proc.cache = (key, *frags)
+        return frags
+
+    def _context_of(self, proc: Process) -> tuple[Process, dict[str, Value], dict[str, Value]]:
+        """`_context` for a process already updated from the event."""
+        config = self.config
+        info = self.table.enrichment(proc)
+        if not config.enrich_pid:
+            info.pop("PPID", None)
+            info.pop("PID", None)
+        top: dict[str, Value] = {}
+        if proc.cgroup:
+            if config.enrich_container:
+                cid = container_id(proc.cgroup)
+                if cid:
+                    top["CONTAINER_INFO"] = {"ID": cid.encode()}
+            if config.enrich_systemd:
+                unit = systemd_unit(proc.cgroup)
+                if unit:
+                    top["SYSTEMD_INFO"] = {"UNIT": unit.encode()}
+        return proc, info, top
 
     # -- report -------------------------------------------------------------------------
 
