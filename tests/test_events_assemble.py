@@ -145,8 +145,8 @@ def test_last_record_types() -> None:
 def test_live_clock_closes_idle_events_and_marks_them() -> None:
     now = [100.0]
     assembler = Assembler(2.0, clock=lambda: now[0])
-    assert assembler.add(1300, b"1.000:1", b"a=1") == []
-    assert assembler.add(1307, b"1.000:1", b"cwd=\"/\"") == []
+    assert assembler.add(1300, b"1.000:1", b"a=1") == ()
+    assert assembler.add(1307, b"1.000:1", b"cwd=\"/\"") == ()
     now[0] = 101.9
     assert assembler.expire() == []
     assert assembler.next_deadline() == 102.0
@@ -156,28 +156,28 @@ def test_live_clock_closes_idle_events_and_marks_them() -> None:
     assert [t for t, _ in event.records] == [1300, 1307]
     assert assembler.stats.timed_out == 1
     # Its EOE arriving afterwards is consumed, not an event or an orphan.
-    assert assembler.add(1320, b"1.000:1", b"") == []
+    assert assembler.add(1320, b"1.000:1", b"") == ()
     assert assembler.stats.orphan_eoe == 0
 
 
 def test_eoe_completes_and_late_records_are_counted() -> None:
     assembler = Assembler(clock=lambda: 0.0)
-    assert assembler.add(1300, b"1.000:7", b"x=1") == []
+    assert assembler.add(1300, b"1.000:7", b"x=1") == ()
     [done] = assembler.add(1320, b"1.000:7", b"")
     assert done.incomplete is None and done.types() == [1300, 1320]
-    assert assembler.add(1307, b"1.000:7", b"cwd=\"/\"") == []  # an event of its own
+    assert assembler.add(1307, b"1.000:7", b"cwd=\"/\"") == ()  # an event of its own
     assert assembler.stats.late == 1
     [late] = assembler.flush()
     assert late.incomplete == LATE and late.types() == [1307]
-    assert assembler.add(1320, b"9.000:9", b"") == []
+    assert assembler.add(1320, b"9.000:9", b"") == ()
     assert assembler.stats.orphan_eoe == 1
 
 
 def test_interleaved_events_and_nodes_are_separate() -> None:
     assembler = Assembler(clock=lambda: 0.0)
-    assert assembler.add(1300, b"1.000:1", b"a", node="h1") == []
-    assert assembler.add(1300, b"1.000:1", b"b", node="h2") == []
-    assert assembler.add(1300, b"1.000:2", b"c") == []
+    assert assembler.add(1300, b"1.000:1", b"a", node="h1") == ()
+    assert assembler.add(1300, b"1.000:1", b"b", node="h2") == ()
+    assert assembler.add(1300, b"1.000:2", b"c") == ()
     [one] = assembler.add(1327, b"1.000:1", b"p", node="h2")
     assert one.node == "h2" and one.records == [(1300, b"b"), (1327, b"p")]
     rest = assembler.flush()
@@ -209,7 +209,7 @@ def test_malformed_lines_become_events_and_are_counted() -> None:
 
 def test_payload_forms() -> None:
     assembler = Assembler(clock=lambda: 0.0)
-    assert assembler.add_payload(1300, b"audit(1.000:5): arch=c000003e") == []
+    assert assembler.add_payload(1300, b"audit(1.000:5): arch=c000003e") == ()
     [event] = assembler.add_payload(
         1327, b"node=h type=PROCTITLE msg=audit(1.000:5): proctitle=41"
     )

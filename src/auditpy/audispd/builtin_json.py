@@ -32,6 +32,8 @@ class JsonPlugin(PluginRunner):
         self.pipeline: JsonPipeline | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._node_names: dict[bytes, str] = {}
+        #: whether the assembler's time was set for the records of the current read
+        self._timed = False
 
     def describe(self) -> str:
         return " ".join(["builtin json", *self.config.args])
@@ -62,7 +64,7 @@ class JsonPlugin(PluginRunner):
             log.error("plugin %s not started", self.name)
             self.state = State.FAILED
             return
-        self.pipeline = JsonPipeline(config, clock=self.ctx.loop.time)
+        self.pipeline = JsonPipeline(config, clock=self.ctx.loop.time, manual_clock=True)
         self.state = State.RUNNING
         log.info("plugin %s started: %s, writing to %s", self.name, self.describe(),
                  self.pipeline.sink.describe())
@@ -72,6 +74,9 @@ class JsonPlugin(PluginRunner):
         if self.state is not State.RUNNING or pipeline is None:
             self.dropped += 1  # a builtin has no queue to hold records until it runs
             return True
+        if not self._timed:  # one clock reading per read of the dispatcher's input
+            pipeline.assembler.set_time(self.ctx.loop.time())
+            self._timed = True
         if record.node:
             node = self._node_names.get(record.node)
             if node is None:
@@ -86,6 +91,7 @@ class JsonPlugin(PluginRunner):
         return True
 
     def flush(self) -> None:
+        self._timed = False
         pipeline = self.pipeline
         if pipeline is None:
             return

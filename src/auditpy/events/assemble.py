@@ -25,7 +25,7 @@ hands out the oldest event first and so holds every later one behind an incomple
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -73,6 +73,7 @@ def is_last_record(msg_type: int) -> bool:
 
 
 _LAST: Final = frozenset(t for t in range(0, 2200) if is_last_record(t))
+_NO_EVENTS: Final[tuple[Event, ...]] = ()
 
 
 @dataclass(slots=True)
@@ -189,10 +190,17 @@ class Assembler:
     """
 
     def __init__(
-        self, timeout: float = DEFAULT_TIMEOUT, clock: Callable[[], float] | None = None
+        self,
+        timeout: float = DEFAULT_TIMEOUT,
+        clock: Callable[[], float] | None = None,
+        *,
+        manual: bool = False,
     ) -> None:
         self.timeout = timeout
         self.clock = clock
+        #: live time set by the caller (`set_time`, once per batch of records) instead of
+        #: a clock call per record
+        self.manual = manual
         self.stats = AssemblerStats()
         #: open events by (node, id)
         self._open: dict[tuple[str | None, bytes], Event] = {}
@@ -206,22 +214,30 @@ class Assembler:
     def open_events(self) -> int:
         return len(self._open)
 
+    def set_time(self, now: float) -> None:
+        """The live time for the records that follow (manual clock)."""
+        self._now = now
+
     def add(
         self, msg_type: int, eid: bytes, body: bytes, node: str | None = None
-    ) -> list[Event]:
+    ) -> Sequence[Event]:
         """One record; returns the events completed by it (in completion order)."""
         stats = self.stats
         stats.records += 1
         key = (node, eid)
-        clock = self.clock
-        if clock is not None:
-            now = clock()
+        record_time = False
+        if self.manual:
+            now = self._now
+        elif self.clock is not None:
+            now = self._now = self.clock()
         else:
+            record_time = True
             head = eid.split(b".", 1)[0]
             now = float(head) if head.isdigit() else self._now
-        self._now = now
-        out: list[Event] = []
+            self._now = now
+        last = msg_type in _LAST or msg_type >= 2100
         event = self._open.get(key)
+        out: Sequence[Event] = _NO_EVENTS
         if event is None:
             done = self._done.get(key)
             if msg_type == AUDIT_EOE:
@@ -233,38 +249,48 @@ class Assembler:
                 eid.decode("ascii", "replace"),
                 node,
                 [(msg_type, body)],
-                LATE if done is not None else None,
+                None,
                 now,
             )
             if done is not None:
+                event.incomplete = LATE
                 stats.late += 1
-            if msg_type in _LAST or msg_type >= 2100:
-                self._complete(key, event, now, out)
+            if last:
+                out = [event]
+                self._complete(key, now)
             else:
                 self._open[key] = event
                 if len(self._open) > stats.max_open:
                     stats.max_open = len(self._open)
         else:
             event.records.append((msg_type, body))
-            if msg_type in _LAST or msg_type >= 2100:
+            if last:
                 del self._open[key]
-                self._complete(key, event, now, out)
-        if clock is None:
-            self._aged(now, out)
+                out = [event]
+                self._complete(key, now)
+        if record_time and self._open and now != self._aged_at:
+            aged = self._aged(now)
+            if aged:
+                out = [*out, *aged]
         return out
 
-    def add_payload(self, msg_type: int, payload: bytes, node: str | None = None) -> list[Event]:
+    def add_payload(
+        self, msg_type: int, payload: bytes, node: str | None = None
+    ) -> Sequence[Event]:
         """A dispatcher V0 payload, or a V1 one (a whole line)."""
-        parts = split_payload(payload)
-        if parts is None:
-            line = split_line(payload)
-            if line is None:
-                return [self._malformed(payload)]
-            node, msg_type, eid, body = line
-            return self.add(msg_type, eid, body, node)
-        return self.add(msg_type, parts[0], parts[1], node)
+        if payload[:6] == b"audit(":
+            close = payload.find(b")", 6)
+            if close > 0:
+                if payload[close + 1 : close + 3] == b": ":
+                    return self.add(msg_type, payload[6:close], payload[close + 3 :], node)
+                return self.add(msg_type, payload[6:close], payload[close + 2 :], node)
+        line = split_line(payload)
+        if line is None:
+            return [self._malformed(payload)]
+        node, msg_type, eid, body = line
+        return self.add(msg_type, eid, body, node)
 
-    def add_line(self, line: bytes) -> list[Event]:
+    def add_line(self, line: bytes) -> Sequence[Event]:
         """One log line or string-format record."""
         parts = split_line(line)
         if parts is None:
@@ -278,15 +304,12 @@ class Assembler:
         self.stats.events += 1
         return Event("", None, [(0, text)], MALFORMED, self._now)
 
-    def _complete(
-        self, key: tuple[str | None, bytes], event: Event, now: float, out: list[Event]
-    ) -> None:
+    def _complete(self, key: tuple[str | None, bytes], now: float) -> None:
         self.stats.events += 1
         done = self._done
         if len(done) >= DONE_MEMORY:
             self._forget(now)
         done[key] = now
-        out.append(event)
 
     def _forget(self, now: float) -> None:
         """Drop completed ids older than DONE_AGE; if none is, the oldest half."""
@@ -297,23 +320,15 @@ class Assembler:
         for k in old:
             del done[k]
 
-    def _aged(self, now: float, out: list[Event]) -> list[Event]:
-        """Record-time ageing (clock None): events with start + timeout <= now."""
-        if self._open and now != self._aged_at:
-            self._aged_at = now
-            limit = now - self.timeout
-            stale = [k for k, e in self._open.items() if e.started <= limit]
-            for k in stale:
-                event = self._open.pop(k)
-                event.incomplete = event.incomplete or TIMEOUT
-                self.stats.timed_out += 1
-                self._complete(k, event, now, out)
-        return out
+    def _aged(self, now: float) -> list[Event]:
+        """Record-time ageing (log files): events with start + timeout <= now."""
+        self._aged_at = now
+        return self.expire(now)
 
     def expire(self, now: float | None = None) -> list[Event]:
         """Close the events whose first record is `timeout` old (by the clock)."""
         if now is None:
-            now = self.clock() if self.clock is not None else self._now
+            now = self.clock() if self.clock is not None and not self.manual else self._now
         out: list[Event] = []
         if self._open:
             limit = now - self.timeout
@@ -322,7 +337,8 @@ class Assembler:
                 event = self._open.pop(k)
                 event.incomplete = event.incomplete or TIMEOUT
                 self.stats.timed_out += 1
-                self._complete(k, event, now, out)
+                self._complete(k, now)
+                out.append(event)
         return out
 
     def next_deadline(self) -> float | None:
@@ -339,7 +355,8 @@ class Assembler:
         for k, event in events:
             event.incomplete = event.incomplete or END_OF_INPUT
             self.stats.flushed += 1
-            self._complete(k, event, self._now, out)
+            self._complete(k, self._now)
+            out.append(event)
         return out
 
     def feed_lines(self, lines: Iterable[bytes]) -> list[Event]:

@@ -21,7 +21,7 @@ import re
 import select
 import socket
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -126,7 +126,7 @@ def _pipeline(config: JsonConfig | None, live: bool) -> JsonPipeline:
     )
 
 
-def _events(pipeline: JsonPipeline, events: list[Event]) -> Iterator[AuditEvent]:
+def _events(pipeline: JsonPipeline, events: Sequence[Event]) -> Iterator[AuditEvent]:
     for event in events:
         data = pipeline.event_object(event)
         if data is not None:

@@ -91,10 +91,13 @@ class JsonPipeline:
         sink: Sink | None = None,
         access: ProcAccess | None = None,
         seed: bool = True,
+        manual_clock: bool = False,
     ) -> None:
         self.access = access or ProcAccess()
         self.clock = clock
-        self.assembler = Assembler(config.end_of_event_timeout, clock)
+        #: with `manual_clock` the caller sets the assembler's time once per batch of
+        #: records (``assembler.set_time``) instead of a clock call per record
+        self.assembler = Assembler(config.end_of_event_timeout, clock, manual=manual_clock)
         self.table = ProcessTable(
             config.process_table_size,
             label_rules(config),
@@ -159,6 +162,8 @@ class JsonPipeline:
             self.emit(event)
 
     def expire(self, now: float | None = None) -> None:
+        if now is None and self.clock is not None:
+            now = self.clock()
         for event in self.assembler.expire(now):
             self.emit(event)
 
