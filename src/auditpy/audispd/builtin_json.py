@@ -32,8 +32,8 @@ class JsonPlugin(PluginRunner):
         self.pipeline: JsonPipeline | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._node_names: dict[bytes, str] = {}
-        #: whether the assembler's time was set for the records of the current read
-        self._timed = False
+        #: records offered since the last flush (one read of the dispatcher's input)
+        self._batch: list[Record] = []
 
     def describe(self) -> str:
         return " ".join(["builtin json", *self.config.args])
@@ -70,34 +70,46 @@ class JsonPlugin(PluginRunner):
                  self.pipeline.sink.describe())
 
     def offer(self, record: Record) -> bool:
-        pipeline = self.pipeline
-        if self.state is not State.RUNNING or pipeline is None:
+        # Taken as a batch at `flush` (one per read of the dispatcher's input): the records
+        # are already in memory, this only keeps a reference.
+        if self.state is not State.RUNNING or self.pipeline is None:
             self.dropped += 1  # a builtin has no queue to hold records until it runs
             return True
-        if not self._timed:  # one clock reading per read of the dispatcher's input
-            pipeline.assembler.set_time(self.ctx.loop.time())
-            self._timed = True
-        if record.node:
-            node = self._node_names.get(record.node)
-            if node is None:
-                node = record.node[5:].strip().decode("utf-8", "surrogateescape")
-                self._node_names[record.node] = node
-            events = pipeline.assembler.add_payload(record.msg_type, record.payload, node)
-        else:
-            events = pipeline.assembler.add_payload(record.msg_type, record.payload)
-        for event in events:
-            pipeline.emit(event)
-        self.delivered += 1
+        self._batch.append(record)
         return True
 
     def flush(self) -> None:
-        self._timed = False
         pipeline = self.pipeline
         if pipeline is None:
             return
+        batch = self._batch
+        if batch:
+            self._batch = []
+            assembler = pipeline.assembler
+            assembler.set_time(self.ctx.loop.time())
+            node_prefix = batch[0].node
+            if all(r.node is node_prefix for r in batch):
+                events = assembler.add_records(batch, self._node(node_prefix))
+            else:
+                events = []
+                for record in batch:
+                    events.extend(assembler.add_records([record], self._node(record.node)))
+            emit = pipeline.emit
+            for event in events:
+                emit(event)
+            self.delivered += len(batch)
         pipeline.flush()
         if self._timer is None:
             self._arm()
+
+    def _node(self, prefix: bytes) -> str | None:
+        if not prefix:
+            return None
+        node = self._node_names.get(prefix)
+        if node is None:
+            node = prefix[5:].strip().decode("utf-8", "surrogateescape")
+            self._node_names[prefix] = node
+        return node
 
     def _arm(self) -> None:
         """Wake up when the oldest open event reaches end_of_event_timeout."""
@@ -139,6 +151,7 @@ class JsonPlugin(PluginRunner):
         if timer is not None:
             timer.cancel()
         if self.pipeline is not None:
+            self.flush()
             self.pipeline.close()
             stats = self.pipeline.stats
             log.info("plugin %s stopped; %d records in, %d events written, %d filtered",

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Protocol
 
 from auditpy.proto.msgtypes import MSG_TYPE_NAMES
 
@@ -74,6 +74,13 @@ def is_last_record(msg_type: int) -> bool:
 
 _LAST: Final = frozenset(t for t in range(0, 2200) if is_last_record(t))
 _NO_EVENTS: Final[tuple[Event, ...]] = ()
+
+
+class PayloadRecord(Protocol):
+    """A dispatcher record (pyaudispd's Record has these)."""
+
+    msg_type: int
+    payload: bytes
 
 
 @dataclass(slots=True)
@@ -289,6 +296,66 @@ class Assembler:
             return [self._malformed(payload)]
         node, msg_type, eid, body = line
         return self.add(msg_type, eid, body, node)
+
+    def add_records(
+        self, records: Iterable[PayloadRecord], node: str | None = None
+    ) -> list[Event]:
+        """Many dispatcher records at once (live streams): `add_payload` for each, in one
+        loop, with one clock reading (the dispatcher's read is one instant)."""
+        if self.clock is None and not self.manual:
+            out: list[Event] = []
+            for record in records:
+                out.extend(self.add_payload(record.msg_type, record.payload, node))
+            return out
+        now = self._now if self.manual else self.clock() if self.clock is not None else 0.0
+        self._now = now
+        stats = self.stats
+        open_ = self._open
+        done = self._done
+        last_types = _LAST
+        completed: list[Event] = []
+        count = 0
+        for record in records:
+            count += 1
+            msg_type = record.msg_type
+            payload = record.payload
+            close = payload.find(b")", 6) if payload[:6] == b"audit(" else -1
+            if close < 0:
+                stats.records -= 1  # counted again by add_payload
+                completed.extend(self.add_payload(msg_type, payload, node))
+                continue
+            eid = payload[6:close]
+            body = payload[close + 3 :] if payload[close + 1 : close + 3] == b": " else (
+                payload[close + 2 :]
+            )
+            key = (node, eid)
+            event = open_.get(key)
+            last = msg_type in last_types or msg_type >= 2100
+            if event is not None:
+                event.records.append((msg_type, body))
+                if last:
+                    del open_[key]
+                    completed.append(event)
+                    self._complete(key, now)
+                continue
+            was_done = done.get(key)
+            if msg_type == AUDIT_EOE:
+                if was_done is None:
+                    stats.orphan_eoe += 1
+                continue
+            event = Event(eid.decode("ascii", "replace"), node, [(msg_type, body)], None, now)
+            if was_done is not None:
+                event.incomplete = LATE
+                stats.late += 1
+            if last:
+                completed.append(event)
+                self._complete(key, now)
+            else:
+                open_[key] = event
+                if len(open_) > stats.max_open:
+                    stats.max_open = len(open_)
+        stats.records += count
+        return completed
 
     def add_line(self, line: bytes) -> Sequence[Event]:
         """One log line or string-format record."""
