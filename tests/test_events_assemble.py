@@ -85,6 +85,19 @@ def _line(name: str, sec: int, milli: int, serial: int, n: int) -> bytes:
 
 
 @needs_auparse
+def test_real_workload_log_boundaries_equal_libauparse() -> None:
+    """The log of tests/kernel/test_json_output.py's workload (execs, a compile, files,
+    sockets, LOGIN, auditctl -m) as pyauditd wrote it."""
+    path = Path(__file__).parent / "data" / "json_workload.log"
+    lines = path.read_bytes().splitlines(keepends=True)
+    mine = sorted(tuple(b for _t, b in e.records) for e in Assembler().feed_lines(lines))
+    reference = sorted(tuple(text.split(b"): ", 1)[1] for _t, _s, text in ev)
+                       for ev in auparse_events(path))
+    assert len(reference) >= 140
+    assert mine == reference
+
+
+@needs_auparse
 def test_hand_made_interleaving(tmp_path: Path) -> None:
     spec = [
         ("SYSCALL", 0, 1), ("SYSCALL", 0, 2), ("CWD", 0, 2), ("CWD", 0, 1),
@@ -109,11 +122,12 @@ def interleavings(draw: st.DrawFn) -> list[bytes]:
         serial = draw(st.integers(1, 6))
         kind = draw(st.sampled_from(["syscall", "syscall", "alone", "stray"]))
         if kind == "syscall":
-            body = [1300, *draw(st.lists(st.sampled_from([1307, 1302, 1306, 1309]), max_size=3))]
+            head = draw(st.sampled_from([[1300], [1300], [1006, 1300], [1305, 1300]]))
+            body = [*head, *draw(st.lists(st.sampled_from([1307, 1302, 1306, 1309]), max_size=3))]
             tail = draw(st.sampled_from([[1327, 1320], [1327], [1320], [], [1327, 1320, 1320]]))
             types = body + tail
         elif kind == "alone":
-            types = [draw(st.sampled_from([1005, 1112, 2100, 1406, 2000, 1203]))]
+            types = [draw(st.sampled_from([1005, 1006, 1112, 2100, 1406, 2000, 1203, 1104]))]
         else:
             types = [draw(st.sampled_from([1307, 1302, 1701, 1320, 1327]))]
         events.append([(sec, milli, serial, t) for t in types])
@@ -138,8 +152,22 @@ def test_interleavings_equal_libauparse(tmp_path: Path, lines: list[bytes]) -> N
 def test_last_record_types() -> None:
     assert is_last_record(1327) and is_last_record(1320) and is_last_record(1005)
     assert is_last_record(1112) and is_last_record(2000) and is_last_record(1410)
-    assert is_last_record(2100) and is_last_record(5000)
-    assert not is_last_record(1300) and not is_last_record(1006) and not is_last_record(1701)
+    assert is_last_record(2100) and is_last_record(5000) and is_last_record(1006)
+    assert not is_last_record(1300) and not is_last_record(1701)
+    assert not is_last_record(1006, live=True)
+
+
+def test_live_streams_keep_login_with_its_syscall() -> None:
+    """A log has no EOE, so libauparse makes an event of LOGIN alone; a live stream has the
+    EOE that says where the kernel's event ends."""
+    records = [(1006, b"pid=1 old-auid=4294967295 auid=5 res=1"), (1300, b"arch=c000003e"),
+               (1327, b"proctitle=41"), (1320, b"")]
+    live = Assembler(clock=lambda: 0.0)
+    events = [e for t, b in records for e in live.add(t, b"1.000:4", b)]
+    assert [e.types() for e in events] == [[1006, 1300, 1327]]
+    log = Assembler()
+    events = [e for t, b in records for e in log.add(t, b"1.000:4", b)]
+    assert [e.types() for e in events] == [[1006], [1300, 1327]]
 
 
 def test_live_clock_closes_idle_events_and_marks_them() -> None:

@@ -4,9 +4,9 @@ Records belong to one event when they share node, timestamp and serial (the
 ``audit(SEC.MSEC:SERIAL)`` text).  An event is complete
 
 * at its EOE record;
-* at once when its record is of a type that always ends an event (libaudit's
-  ``audit_is_last_record``: PROCTITLE, the user-space and daemon ranges 1005 and 1007-1299,
-  AUDIT_KERNEL, the NetLabel types 1406-1419 and everything from 2100 on);
+* at once when its record is of a type that always ends an event (as libauparse 3.0.9
+  decides: PROCTITLE, every type below 1300, AUDIT_KERNEL, the NetLabel types 1406-1419 and
+  everything from 2100 on; in a live stream LOGIN waits for its EOE, see `is_last_record`);
 * otherwise when ``end_of_event_timeout`` has passed since its first record.  The clock is
   injected: for a live stream it is wall time (so an event closes even while nothing else
   arrives); for a log file, where EOE is never written, it is the timestamp of the record
@@ -59,13 +59,23 @@ MALFORMED: Final = "malformed"
 _NAME_TO_TYPE: Final = {name: num for num, name in MSG_TYPE_NAMES.items()}
 
 
-def is_last_record(msg_type: int) -> bool:
-    """Whether a record of this type always ends its event (libaudit 3.0.9's
-    ``audit_is_last_record``)."""
+AUDIT_LOGIN: Final = 1006
+
+
+def is_last_record(msg_type: int, live: bool = False) -> bool:
+    """Whether a record of this type always ends its event, as libauparse 3.0.9 decides
+    (its event builder: every type below 1300, PROCTITLE, EOE, AUDIT_KERNEL, the NetLabel
+    types 1406-1419 and everything from 2100 on).
+
+    `live`: in a dispatcher stream, LOGIN (1006) does not end its event: the kernel writes
+    it inside a syscall, whose SYSCALL, PROCTITLE and EOE records follow; libauparse, made
+    for logs (which hold no EOE), makes an event of the LOGIN record alone.
+    """
+    if live and msg_type == AUDIT_LOGIN:
+        return False
     return (
-        msg_type in (AUDIT_PROCTITLE, AUDIT_EOE)
-        or 1007 <= msg_type < 1300
-        or msg_type == 1005
+        msg_type < 1300
+        or msg_type in (AUDIT_PROCTITLE, AUDIT_EOE)
         or msg_type >= 2100
         or msg_type == 2000
         or 1406 <= msg_type <= 1419
@@ -73,6 +83,7 @@ def is_last_record(msg_type: int) -> bool:
 
 
 _LAST: Final = frozenset(t for t in range(0, 2200) if is_last_record(t))
+_LAST_LIVE: Final = frozenset(t for t in range(0, 2200) if is_last_record(t, live=True))
 _NO_EVENTS: Final[tuple[Event, ...]] = ()
 
 
@@ -208,6 +219,8 @@ class Assembler:
         #: live time set by the caller (`set_time`, once per batch of records) instead of
         #: a clock call per record
         self.manual = manual
+        #: types that end an event: a live stream waits for LOGIN's EOE, a log cannot
+        self._last = _LAST_LIVE if (clock is not None or manual) else _LAST
         self.stats = AssemblerStats()
         #: open events by (node, id)
         self._open: dict[tuple[str | None, bytes], Event] = {}
@@ -242,7 +255,7 @@ class Assembler:
             head = eid.split(b".", 1)[0]
             now = float(head) if head.isdigit() else self._now
             self._now = now
-        last = msg_type in _LAST or msg_type >= 2100
+        last = msg_type in self._last or msg_type >= 2100
         event = self._open.get(key)
         out: Sequence[Event] = _NO_EVENTS
         if event is None:
@@ -312,7 +325,7 @@ class Assembler:
         stats = self.stats
         open_ = self._open
         done = self._done
-        last_types = _LAST
+        last_types = self._last
         completed: list[Event] = []
         count = 0
         for record in records:

@@ -377,7 +377,7 @@ class Encoder:
         if len(records) == 1 and records[0][0] == 0:
             parsed.malformed = records[0][1]
             return parsed
-        alone = len(records) == 1 and is_last_record(records[0][0])
+        alone = len(records) == 1 and is_last_record(records[0][0], live=True)
         merged, multi, order = parsed.merged, parsed.multi, parsed.order
         for msg_type, body in records:
             fields = self.fields_of(msg_type, body)

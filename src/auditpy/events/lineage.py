@@ -463,6 +463,16 @@ class ProcessTable:
 
     def _fork(self, parent: Process, child_pid: int) -> None:
         self.stats.forks += 1
+        known = self._procs.get(child_pid)
+        if known is not None and not known.exited and known.ppid == parent.pid:
+            # The child's own events came first: a vfork parent resumes (and its syscall is
+            # recorded) only after the child's exec, and any child may run before its
+            # parent's clone returns.  It is the same process: only the link is learnt.
+            if known.parent is None:
+                known.parent = parent
+            known.forked = True
+            known.touch()
+            return
         child = Process(child_pid, parent.pid)
         child.parent = parent
         child.forked = True

@@ -222,7 +222,7 @@ class LineRenderer:
         real = [r for r in event.records if r[0] != AUDIT_EOE]
         if not real or real[0][0] == 0:
             return None
-        alone = len(real) == 1 and is_last_record(real[0][0])
+        alone = len(real) == 1 and is_last_record(real[0][0], live=True)
         groups: list[tuple[int, list[str], bool]] = []
         index: dict[int, list[str]] = {}
         facts = None
