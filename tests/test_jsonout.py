@@ -202,6 +202,33 @@ def test_reconfigure_keeps_events_in_flight() -> None:
     assert event["SYSCALL"]["SYSCALL"] == "execve" and "INCOMPLETE" not in event
 
 
+def test_reconfigure_keeps_the_process_table() -> None:
+    pipe, sink = pipeline(JsonConfig())
+    for line in EXEC_EVENT:
+        pipe.add_line(line)
+    table = pipe.table
+    pipe.reconfigure(JsonConfig(label_keys=frozenset({"k2"})))
+    later = EXEC_EVENT[0].replace(b"syscall=59", b"syscall=110").replace(b":7)", b":8)")
+    pipe.add_line(later.replace(b'key="k1"', b'key="k2"'))
+    pipe.add_line(b"type=EOE msg=audit(1700000000.100:8): \n")
+    pipe.flush()
+    assert pipe.table is table
+    event = json.loads(sink.lines[-1])
+    assert event["SYSCALL"]["PID"] == {"EVENT_ID": "1700000000.100:7"}
+    assert event["SYSCALL"]["LABELS"] == ["k2"]
+
+
+def test_socket_sink_drops_only_a_line_too_large_for_a_datagram(tmp_path: Path) -> None:
+    path = tmp_path / "d"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(str(path))
+    sink = SocketSink(str(path))
+    sink.write([b"x" * (1 << 20) + b"\n", b"small\n"])
+    assert server.recv(100) == b"small\n"
+    assert sink.stats.dropped == 1 and sink.stats.lines == 1
+    server.close()
+
+
 def test_decoder_formats() -> None:
     text = StreamDecoder()
     assert text.feed(b"type=EO") == []

@@ -3,9 +3,9 @@
 ``path = builtin_json`` in a plugins.d file, ``args = /etc/audit/audisp-json.conf`` (the
 JSON output's configuration, `auditpy.config.jsonout`; no args: the defaults).  Records are
 taken straight from the dispatcher's read, with no extra process and no extra copy of the
-stream: each one goes into the event assembler as it is offered, the lines of the events it
-completes are written to the output once per read (`flush`), and a timer closes events
-whose EOE never came.
+stream: `offer` keeps a reference, `flush` (once per read of the dispatcher's input) runs the
+read's records through the event assembler in one loop and writes the lines of the events
+they complete in one write, and a timer closes events whose EOE never came.
 
 A reload with the plugin file unchanged (SIGHUP) re-reads the configuration and applies it
 in place: events in flight and the process table are kept.  A configuration with errors is

@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import select
 import socket
 import stat
 import time
@@ -155,13 +156,14 @@ class FileSink(Sink):
         if not lines:
             return
         data = b"".join(lines)
-        if self.fd is not None and self.size and self.offset and (
-            self.offset + len(data) > self.size
-        ):
-            self._rotate()
         if not self._open():
             self.stats.dropped += len(lines)
             return
+        if self.size and self.offset and self.offset + len(data) > self.size:
+            self._rotate()
+            if not self._open():
+                self.stats.dropped += len(lines)
+                return
         assert self.fd is not None
         view = memoryview(data)
         try:
@@ -214,8 +216,6 @@ class StreamSink(Sink):
                     written = os.write(self.fd, view)
                 except BlockingIOError:
                     # A non-blocking descriptor (inherited): wait until it takes more.
-                    import select
-
                     select.select([], [self.fd], [], 1.0)
                     continue
                 view = view[written:]
@@ -310,11 +310,18 @@ class SocketSink(Sink):
             if self.datagram:
                 while self._queue:
                     line = self._queue[0]
-                    sock.send(line)
+                    try:
+                        sock.send(line)
+                    except OSError as exc:
+                        if exc.errno != errno.EMSGSIZE:
+                            raise
+                        self.stats.dropped += 1  # larger than the peer takes; never will
+                        self._problem("size", "a line is larger than a datagram; dropped")
+                    else:
+                        self.stats.lines += 1
+                        self.stats.bytes += len(line)
                     self._queue.popleft()
                     self._queued -= len(line)
-                    self.stats.lines += 1
-                    self.stats.bytes += len(line)
                 return
             while self._partial or self._queue:
                 if not self._partial:
