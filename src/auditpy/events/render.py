@@ -131,7 +131,7 @@ class LineRenderer:
         #: (record serials, node, extras, incomplete) -> the line after its ID
         self._tails: dict[tuple[object, ...], str] = {}
         self._serial = 0
-        self.hits = 0
+        #: records rendered (not found in the cache)
         self.misses = 0
 
     def clear(self) -> None:
@@ -149,7 +149,6 @@ class LineRenderer:
             cache = self._caches[msg_type] = {}
         info = cache.get(body)
         if info is not None:
-            self.hits += 1
             return info
         self.misses += 1
         if msg_type in ID_CHANGES:

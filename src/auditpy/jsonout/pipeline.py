@@ -12,7 +12,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from auditpy.config.jsonout import JsonConfig
@@ -315,6 +315,7 @@ class JsonPipeline:
             ("late records (events of their own)", a.late),
             ("EOE records without an event", a.orphan_eoe),
             ("malformed records", a.malformed),
+            ("record fragments rendered (cache misses)", self.renderer.misses),
             ("lines not written", s.dropped),
             ("output errors", s.errors),
             ("output rotations", s.rotations),
@@ -323,7 +324,3 @@ class JsonPipeline:
             ("execs / forks / exits seen", f"{t.execs} / {t.forks} / {t.exits}"),
             ("processes evicted", t.evicted),
         ]
-
-
-def with_output(config: JsonConfig, output: str) -> JsonConfig:
-    return replace(config, output=output)
