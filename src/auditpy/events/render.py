@@ -40,6 +40,8 @@ __all__ = ["Layout", "LineRenderer"]
 
 #: Records cached per type before the type's cache is dropped and started afresh.
 CACHE_LIMIT: Final = 4096
+#: Whole-line tails cached (each holds a line's worth of text).
+TAIL_LIMIT: Final = 1024
 #: User and group management records: names may have changed.
 ID_CHANGES: Final = frozenset({1102, 1114, 1115, 1116, 1117, 1132})
 
@@ -304,7 +306,7 @@ class LineRenderer:
         tail = self._tails.get(key)
         if tail is None:
             tail = self._tail(layout, syscall_extra, execve_extra, top_extra)
-            if len(self._tails) >= CACHE_LIMIT:
+            if len(self._tails) >= TAIL_LIMIT:
                 self._tails.clear()
             self._tails[key] = tail
         return head + tail
