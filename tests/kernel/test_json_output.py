@@ -242,7 +242,7 @@ CHAIN = textwrap.dedent("""
     deadline = time.monotonic() + 30
     while not all(gone(p) for p in ancestors) and time.monotonic() < deadline:
         time.sleep(0.01)
-    os.execv("/bin/true", ["true", "pytest-json-chain"])
+    os.execv("/bin/true", ["true", "lineage-chain-end"])
 """)
 
 
@@ -266,7 +266,8 @@ def test_lineage_chain_with_parents_gone(daemon_dir: DaemonDir, rules: Rules,
         command = f"export BASH_PID=$$; /bin/sh -c '{inner}' & exit 0"
         subprocess.run(set_loginuid_and_exec(AUID_CHAIN, ["/bin/bash", "-c", command]),
                        check=True, timeout=60)
-        wait_for_marker(out, "pytest-json-chain", 40)
+        # (the marker is in no rule key: the first events must not end the wait)
+        wait_for_marker(out, "lineage-chain-end", 40)
         rules.delete_all()
     finally:
         daemon.stop()
@@ -319,12 +320,12 @@ def test_container_id_from_a_docker_like_scope(daemon_dir: DaemonDir, rules: Rul
         code = ("import os, time\n"
                 f"open('/proc/self/loginuid', 'w').write('{AUID_CONTAINER}')\n"
                 "while 'docker-' not in open('/proc/self/cgroup').read(): time.sleep(0.01)\n"
-                "os.execv('/bin/sh', ['sh', '-c', 'sleep 0.3; /bin/true pytest-json-container;"
+                "os.execv('/bin/sh', ['sh', '-c', 'sleep 0.3; /bin/true container-run-end;"
                 " sleep 0.3'])\n")
         helper = subprocess.Popen([sys.executable, "-c", code])
         (scope / "cgroup.procs").write_text(str(helper.pid))
         assert helper.wait(30) == 0
-        wait_for_marker(out, "pytest-json-container", 30)
+        wait_for_marker(out, "container-run-end", 30)  # in no rule key
         rules.delete_all()
     finally:
         if helper is not None and helper.poll() is None:
@@ -333,7 +334,7 @@ def test_container_id_from_a_docker_like_scope(daemon_dir: DaemonDir, rules: Rul
         daemon.stop()
         assert wait_for(lambda: not (scope / "cgroup.procs").read_text().strip(), 10)
         scope.rmdir()
-    [event] = [e for e in events(out) if "pytest-json-container" in json.dumps(e)
+    [event] = [e for e in events(out) if "container-run-end" in json.dumps(e)
                and e.get("SYSCALL", {}).get("comm") == "true"]
     assert event["CONTAINER_INFO"] == {"ID": cid}
     assert event["SYSTEMD_INFO"] == {"UNIT": f"docker-{cid}.scope"}
