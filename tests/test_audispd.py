@@ -148,6 +148,7 @@ def test_sigterm_stops_and_reaps_everything(make: Make) -> None:
     d.plugin("b", path=d.program("stubborn.py"))
     d.start()
     wait_for(lambda: len(d.children()) == 2, what="two plugins")
+    d.wait_ready("a", "b")  # stubborn ignores SIGTERM only once it has said so
     pids = list(d.children())
     d.signal(signal.SIGTERM)
     assert d.wait_exit() == 0

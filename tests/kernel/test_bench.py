@@ -52,3 +52,19 @@ def test_build_comparison_runs(kernel_state: AuditStatus) -> None:
     medians = [ln for ln in proc.stdout.splitlines() if " median " in ln]
     assert [ln.split()[0] for ln in medians] == ["C", str(repo)]
     assert get_status().pid == 0
+
+
+def test_json_scenarios_run(kernel_state: AuditStatus, tmp_path: Path) -> None:
+    """C auditd + laurel and pyauditd + builtin_json each write every event as JSON."""
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--events", "300", "--exec-events", "20", "--rounds", "1",
+         "--scenarios", "json,json-exec", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [ln for ln in (tmp_path / "RESULTS.md").read_text().splitlines()
+            if ln.startswith("| JSON events")]
+    assert len(rows) == 2
+    assert "| 300 / 300 |" in rows[0] and "| 20 / 20 |" in rows[1]
+    assert not list(Path("/dev/shm").glob("bench-*-events.json"))
+    assert get_status().pid == 0

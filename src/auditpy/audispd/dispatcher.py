@@ -61,6 +61,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from auditpy.audispd.builtin_af_unix import AfUnixPlugin
+from auditpy.audispd.builtin_json import JsonPlugin
 from auditpy.audispd.builtin_nats import NatsPlugin
 from auditpy.audispd.builtin_syslog import SyslogPlugin
 from auditpy.audispd.runner import (
@@ -78,6 +79,7 @@ from auditpy.audispd.runner import (
 from auditpy.config.errors import ConfigError
 from auditpy.config.plugins import (
     AF_UNIX,
+    JSON,
     NATS,
     SYSLOG,
     DispatcherSettings,
@@ -128,6 +130,8 @@ def make_runner(config: PluginConfig, ctx: RunnerContext) -> PluginRunner:
         return SyslogPlugin(config, ctx)
     if config.builtin == NATS:
         return NatsPlugin(config, ctx)
+    if config.builtin == JSON:
+        return JsonPlugin(config, ctx)
     return ExternalPlugin(config, ctx)
 
 

@@ -56,6 +56,7 @@ AUDISPD_CONF: Final = "audispd.conf"
 AF_UNIX: Final = "af_unix"
 SYSLOG: Final = "syslog"
 NATS: Final = "nats"
+JSON: Final = "json"
 #: Values of ``path`` that name a builtin instead of a program (2.x spellings and short).
 BUILTIN_PATHS: Final = {
     "builtin_af_unix": AF_UNIX,
@@ -63,6 +64,7 @@ BUILTIN_PATHS: Final = {
     "builtin_syslog": SYSLOG,
     "syslog": SYSLOG,
     "builtin_nats": NATS,
+    "builtin_json": JSON,
 }
 #: The publisher's configuration when builtin_nats is given no argument.
 DEFAULT_NATS_CONF: Final = "/etc/audit/audisp-nats.conf"
@@ -269,6 +271,17 @@ def parse_nats_args(args: Iterable[str]) -> str:
     return items[0]
 
 
+def parse_json_args(args: Iterable[str]) -> str | None:
+    """builtin_json takes the path of its configuration file (jsonout.py), or nothing for
+    the defaults."""
+    given = list(args)
+    if len(given) > 1:
+        raise ValueError("json: one argument at most: the path of its configuration file")
+    if given and not given[0].startswith("/"):
+        raise ValueError(f"json: configuration file {given[0]!r} is not an absolute path")
+    return given[0] if given else None
+
+
 # --------------------------------------------------------------------------------------
 # Plugin files (pure)
 
@@ -333,7 +346,8 @@ def parse_plugin_conf(
     if config.type == "builtin" and config.builtin is None and "path" in where:
         error(
             where.get("type"),
-            "type = builtin needs path = builtin_af_unix, builtin_syslog or builtin_nats",
+            "type = builtin needs path = builtin_af_unix, builtin_syslog, builtin_nats or "
+            "builtin_json",
         )
     if config.active and config.path is None and "path" not in refused:
         error(where.get("active"), "the plugin is active but has no path")
@@ -344,6 +358,8 @@ def parse_plugin_conf(
                 parse_af_unix_args(config.args)
             elif config.builtin == NATS:
                 parse_nats_args(config.args)
+            elif config.builtin == JSON:
+                parse_json_args(config.args)
             else:
                 parse_syslog_args(config.args)
         except ValueError as exc:
@@ -372,7 +388,7 @@ def _plugin_value(keyword: str, tokens: list[str]) -> object:
     if fold(value) not in BUILTIN_PATHS and not value.startswith("/"):
         raise ValueError(
             f"path {value!r} is neither absolute nor builtin_af_unix / builtin_syslog / "
-            "builtin_nats"
+            "builtin_nats / builtin_json"
         )
     return value
 

@@ -25,6 +25,17 @@ def is_eoe(record: bytes) -> bool:
     return record == b"type=EOE" or record.startswith(b"type=EOE ")
 
 
+def stream_is_binary(prefix: bytes | bytearray) -> bool | None:
+    """Whether a plugin's input is binary dispatcher frames or text lines, from its first
+    bytes (None: too few to tell). A frame starts with its header's version (0 or 1, as a
+    32-bit word) and header length (16); a text record starts ``type=`` or ``node=``."""
+    if prefix.startswith((b"type=", b"node=")) or (prefix and prefix[0] not in (0, 1)):
+        return False
+    if len(prefix) < 8:
+        return None
+    return prefix[1:4] == b"\0\0\0" and prefix[4:8] == b"\x10\0\0\0"
+
+
 class InputDecoder:
     """Turns stdin bytes into records (no trailing newline).
 
@@ -43,9 +54,11 @@ class InputDecoder:
         resynchronise)."""
         if not data:
             return []
-        if self.binary is None:
-            self.binary = data[0] in (0, 1)
         self._buffer += data
+        if self.binary is None:
+            self.binary = stream_is_binary(self._buffer)
+            if self.binary is None:
+                return []
         if self.binary:
             return [
                 dispatcher_string_line(version, msg_type, payload)[:-1]

@@ -42,14 +42,18 @@ def message_handler(program: str, to_stderr: bool, *, stderr_format: str | None 
     tagged = logging.Formatter(f"{program}[%(process)d]: %(message)s")
     if not to_stderr:
         try:
-            handler: logging.Handler = logging.handlers.SysLogHandler(
+            syslog_handler = logging.handlers.SysLogHandler(
                 "/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON
             )
-            handler.setFormatter(tagged)
-            return handler
+            syslog_handler.setFormatter(tagged)
+            # Python 3.11 keeps a closed socket instead of raising when /dev/log is absent.
+            sock = getattr(syslog_handler, "socket", None)
+            if sock is not None and sock.fileno() >= 0:
+                return syslog_handler
+            syslog_handler.close()
         except OSError:
             pass
-    handler = logging.StreamHandler(sys.stderr)
+    handler: logging.Handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(stderr_format) if stderr_format else tagged)
     return handler
 
