@@ -4,9 +4,10 @@ Why each plugin has its own queue and writer: in the C dispatchers one thread wr
 record to every plugin with blocking writes, so one plugin that stops reading stalls all the
 others and, behind them, the daemon.  Here a record is appended to each plugin's queue (at
 most ``q_depth`` records), and each queue is drained into that plugin's non-blocking socket
-whenever the socket has room (``loop.add_writer``), resuming partial writes.  A full queue
-is reported to the dispatcher, which applies overflow_action; nothing ever waits for a
-plugin.
+whenever the socket has room (``loop.add_writer``), resuming partial writes (the writer
+and the restart back-off are `system.fedchild`'s, shared with pyauditd's link to this
+dispatcher).  A full queue is reported to the dispatcher, which applies overflow_action;
+nothing ever waits for a plugin.
 
 Why pidfds: a plugin's exit is seen the moment it happens (its pidfd becomes readable in
 the event loop), it is reaped exactly once by its own supervisor, and signals go through
