@@ -5,6 +5,7 @@ sealed descriptors, oom_score_adj, and a reload whose file reading never holds u
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
@@ -21,7 +22,8 @@ import pytest
 from auditpy.audispd.dispatcher import HANDLED_SIGNALS
 from auditpy.auditd.dispatch_link import HELD_SIGNALS
 
-from .audispd_support import Audispd, children_of, proc_state, wait_for
+from .audispd_support import Audispd, children_of
+from .conftest import proc_state, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="plugins must be root-owned")
 
@@ -112,15 +114,15 @@ def test_born_with_every_signal_blocked_it_holds_exactly_its_own(tmp_path: Path)
         # An unhandled signal has its default action again: SIGUSR1 ends the dispatcher.
         proc.send_signal(signal.SIGUSR1)
         assert proc.wait(10) == -signal.SIGUSR1
+        # Its plugin, its input gone, finishes by itself.
+        wait_for(lambda: not d.leftovers(), 10, "the plugin's exit")
     finally:
         ours.close()
         if proc.poll() is None:
             proc.kill()
         proc.wait()
-        for pid in children_of(proc.pid):
-            os.kill(pid, signal.SIGKILL)
-        for pid in list(d.seen_pids):
-            if proc_state(pid) not in (None, "Z"):
+        for pid in d.leftovers():
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     no_python_noise(d.log())
 

@@ -16,8 +16,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from auditpy.auditd.dispatch_link import DispatcherLink
+from auditpy.proto.dispatch import figures_line
 from auditpy.system.children import ChildHandle, spawn_child
 from auditpy.system.fedchild import Backoff, Batch, FedChild
+
+from .conftest import wait_for_async
 
 # --------------------------------------------------------------------------- fakes
 
@@ -238,17 +241,8 @@ def test_backoff_survives_thousands_of_failures_in_a_row() -> None:
 # --------------------------------------------------------------------------- real children
 
 
-def run_until(loop: asyncio.AbstractEventLoop, done: Callable[[], bool], timeout: float = 10.0,
-              what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-
-    async def wait() -> None:
-        while not done():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what or done}")
-            await asyncio.sleep(0.01)
-
-    loop.run_until_complete(wait())
+def run_until(loop: asyncio.AbstractEventLoop, done: Callable[[], bool], what: str) -> None:
+    loop.run_until_complete(wait_for_async(done, 10.0, what))
 
 
 def cat_to(out: Path, delay: float = 0.0) -> Callable[[int], ChildHandle]:
@@ -386,6 +380,28 @@ def test_link_counts_every_record_once_when_the_dispatcher_dies(tmp_path: Path) 
         run_until(loop, lambda: not link.running, what="the dispatcher's exit")
         assert link.records_sent + link.records_dropped == total
         assert link.state()["dispatcher backlog bytes"] == "0"
+        link.stop(timeout=1)
+    finally:
+        loop.close()
+
+
+def test_link_reads_the_dispatchers_figures_and_carries_them_past_its_exit(
+    tmp_path: Path,
+) -> None:
+    """What pyaudispd writes back on its stdin socket is read on the loop; when it exits its
+    counters are carried forward (a queue is not)."""
+    report = figures_line({"p.conf": {"offered": 5, "delivered": 4, "queued": 1}}).decode()
+    spawner = Spawner(f"printf '%s' '{report}' >&0; exec cat > /dev/null")
+    loop = asyncio.new_event_loop()
+    try:
+        link = DispatcherLink(loop, ["pyaudispd"], max_pending_bytes=1 << 20, spawn=spawner)
+        link.reconcile(True)
+        run_until(loop, lambda: bool(link.plugin_figures), what="the dispatcher's figures")
+        assert link.plugin_figures == {"p.conf": {"offered": 5, "delivered": 4, "queued": 1}}
+        link.send(b"x", 1)
+        spawner.children[0].send_signal(signal.SIGKILL)
+        run_until(loop, lambda: not link.running, what="the dispatcher's exit")
+        assert link.plugin_figures == {"p.conf": {"offered": 5, "delivered": 4}}
         link.stop(timeout=1)
     finally:
         loop.close()

@@ -9,9 +9,13 @@ from pathlib import Path
 
 from auditpy.proto.netlink import AuditStatus
 
+from ..conftest import needs
 from .conftest import auditctl, get_status
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench.py"
+
+# Both scripts run the C auditd beside pyauditd, on a load generator they compile.
+pytestmark = needs("/sbin/auditd", "gcc")
 
 
 def test_benchmark_runs_and_writes_its_table(kernel_state: AuditStatus, tmp_path: Path) -> None:

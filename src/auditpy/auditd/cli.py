@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 
 from auditpy import __version__
@@ -43,6 +44,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         default="enable", help="what to do with the kernel's enabled flag")
     parser.add_argument("--run-dir", default="/run", metavar="DIR",
                         help="where auditd.pid and auditd.state go (default /run)")
+    parser.add_argument("--state", action="store_true",
+                        help="ask the running daemon for its state report and ledger, print it")
     parser.add_argument("--check", action="store_true",
                         help="validate the configuration, print what is wrong, exit 0 or 1")
     parser.add_argument("--version", action="version", version=f"pyauditd {__version__}")
@@ -71,6 +74,42 @@ def check(config_dir: str, allow_symlink: bool) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"{path}: configuration is valid")
     return 0
+
+
+def state(run_dir: str, timeout: float = 10.0) -> int:
+    """Ask the running daemon (SIGCONT, as `auditctl --signal CONT` does) for a fresh state
+    report and print it: never a stale file."""
+    pid_file = os.path.join(run_dir, "auditd.pid")
+    state_file = os.path.join(run_dir, "auditd.state")
+    try:
+        with open(pid_file) as f:
+            pid = int(f.read().strip())
+    except (OSError, ValueError) as exc:
+        print(f"no running pyauditd: cannot read {pid_file}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        before = os.stat(state_file).st_mtime_ns
+    except OSError:
+        before = 0
+    try:
+        os.kill(pid, signal.SIGCONT)
+    except OSError as exc:
+        print(f"cannot signal pyauditd (pid {pid}): {exc.strerror}", file=sys.stderr)
+        return 1
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if os.stat(state_file).st_mtime_ns != before:
+                with open(state_file) as f:
+                    sys.stdout.write(f.read())
+                return 0
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            print(f"pyauditd (pid {pid}) wrote no state report within {timeout:g} s",
+                  file=sys.stderr)
+            return 1
+        time.sleep(0.05)
 
 
 def daemonize() -> int:
@@ -106,6 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.check:
         return check(args.config_dir, args.allow_symlink)
+    if args.state:
+        return state(os.path.abspath(args.run_dir))
     # Before anything slow: a signal the daemon handles, sent while it is starting, waits
     # for the daemon's loop instead of killing it. Never undone: the process ends with it.
     signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
@@ -113,8 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     hold_signals(HANDLED_SIGNALS)
     seal_inherited_fds()
-    from auditpy.auditd.daemon import Daemon, Options, load_config  # not needed for --check
+    # Not the daemon's loop yet: it is imported once the daemon is registered (startup).
     from auditpy.auditd.logfile import LogFileError
+    from auditpy.auditd.startup import Options, load_config, register_early
 
     options = Options(
         config_dir=os.path.abspath(args.config_dir), foreground=args.foreground,
@@ -149,7 +191,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             report_fd = None
 
     write_pid_file(options.pid_file)
-    daemon = Daemon(options, config)
+    registered = register_early(config)
+    from auditpy.auditd.daemon import Daemon
+
+    daemon = Daemon(options, config, registered=registered)
     try:
         try:
             daemon.start()

@@ -24,38 +24,36 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, fields
-from typing import Protocol, TypeVar
+from dataclasses import fields
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from auditpy import AUDIT_VERSION
 from auditpy.auditd import daemon_records
 from auditpy.auditd.actions import ActionKind, FollowUp, run_action
-from auditpy.auditd.counters import Counters, state_report
+from auditpy.auditd.counters import Counters, LogCount, state_report
 from auditpy.auditd.daemon_records import DaemonSerials, Sender
 from auditpy.auditd.diskspace import SpacePolicy, SpaceSettings, Trigger
 from auditpy.auditd.dispatch_link import DispatcherLink
-from auditpy.auditd.listener import (
-    ACK,
-    RESTART_KEYS,
-    ListenerSettings,
-    RemoteListener,
-    Reply,
-    dispatch_frames,
-    reply_for,
+from auditpy.auditd.ledger import (
+    SYSCALL_COMPANIONS,
+    Cause,
+    LossReporter,
+    SerialWatch,
+    serial_of,
 )
-from auditpy.auditd.logfile import AuditLog, LogEvent, LogFileError, LogSettings
+from auditpy.auditd.logfile import AuditLog, LogEvent, LogFileError
 from auditpy.auditd.signals import HANDLED_SIGNALS
-from auditpy.config.auditd_conf import AuditdConfig, changed_keys, load_auditd_conf
+from auditpy.auditd.startup import RCVBUF, Options, Registered, load_config, log_settings
+from auditpy.config.auditd_conf import AuditdConfig, changed_keys, metrics_address
 from auditpy.config.errors import ConfigError
-from auditpy.config.plugins import any_active, load_dispatcher_settings
 from auditpy.proto.dispatch import HEADER, PROTOCOL_V0, PROTOCOL_V1
-from auditpy.proto.enrich import Enricher
 from auditpy.proto.netlink import STATUS_ENABLED, AuditStatus, SignalInfo
 from auditpy.proto.records import (
     AUDIT_EOE,
     DAEMON_ABORT,
     DAEMON_CONFIG,
     DAEMON_END,
+    DAEMON_ERR,
     DAEMON_RESUME,
     DAEMON_ROTATE,
     DAEMON_START,
@@ -68,6 +66,15 @@ from auditpy.system.logsetup import syslog_notifier
 from auditpy.system.netlink import KernelConnection, NetlinkError
 from auditpy.system.node import node_name
 from auditpy.system.service import Signal, SignalReader, write_state_file
+
+if TYPE_CHECKING:
+    from auditpy.auditd.listener import RemoteListener, Reply
+    from auditpy.auditd.metrics import MetricsServer
+
+# What only some configurations use (the network listener, the metrics endpoint, ENRICHED,
+# the plugin directory) is imported where it is first needed: a daemon restarted after a
+# crash registers with the kernel sooner, and the kernel drops what it makes while no daemon
+# is registered (on a kernel booted without audit=1).
 
 log = logging.getLogger("auditpy")
 
@@ -86,8 +93,10 @@ SETTLE_SECONDS = 0.05
 #: How long an operation waits for a settled stream to ask the kernel who sent its signal,
 #: before it names the sender from the signal itself.
 SENDER_WAIT = 2.0
-#: The kernel keeps sending while we write; a large buffer absorbs bursts between reads.
-RCVBUF = 16 << 20
+#: The ledger's clock: loss summaries, dispatcher drops, the periodic state report.
+TICK_SECONDS = 1.0
+#: How often the kernel's counters are asked for (when it can be asked without harm).
+KERNEL_POLL_SECONDS = 5.0
 
 T = TypeVar("T")
 
@@ -104,6 +113,8 @@ class KernelLink(Protocol):
     def recv_records(self, limit: int) -> tuple[list[tuple[int, bytes]], int]: ...
 
     def state(self) -> dict[str, str]: ...
+
+    def state_counts(self) -> dict[str, int]: ...
 
     def register(self, pid: int) -> None: ...
 
@@ -164,50 +175,6 @@ class Operations:
             await asyncio.shield(self._task)
 
 
-@dataclass(frozen=True)
-class Options:
-    config_dir: str = "/etc/audit"
-    foreground: bool = False
-    no_fork: bool = False
-    enable: str = "enable"
-    run_dir: str = "/run"
-    allow_symlink: bool = False
-    #: relative paths in auditd.conf are taken from here (the directory pyauditd started in)
-    base_dir: str = "/"
-
-    @property
-    def config_path(self) -> str:
-        return os.path.join(self.config_dir, "auditd.conf")
-
-    @property
-    def pid_file(self) -> str:
-        return os.path.join(self.run_dir, "auditd.pid")
-
-    @property
-    def state_file(self) -> str:
-        return os.path.join(self.run_dir, "auditd.state")
-
-
-def load_config(options: Options) -> tuple[AuditdConfig, list[str]]:
-    """Read and check auditd.conf; raises ConfigError naming the file, line and reason."""
-    config, problems = load_auditd_conf(
-        options.config_path, allow_symlink=options.allow_symlink, base_dir=options.base_dir
-    )
-    return config, [str(p) for p in problems]
-
-
-def log_settings(config: AuditdConfig) -> LogSettings:
-    return LogSettings(
-        log_file=config.log_file,
-        log_gid=config.log_gid,
-        flush=config.flush,
-        freq=config.freq,
-        num_logs=config.num_logs,
-        max_log_file=config.max_log_file,
-        max_log_file_action=config.max_log_file_action,
-    )
-
-
 def space_settings(config: AuditdConfig) -> SpaceSettings:
     return SpaceSettings(
         space_left=config.space_left,
@@ -227,7 +194,11 @@ def dispatch_backlog_bytes(q_depth: int) -> int:
 
 
 def make_formatter(config: AuditdConfig) -> LineFormatter:
-    enricher = Enricher() if config.log_format == "ENRICHED" else None
+    enricher = None
+    if config.log_format == "ENRICHED":
+        from auditpy.proto.enrich import Enricher
+
+        enricher = Enricher()
     return LineFormatter(node=node_name(config.name_format, config.name), enricher=enricher)
 
 
@@ -245,6 +216,7 @@ class Daemon:
         spawn: SpawnChild = spawn_child,
         handle_signals: bool = True,
         tune_process: bool = True,
+        registered: Registered | None = None,
     ) -> None:
         self.options = options
         self.config = config
@@ -257,6 +229,8 @@ class Daemon:
         self._handle_signals = handle_signals
         #: raise limits, protect from the OOM killer, boost priority (not in tests)
         self._tune_process = tune_process
+        #: the log and kernel link `startup.register_early` opened and registered from
+        self._early = registered
         self.kernel: KernelLink | None = None
         self.registered = False
         self.log_file: AuditLog | None = None
@@ -283,6 +257,18 @@ class Daemon:
         self._last_signal: dict[int, Signal] = {}
         #: the kernel's status when last asked, and when (the state report's figures)
         self._kernel_status: tuple[AuditStatus, float] | None = None
+        #: the kernel's lost counter when first asked, and its backlog's high-water mark
+        self._kernel_lost_at_start: int | None = None
+        self._kernel_lost_seen = 0
+        self.kernel_backlog_max = 0
+        self.serials_seen = SerialWatch()
+        self.losses = LossReporter()
+        self._dispatcher_dropped_seen = 0
+        self._plugin_dropped_seen: dict[str, int] = {}
+        self._ticker: asyncio.Task[None] | None = None
+        self._next_report = 0.0
+        #: the Prometheus endpoint (metrics_listen), None when not serving
+        self.metrics: MetricsServer | None = None
 
     # -- start and stop -----------------------------------------------------------------------
 
@@ -295,16 +281,22 @@ class Daemon:
             self._raise_limits()
             self._boost_priority()
         multicast = self.config.kernel_link == "MULTICAST"
-        self.kernel = self._open_kernel(multicast=multicast, rcvbuf=RCVBUF)
+        early, self._early = self._early, None
+        if early is not None:
+            self.kernel, self.log_file, self.registered = early.kernel, early.log_file, True
+        else:
+            self.kernel = self._open_kernel(multicast=multicast, rcvbuf=RCVBUF)
         if self.config.write_logs:
-            self.log_file = AuditLog(log_settings(self.config), notify=self._notify)
-            self.log_file.open()
+            if self.log_file is None:
+                self.log_file = AuditLog(log_settings(self.config), notify=self._notify)
+                self.log_file.open()
             self._check_space()
         if not multicast and self.config.local_events:
             # Blocking is fine here: nothing is read yet that could be held up.
             try:
-                self.kernel.register(os.getpid())
-                self.registered = True
+                if not self.registered:
+                    self.kernel.register(os.getpid())
+                    self.registered = True
             except (OSError, TimeoutError) as exc:
                 self._abort("set-pid", exc)
                 raise
@@ -332,6 +324,8 @@ class Daemon:
         # Whether a dispatcher should run is known once the plugin directory has been read,
         # off the record path; records for it wait in the link meanwhile.
         self._rescan_plugins()
+        self._ticker = self.loop.create_task(self._tick_forever())
+        self.loop.run_until_complete(self._metrics_start())
         log.info(
             "Started audit daemon %s: %s, logging to %s",
             AUDIT_VERSION,
@@ -352,6 +346,14 @@ class Daemon:
         After a normal stop the registration is already gone (`_op_stop`); after a failed
         start it is undone here, blocking, since nothing else runs."""
         self._unwatch_kernel()
+        ticker, self._ticker = self._ticker, None
+        if ticker is not None:
+            ticker.cancel()
+            if not self.loop.is_running():
+                self.loop.run_until_complete(asyncio.gather(ticker, return_exceptions=True))
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
         if self._signals is not None:
             self._signals.close()
             self._signals = None
@@ -499,12 +501,14 @@ class Daemon:
         which the caller pauses."""
         assert self.kernel is not None
         records, enobufs = self.kernel.recv_records(RECV_BATCH)
+        # Records read are written before anything that may take time (syslog, below): what
+        # the daemon holds in memory dies with it if it is killed.
+        if records:
+            self._handle(records)
+        self._track_settling(len(records) < RECV_BATCH)
         if enobufs:
             self.counters.enobufs += enobufs
             log.warning("Kernel socket overrun (ENOBUFS), %d in all", self.counters.enobufs)
-        self._track_settling(len(records) < RECV_BATCH)
-        if records:
-            self._handle(records)
         return 0 < len(records) < SMALL_BATCH and not self._stop.done()
 
     def _drain_kernel(self) -> None:
@@ -521,15 +525,32 @@ class Daemon:
         events = [r for r in records if r[0] not in NOT_EVENTS]
         if not events:
             return
-        self.counters.received += len(events)
+        counters = self.counters
+        counters.received += len(events)
         link = self.dispatcher
         if link is None or not link.accepting:
-            self._write(self.formatter.format_batch(events))
-            return
-        fmt = self.formatter.format
-        lines = [fmt(t, p) for t, p in events]
-        self._write([line for (t, _p), line in zip(events, lines, strict=True) if t != AUDIT_EOE])
-        link.send(self._frames(events, lines), len(events))
+            lines = self.formatter.format_batch(events)
+            counters.eoe += len(events) - len(lines)
+            self._write(lines, counters.kernel)
+        else:
+            fmt = self.formatter.format
+            lines = [fmt(t, p) for t, p in events]
+            logged = [ln for (t, _p), ln in zip(events, lines, strict=True) if t != AUDIT_EOE]
+            counters.eoe += len(events) - len(logged)
+            self._write(logged, counters.kernel)
+            link.send(self._frames(events, lines), len(events))
+        # After the write: a gap found here may be said in syslog and the log.
+        self._watch_serials(events)
+
+    def _watch_serials(self, events: list[tuple[int, bytes]]) -> None:
+        """Feed the serial watch one serial per event (see ledger.SYSCALL_COMPANIONS)."""
+        serials = [serial_of(p) for t, p in events if t not in SYSCALL_COMPANIONS]
+        lost = self.serials_seen.feed(s for s in serials if s is not None)
+        if lost:
+            self.counters.serial_gaps += lost
+            if self.config.kernel_link == "MULTICAST":
+                # The kernel counts nothing it could not multicast: gaps are the only sign.
+                self._losses(Cause.SERIAL_GAP.value, lost)
 
     def _frames(self, events: list[tuple[int, bytes]], lines: list[bytes]) -> bytes:
         """The batch in the dispatcher protocol: kernel text (V0) for RAW lines without a
@@ -557,6 +578,8 @@ class Daemon:
         """Asked at start, reloads and dispatcher exits, off the loop (never per record). The
         plugin directory is the dispatcher's: audispd.conf, when present, overrides
         auditd.conf."""
+        from auditpy.config.plugins import any_active, load_dispatcher_settings
+
         try:
             settings, _warnings = load_dispatcher_settings(
                 self.options.config_dir, self.options.base_dir
@@ -566,24 +589,39 @@ class Daemon:
             plugin_dir = self.config.plugin_dir  # the dispatcher will report the problem
         return any_active(plugin_dir)
 
-    def _write(self, lines: list[bytes]) -> None:
+    def _write(self, lines: list[bytes], count: LogCount) -> LogEvent:
+        """The one way lines reach the log, each source counted on its own (`count`)."""
         log_file = self.log_file
-        if log_file is None or not lines:
-            return  # write_logs = no: records are only dispatched
+        if log_file is None:
+            count.not_logged += len(lines)  # write_logs = no: records are only dispatched
+            return LogEvent.NONE
+        if not lines:
+            return LogEvent.NONE
         events = log_file.write(lines)
-        if events:
-            self._after_write(events)
-        elif self._write_failing:
-            self._write_failing = False
-            self.space.write_ok()
+        if not events:
+            count.written += len(lines)
+            if self._write_failing:
+                self._write_failing = False
+                self.space.write_ok()
+            return events
+        failed = events & (LogEvent.NOT_OPEN | LogEvent.DISK_FULL | LogEvent.DISK_ERROR)
+        # Only the records of the batch that are not on disk, whole: the log file takes a
+        # partly written batch back to its last complete record.
+        unwritten = log_file.last_unwritten if failed else 0
+        count.written += len(lines) - unwritten
+        if unwritten:
+            cause = (Cause.LOG_DISK_FULL if events & LogEvent.DISK_FULL
+                     else Cause.LOG_WRITE_ERROR if events & LogEvent.DISK_ERROR
+                     else Cause.LOG_SUSPENDED).value
+            count.not_written[cause] = count.not_written.get(cause, 0) + unwritten
+            if count is not self.counters.own:  # what the loss report itself loses is not
+                self._losses(cause, unwritten)  # reported again
+        self._after_write(events)
+        return events
 
     def _after_write(self, events: LogEvent) -> None:
         """The rare path: something about the log needs the daemon's attention."""
         assert self.log_file is not None
-        if events & (LogEvent.NOT_OPEN | LogEvent.DISK_FULL | LogEvent.DISK_ERROR):
-            # Only the records of the batch that are not on disk, whole: the log file takes
-            # a partly written batch back to its last complete record.
-            self.counters.suspended_dropped += self.log_file.last_unwritten
         if events & LogEvent.DISK_FULL:
             self._write_failing = True
             self._run_triggers(self.space.disk_full())
@@ -647,7 +685,7 @@ class Daemon:
         serial = self.serials.next() if serial is None else serial
         payload = daemon_records.payload(text, serial)
         line = self.formatter.format(msg_type, payload)
-        self._write([line])
+        self._write([line], self.counters.own)
         link = self.dispatcher
         if dispatch and link is not None and link.accepting:
             link.send(self._frames([(msg_type, payload)], [line]), 1)
@@ -664,6 +702,84 @@ class Daemon:
                 return Sender.from_signal(info)
         sig = self._last_signal.get(signum)
         return Sender.from_process(sig.pid) if sig is not None and sig.pid else None
+
+    # -- the loss ledger ----------------------------------------------------------------------
+
+    def _losses(self, cause: str, count: int) -> None:
+        """Say a loss where operators look: the audit log (DAEMON_ERR, which ausearch shows)
+        and syslog; after the first few of a cause, in a summary per interval."""
+        for text in self.losses.note(cause, count):
+            self._say_loss(text)
+
+    def _say_loss(self, text: str) -> None:
+        log.warning("Audit records lost: %s", text)
+        self._daemon_record(DAEMON_ERR, f"{text} res=failed")
+
+    async def _tick_forever(self) -> None:
+        """Once a second: loss summaries, the dispatcher's drops, the kernel's figures (when
+        it can be asked without holding anyone up) and the periodic state report."""
+        next_poll = 0.0
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            now = time.monotonic()
+            link = self.dispatcher
+            if link is not None and link.records_dropped > self._dispatcher_dropped_seen:
+                self._losses(Cause.DISPATCHER.value,
+                             link.records_dropped - self._dispatcher_dropped_seen)
+                self._dispatcher_dropped_seen = link.records_dropped
+            if link is not None:
+                for name, figures in link.plugin_figures.items():
+                    dropped = figures.get("dropped", 0)
+                    seen = self._plugin_dropped_seen.get(name, 0)
+                    if dropped > seen:
+                        self._losses(f"{Cause.PLUGIN.value}:{name}", dropped - seen)
+                        self._plugin_dropped_seen[name] = dropped
+            for text in self.losses.tick(now):
+                self._say_loss(text)
+            interval = self.config.report_interval
+            if interval and now >= self._next_report:
+                if self._next_report:
+                    self.operations.ask("state report", self._op_state)
+                self._next_report = now + interval
+            if now >= next_poll and self.kernel is not None and self._settled.is_set():
+                next_poll = now + KERNEL_POLL_SECONDS
+                with contextlib.suppress(NetlinkError, TimeoutError):
+                    self._kernel_figures(await self._request(self.kernel.get_status))
+
+    def _kernel_figures(self, status: AuditStatus) -> None:
+        """Take the kernel's counters: its lost records since we started are a cause of
+        loss; its backlog's highest value seen is kept (sampled, not exact)."""
+        self._kernel_status = (status, time.time())
+        self.kernel_backlog_max = max(self.kernel_backlog_max, status.backlog)
+        if self._kernel_lost_at_start is None:
+            self._kernel_lost_at_start = self._kernel_lost_seen = status.lost
+        elif status.lost > self._kernel_lost_seen:
+            self._losses(Cause.KERNEL.value, status.lost - self._kernel_lost_seen)
+            self._kernel_lost_seen = status.lost
+
+    async def _metrics_start(self) -> None:
+        if self.config.metrics_listen is None:
+            return
+        from auditpy.auditd.metrics import MetricsServer
+
+        server = MetricsServer(self.loop, metrics_address(self.config.metrics_listen),
+                               self.config.metrics_socket_mode, self.render_metrics)
+        try:
+            await server.start()
+        except OSError as exc:
+            log.error("Cannot serve metrics on %s: %s", self.config.metrics_listen, exc)
+            return
+        self.metrics = server
+
+    @property
+    def kernel_status(self) -> AuditStatus | None:
+        return self._kernel_status[0] if self._kernel_status else None
+
+    def render_metrics(self) -> str:
+        from auditpy.auditd.exposition import metric_families
+        from auditpy.proto.prometheus import exposition
+
+        return exposition(metric_families(self))
 
     # -- signals and the operations they start ---------------------------------------------------
 
@@ -817,7 +933,10 @@ class Daemon:
                 self._kernel_status = (await self._request(kernel.get_status), time.time())
         # Too busy to ask the kernel now: its figures as they were when last asked.
         status, asked = self._kernel_status or (None, 0.0)
-        config_items = {f.name: str(getattr(self.config, f.name)) for f in fields(self.config)}
+        config_items = {
+            f.name: f"{value:04o}" if f.name.endswith("_mode") else str(value)
+            for f in fields(self.config) for value in [getattr(self.config, f.name)]
+        }
         text = state_report(
             version=AUDIT_VERSION,
             priority=os.getpriority(os.PRIO_PROCESS, 0),
@@ -829,6 +948,7 @@ class Daemon:
             kernel_backlog=status.backlog if status else None,
             log_state=self._log_state(),
             config_items=config_items,
+            ledger=[ln for ln in self.render_metrics().splitlines() if not ln.startswith("#")],
             extra={
                 "kernel figures as of": time.strftime("%x %X", time.localtime(asked))
                 if status else "never asked",
@@ -849,6 +969,8 @@ class Daemon:
         """Listen when tcp_listen_port is set; raises OSError or ValueError (TLS files)."""
         if self.config.tcp_listen_port is None:
             return
+        from auditpy.auditd.listener import ListenerSettings, RemoteListener
+
         listener = RemoteListener(self.loop, ListenerSettings.from_config(self.config), self)
         listener.start()
         self.remote = listener
@@ -875,6 +997,8 @@ class Daemon:
                 listener.stop("the listener is turned off")
                 self.remote = None
             return
+        from auditpy.auditd.listener import RESTART_KEYS, ListenerSettings, RemoteListener
+
         try:
             settings = ListenerSettings.from_config(new)
         except (OSError, ValueError) as exc:
@@ -897,20 +1021,17 @@ class Daemon:
     def remote_records(self, lines: list[bytes]) -> Reply:
         """Records from network clients (RemoteSink): written verbatim (the client's node=,
         no enrichment), dispatched with distribute_network, and the reply for them."""
+        from auditpy.auditd.listener import ACK, dispatch_frames, reply_for  # loaded: listening
+
         count = len(lines)
         self.counters.network_records += count
         link = self.dispatcher
         if self.config.distribute_network and link is not None:
             link.send(dispatch_frames(lines), count)
-        log_file = self.log_file
-        if log_file is None:
+        if self.log_file is None:
+            self.counters.network.not_logged += count
             return ACK  # write_logs = no: acknowledged, as auditd does
-        events = log_file.write(lines)
-        if events:
-            self._after_write(events)
-        elif self._write_failing:
-            self._write_failing = False
-            self.space.write_ok()
+        events = self._write(lines, self.counters.network)
         return reply_for(events, space_low=self.space.space_warning)
 
     def remote_daemon_record(self, msg_type: int, text: str) -> None:

@@ -26,6 +26,7 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 
+from auditpy.proto.dispatch import parse_figures
 from auditpy.system.children import ChildHandle, SpawnChild, spawn_child
 from auditpy.system.fedchild import Backoff, Batch, FedChild
 
@@ -70,8 +71,14 @@ class DispatcherLink:
         self._restart: asyncio.TimerHandle | None = None
         #: should a dispatcher run: None until the owner has read the plugin directory
         self._want: bool | None = None
+        self.records_offered = 0
         self.records_sent = 0
         self.records_dropped = 0
+        #: the figures per plugin (offered, delivered, dropped, queued, restarts): what
+        #: the running dispatcher last reported, plus what earlier dispatchers had counted
+        self._reported: dict[str, dict[str, int]] = {}
+        self._carried: dict[str, dict[str, int]] = {}
+        self._figures_in = bytearray()
         self.starts = 0
 
     @property
@@ -105,7 +112,10 @@ class DispatcherLink:
             self._cancel_restart()
             self._start()
         else:
-            self._drop_pending(count=False)  # nobody wants them
+            # Nobody wants them: they were never owed to anyone, so they are taken back
+            # from what was offered rather than counted as dropped.
+            self.records_offered -= self.records_pending
+            self._drop_pending(count=False)
 
     def forward(self, signum: int) -> None:
         if self._fed is not None:
@@ -131,6 +141,7 @@ class DispatcherLink:
                 sent=self._sent,
                 on_exit=self._exited,
                 broken=self._broken,
+                received=self._read_figures,
             )
         except OSError as exc:
             log.error("Cannot start the dispatcher %s: %s", self.argv[0], exc)
@@ -149,6 +160,7 @@ class DispatcherLink:
         # A frame half sent to the dead dispatcher cannot be completed: what was queued
         # behind it is lost to the plugins, and counted.
         self._drop_pending(in_flight=fed.abandon())
+        self._carry_figures()
         self._backoff.ended()  # a run of STABLE_AFTER starts the back-off again
         status = fed.child.returncode
         if self._stopping:
@@ -196,6 +208,7 @@ class DispatcherLink:
         fed.flush_blocking(deadline=time.monotonic() + min(1.0, timeout))
         fed.close_input()
         self._drop_pending(in_flight=fed.abandon())
+        self._carry_figures()
         child = fed.child
         if child.wait(timeout) is None:
             child.send_signal(signal.SIGKILL)
@@ -205,6 +218,7 @@ class DispatcherLink:
 
     def send(self, data: bytes, records: int) -> None:
         """Queue one batch of frames; never blocks."""
+        self.records_offered += records
         fed = self._fed
         if fed is None:
             if self._want is False:
@@ -245,6 +259,39 @@ class DispatcherLink:
             self.records_dropped += in_flight + sum(records for _view, records in self._pending)
         self._pending.clear()
         self._pending_bytes = 0
+
+    # -- the dispatcher's figures ------------------------------------------------------------
+
+    def _read_figures(self, data: bytes) -> None:
+        self._figures_in += data
+        for report in parse_figures(self._figures_in):
+            self._reported = report
+
+    def _carry_figures(self) -> None:
+        """The dispatcher is gone: its counters are carried forward, its queues are not."""
+        self._carried = self.plugin_figures
+        for figures in self._carried.values():
+            figures.pop("queued", None)
+        self._reported = {}
+        self._figures_in.clear()
+
+    @property
+    def plugin_figures(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for source in (self._carried, self._reported):
+            for name, figures in source.items():
+                mine = out.setdefault(name, {})
+                for key, value in figures.items():
+                    # counters add up across dispatchers; a queue is the running one's
+                    mine[key] = value if key == "queued" else mine.get(key, 0) + value
+        return out
+
+    @property
+    def records_pending(self) -> int:
+        """Records offered and neither sent nor dropped yet."""
+        fed = self._fed
+        in_flight = 0 if fed is None else fed.in_flight
+        return in_flight + sum(records for _view, records in self._pending)
 
     def state(self) -> dict[str, str]:
         fed = self._fed

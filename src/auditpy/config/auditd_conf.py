@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import grp
+import ipaddress
 import os
 import re
 import stat
@@ -139,6 +140,13 @@ class AuditdConfig:
     #: MULTICAST: only join the kernel's read-log multicast group, so that pyauditd can
     #: run read-only next to another audit daemon.
     kernel_link: str = "REGISTER"
+    #: audit 4.x: seconds between state reports written without a SIGCONT; 0 = never.
+    report_interval: int = 0
+    #: auditpy only: where the Prometheus metrics are served (`host:port`, `[v6]:port` or
+    #: `unix:/path`); None = not served.
+    metrics_listen: str | None = None
+    #: auditpy only: the mode of a `unix:` metrics socket.
+    metrics_socket_mode: int = 0o600
 
     def resolved_paths(self, cwd: str) -> AuditdConfig:
         """Anchor relative paths at `cwd`.
@@ -164,6 +172,43 @@ _PATH_ATTRIBUTES: Final = (
     "tls_key_file",
     "tls_ca_file",
 )
+
+
+@dataclass(frozen=True)
+class MetricsAddress:
+    """Where metrics are served: a TCP host and port, or a UNIX socket path."""
+
+    host: str | None = None
+    port: int = 0
+    path: str | None = None
+
+
+def metrics_address(value: str) -> MetricsAddress:
+    """Parse `metrics_listen`: ``127.0.0.1:9101``, ``[::1]:9101`` or ``unix:/run/x``.
+    Raises ValueError. Host names are refused: resolving one would make a reload wait on
+    DNS, and an address is what a firewall rule names anyway."""
+    if value.startswith("unix:"):
+        path = value[5:]
+        if not path.startswith("/"):
+            raise ValueError(f"{value!r}: the socket path must be absolute")
+        return MetricsAddress(path=path)
+    if value.startswith("["):
+        host, sep, port = value[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"{value!r} is not [ADDRESS]:PORT")
+    else:
+        host, sep, port = value.rpartition(":")
+        if not sep:
+            raise ValueError(f"{value!r} is not ADDRESS:PORT or unix:/PATH")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IP address") from None
+    if not port.isascii() or not port.isdigit() or not 1 <= int(port) <= TCP_PORT_MAX:
+        raise ValueError(f"{port!r} is not a port number (1-65535)")
+    if value.startswith("[") != (address.version == 6):
+        raise ValueError(f"{value!r}: write an IPv6 address as [ADDRESS]:PORT")
+    return MetricsAddress(host=str(address), port=int(port))
 
 
 def changed_keys(old: AuditdConfig, new: AuditdConfig) -> set[str]:
@@ -412,6 +457,25 @@ def _disp_qos(line: _Line) -> dict[str, Any]:
     return {"disp_qos": None}
 
 
+def _metrics_listen(line: _Line) -> dict[str, Any]:
+    try:
+        metrics_address(line.value)
+    except ValueError as exc:
+        raise _BadValue(f"metrics_listen: {exc}") from None
+    return {"metrics_listen": line.value}
+
+
+def _metrics_socket_mode(line: _Line) -> dict[str, Any]:
+    value = line.value
+    if not value.isascii() or not value.isdigit() or any(c > "7" for c in value):
+        raise _BadValue(f"metrics_socket_mode: {value!r} is not an octal mode like 0660")
+    mode = int(value, 8)
+    if mode > 0o777 or mode & 0o007:
+        raise _BadValue(f"metrics_socket_mode: {value} must be at most 0770 (nothing for "
+                        "others: the figures describe the audit trail)")
+    return {"metrics_socket_mode": mode}
+
+
 _KEYWORDS: Final[Mapping[str, _Keyword]] = {
     "local_events": _Keyword(_yes_no("local_events")),
     "write_logs": _Keyword(_yes_no("write_logs")),
@@ -468,6 +532,9 @@ _KEYWORDS: Final[Mapping[str, _Keyword]] = {
     "plugin_dir": _Keyword(_text("plugin_dir")),
     "end_of_event_timeout": _Keyword(_number("end_of_event_timeout")),
     "kernel_link": _Keyword(_enum("kernel_link", ("register", "multicast"))),
+    "report_interval": _Keyword(_number("report_interval", 0, INT_MAX)),
+    "metrics_listen": _Keyword(_metrics_listen),
+    "metrics_socket_mode": _Keyword(_metrics_socket_mode),
 }
 
 #: The public keyword list, in the order of the man page (plus auditpy's kernel_link and

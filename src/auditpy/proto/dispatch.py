@@ -6,6 +6,7 @@ C tools frame records (host byte order, 16-byte header, then `size` bytes of pay
 
 from __future__ import annotations
 
+import json
 import struct
 
 from auditpy.proto.records import MAX_AUDIT_MESSAGE_LENGTH, type_name
@@ -76,3 +77,46 @@ def string_line(version: int, msg_type: int, payload: bytes) -> bytes:
     if b"\n" in text:
         text = text.replace(b"\n", b" ")
     return text + b"\n"
+
+
+# --------------------------------------------------------------------------------------
+# The dispatcher's figures, sent back to pyauditd on the same socketpair (the other way):
+# one JSON object per line, so the daemon's ledger and metrics include every plugin's.
+
+#: A report longer than this is not one: the reader drops it and resynchronises at the
+#: next newline.
+MAX_FIGURES_LINE = 1 << 16
+FIGURE_KEYS = ("offered", "delivered", "dropped", "queued", "restarts")
+
+
+def figures_line(plugins: dict[str, dict[str, int]]) -> bytes:
+    return json.dumps({"plugins": plugins}, separators=(",", ":")).encode() + b"\n"
+
+
+def parse_figures(buffer: bytearray) -> list[dict[str, dict[str, int]]]:
+    """Take every complete report off the front of `buffer`: per plugin, the counters of
+    FIGURE_KEYS (non-negative integers). Malformed lines are skipped; an overlong partial
+    line is discarded."""
+    out: list[dict[str, dict[str, int]]] = []
+    while True:
+        end = buffer.find(b"\n")
+        if end < 0:
+            if len(buffer) > MAX_FIGURES_LINE:
+                buffer.clear()
+            return out
+        line = bytes(buffer[:end])
+        del buffer[: end + 1]
+        try:
+            report = json.loads(line)
+            plugins = report["plugins"]
+            if not isinstance(plugins, dict):
+                continue
+            out.append({
+                str(name): {
+                    key: int(value[key]) for key in FIGURE_KEYS
+                    if isinstance(value.get(key), int) and value[key] >= 0
+                }
+                for name, value in plugins.items() if isinstance(value, dict)
+            })
+        except (ValueError, KeyError, TypeError):
+            continue

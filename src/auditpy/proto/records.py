@@ -36,6 +36,7 @@ DAEMON_ROTATE = 1205
 DAEMON_RESUME = 1206
 DAEMON_ACCEPT = 1207
 DAEMON_CLOSE = 1208
+DAEMON_ERR = 1209
 
 
 def is_event(msg_type: int) -> bool:

@@ -64,7 +64,8 @@ class FedChild:
     took; `drained()` that everything offered is in the socket; `broken(exc)` that the
     socket refused with an error (the child closed its input or is dying: the input is
     closed here first); `on_exit(self)` that the child exited and was reaped through its
-    pidfd (the input is closed here first).
+    pidfd (the input is closed here first). With `received`, what the child writes back
+    on its stdin socket (pyaudispd's figures) is read on the loop and handed to it.
     """
 
     __slots__ = (
@@ -76,6 +77,7 @@ class FedChild:
         "_loop",
         "_next_batch",
         "_out",
+        "_received",
         "_sent",
         "_taken",
         "_weight",
@@ -95,6 +97,7 @@ class FedChild:
         on_exit: Callable[[FedChild], None],
         drained: Callable[[], None] = _nothing,
         broken: Callable[[OSError], None] | None = None,
+        received: Callable[[bytes], None] | None = None,
     ) -> None:
         self._loop = loop
         self.child = child
@@ -114,7 +117,10 @@ class FedChild:
         self._taken = 0
         #: the socket is full: a writer callback is registered and will pump
         self.waiting = False
+        self._received = received
         child.attach(loop, self._child_exited)
+        if received is not None:
+            loop.add_reader(sock.fileno(), self._read_back)
 
     @classmethod
     def start(
@@ -128,6 +134,7 @@ class FedChild:
         on_exit: Callable[[FedChild], None],
         drained: Callable[[], None] = _nothing,
         broken: Callable[[OSError], None] | None = None,
+        received: Callable[[bytes], None] | None = None,
     ) -> FedChild:
         """Make the socketpair (`send_buffer`: see `stdin_pair`), start the child with
         `spawn(fd)` (fd: its end, to become its stdin) and watch it from `loop`. Raises
@@ -141,7 +148,7 @@ class FedChild:
         finally:
             theirs.close()
         return cls(loop, child, ours, next_batch=next_batch, sent=sent, on_exit=on_exit,
-                   drained=drained, broken=broken)
+                   drained=drained, broken=broken, received=received)
 
     @property
     def pid(self) -> int:
@@ -158,13 +165,19 @@ class FedChild:
         out = self._out
         return 0 if out is None else len(out)
 
+    @property
+    def in_flight(self) -> int:
+        """Records of the batch in flight not yet reported as sent."""
+        if self._out is None:
+            return 0
+        return (len(self._ends) - self._done) * self._weight
+
     def abandon(self) -> int:
         """Give up the batch in flight (the child is gone or no longer reads); returns how
         many of its records were not reported as sent."""
-        if self._out is None:
-            return 0
+        count = self.in_flight
         self._out = None
-        return (len(self._ends) - self._done) * self._weight
+        return count
 
     def pump(self) -> None:
         """Write as much as the socket takes now; let the loop call again when it has room."""
@@ -240,11 +253,34 @@ class FedChild:
             pass
 
     def close_input(self) -> None:
-        """Stop writing and close our end: end of input for a child that reads to the end."""
+        """Stop writing (and reading back) and close our end: end of input for a child that
+        reads to the end."""
         sock, self.sock = self.sock, None
         if sock is not None:
             self._stop_waiting(sock)
+            self._stop_reading(sock)
             sock.close()
+
+    def _read_back(self) -> None:
+        sock = self.sock
+        if sock is None or self._received is None:
+            return
+        try:
+            data = sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # it will say no more; its exit follows, through the pidfd
+            self._stop_reading(sock)
+            return
+        self._received(data)
+
+    def _stop_reading(self, sock: socket.socket) -> None:
+        if self._received is not None:
+            self._received = None
+            if not self._loop.is_closed():
+                self._loop.remove_reader(sock.fileno())
 
     def send_signal(self, signum: int) -> bool:
         return self.child.send_signal(signum)

@@ -381,6 +381,9 @@ class KernelConnection:
             "records longer than 8970 bytes (cut)": str(self.events.truncated),
         }
 
+    def state_counts(self) -> dict[str, int]:
+        return {"truncated": self.events.truncated, "rejected": self.events.rejected}
+
     # requests (the requesting thread)
 
     def register(self, pid: int) -> None:

@@ -17,7 +17,6 @@ sigwaitinfo(2) and hands them to the loop, coalesced the same way.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
 import logging
@@ -27,7 +26,10 @@ import struct
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import asyncio
 
 
 #: What a handler learns about a signal: its number and who sent it (0 when unknown).
