@@ -131,9 +131,9 @@ batches = st.lists(st.lists(records, min_size=1, max_size=8), min_size=1, max_si
 
 
 @settings(max_examples=400, deadline=None)
-@given(batches, st.lists(st.integers(0, 60), max_size=60), st.booleans())
+@given(batches, st.lists(st.integers(0, 60), max_size=60), st.booleans(), st.booleans())
 def test_partial_writes_are_resumed_and_accounted_record_by_record(
-    batches: list[list[bytes]], script: list[int], per_record: bool
+    batches: list[list[bytes]], script: list[int], per_record: bool, direct: bool
 ) -> None:
     # Per record (a plugin's way), or one mark per batch standing for its records (the
     # link's way: any weight above 1 means that in `Source`).
@@ -143,7 +143,14 @@ def test_partial_writes_are_resumed_and_accounted_record_by_record(
     fed = FedChild(cast(Any, loop), cast(Any, FakeChild()), cast(Any, sock),
                    next_batch=source.next_batch, sent=source.on_sent,
                    on_exit=exited.append, drained=source.on_drained)
-    fed.pump()
+    if direct:  # the first batch handed over while nothing waits, as the link does
+        first = source.next_batch()
+        assert first is not None
+        fed.write(bytes(first.data), first.ends, first.weight)
+        if not fed.waiting:
+            fed.pump()
+    else:
+        fed.pump()
     turns = 0
     while loop.writers:
         assert fed.waiting and fed.unsent > 0
@@ -156,13 +163,14 @@ def test_partial_writes_are_resumed_and_accounted_record_by_record(
     assert bytes(sock.taken) == b"".join(b"".join(r) for r in batches)
     assert source.sent == sum(map(len, batches))
     assert source.drained == 1
-    assert loop.added <= script.count(0)  # one writer per wait for room, at most
+    # One writer per wait for room, at most (a direct write that is cut short arms one).
+    assert loop.added <= script.count(0) + direct
 
 
 @settings(max_examples=200, deadline=None)
-@given(batches, st.lists(st.integers(1, 60), max_size=10))
+@given(batches, st.lists(st.integers(1, 60), max_size=10), st.booleans())
 def test_a_broken_socket_reports_once_and_leaves_the_rest_in_flight(
-    batches: list[list[bytes]], before: list[int]
+    batches: list[list[bytes]], before: list[int], direct: bool
 ) -> None:
     source = Source(batches, 1)
     loop, sock = FakeLoop(), FakeSocket([*before, -1])
@@ -170,6 +178,10 @@ def test_a_broken_socket_reports_once_and_leaves_the_rest_in_flight(
     fed = FedChild(cast(Any, loop), cast(Any, FakeChild()), cast(Any, sock),
                    next_batch=source.next_batch, sent=source.on_sent,
                    on_exit=lambda _fed: None, broken=broken.append)
+    if direct:
+        first = source.next_batch()
+        assert first is not None
+        fed.write(bytes(first.data), first.ends)
     fed.pump()
     total = sum(map(len, batches))
     if len(broken) == 0:  # everything went before the script reached the error

@@ -228,9 +228,7 @@ class DispatcherLink:
             return
         elif not fed.waiting:
             # Nothing waits: straight to the socket, which usually takes it all.
-            self._pending.append((memoryview(data), records))
-            self._pending_bytes += len(data)
-            fed.pump()
+            fed.write(data, (len(data),), records)
             return
         if self._pending_bytes + (fed.unsent if fed else 0) + len(data) > self.max_pending_bytes:
             self.records_dropped += records

@@ -223,6 +223,35 @@ class FedChild:
             self.waiting = False
         self._drained()
 
+    def write(self, data: bytes, ends: Sequence[int], weight: int = 1) -> None:
+        """Hand one batch straight to the socket, for an owner whose queue is empty while
+        nothing is in flight (not `closed`, not `waiting`): the common case is one send
+        and no allocation. What the socket does not take is resumed as by `pump`."""
+        sock = self.sock
+        if sock is None or self._out is not None:
+            raise RuntimeError("write() while closed or while a batch is in flight")
+        try:
+            n = sock.send(data)
+        except BlockingIOError:
+            n = 0
+        except OSError as exc:
+            self._out = memoryview(data)
+            self._ends, self._weight, self._done, self._taken = ends, weight, 0, 0
+            self.close_input()
+            if self._broken is not None:
+                self._broken(exc)
+            return
+        if n == len(data):
+            self._sent(len(ends) * weight)
+            return
+        self._out = memoryview(data)[n:]
+        self._ends, self._weight, self._taken = ends, weight, n
+        self._done = bisect.bisect_right(ends, n)
+        if self._done:
+            self._sent(self._done * weight)
+        self.waiting = True
+        self._loop.add_writer(sock.fileno(), self.pump)
+
     def flush_blocking(self, deadline: float) -> None:
         """At shutdown, when the loop no longer runs: give the child what is offered until
         `deadline` (time.monotonic()), blocking. What is left stays offered (`abandon`,
