@@ -1,6 +1,7 @@
 """The folder tree is the architecture, and this test keeps it so: pure layers import only
-the standard library (and themselves), program packages never import each other, and shared
-layers never import a program. A program package is one with a __main__.py."""
+the standard library and pure layers (proto only itself; config also proto, whose value
+checks a configuration syntax may reuse), program packages never import each other, and
+shared layers never import a program. A program package is one with a __main__.py."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "auditpy"
-#: Pure layers: codecs, formats, tables, configuration syntax.
-PURE = {"proto", "config"}
+#: Pure layers and what each may import besides the standard library.
+PURE = {"proto": {"proto"}, "config": {"config", "proto"}}
 
 
 def packages() -> dict[str, Path]:
@@ -44,8 +45,8 @@ def test_the_layout_has_the_rooms_it_promises() -> None:
 def test_pure_layers_import_only_themselves() -> None:
     bad = [
         f"{path.relative_to(PACKAGE)} imports auditpy.{other}"
-        for layer in PURE for path in (PACKAGE / layer).rglob("*.py")
-        for other in imported(path) if other != layer
+        for layer, allowed in PURE.items() for path in (PACKAGE / layer).rglob("*.py")
+        for other in imported(path) if other not in allowed
     ]
     assert not bad, "\n".join(bad)
 

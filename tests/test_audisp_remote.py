@@ -24,6 +24,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from auditpy.audisp_remote import delivery
+from auditpy.audisp_remote import input as remote_input
+from auditpy.audisp_remote import main as remote_main
 from auditpy.audisp_remote import plugin as ar
 from auditpy.config import remote_conf as rc
 from auditpy.config.errors import ConfigError
@@ -523,13 +526,27 @@ def test_load_checks_the_file_and_exec_helpers(tmp_path: Path) -> None:
         rc.load_remote_conf(str(conf))
 
 
+@pytest.fixture
+def own_signal_mask() -> Iterator[None]:
+    """`main` holds the plugin's signals for the life of its process; run in this one, it
+    must not leave pytest (and every child pytest starts later) with SIGTERM blocked."""
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    sigchld = signal.getsignal(signal.SIGCHLD)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        signal.signal(signal.SIGCHLD, sigchld)
+
+
+@pytest.mark.usefixtures("own_signal_mask")
 def test_main_exits_1_on_a_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     conf = write_conf(tmp_path / "r.conf", port="sixty")
-    assert ar.main(["-c", str(conf), "--no-syslog"]) == 1
+    assert remote_main.main(["-c", str(conf), "--no-syslog"]) == 1
     err = capsys.readouterr().err
     assert f"{conf}:" in err and "port: value 'sixty' should only be digits" in err
     good = write_conf(tmp_path / "g.conf")
-    assert ar.main(["-c", str(good), "--no-syslog", "--check"]) == 0
+    assert remote_main.main(["-c", str(good), "--no-syslog", "--check"]) == 0
 
 
 # --------------------------------------------------------------------------------------
@@ -537,15 +554,15 @@ def test_main_exits_1_on_a_bad_config(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 def test_input_decoder_lines_and_binary() -> None:
-    decoder = ar.InputDecoder()
+    decoder = remote_input.InputDecoder()
     assert decoder.feed(b"type=A msg=1\ntype=B") == [b"type=A msg=1"]
     assert decoder.feed(b" msg=2\n") == [b"type=B msg=2"]
     assert decoder.finish() == ([], 0)
-    decoder = ar.InputDecoder()
-    decoder.feed(b"x" * (ar.MAX_INPUT_LINE + 10))
+    decoder = remote_input.InputDecoder()
+    decoder.feed(b"x" * (remote_input.MAX_INPUT_LINE + 10))
     assert decoder.feed(b"yyy\nnext\n") == [b"next"]
     assert decoder.cut_lines == 1
-    binary = ar.InputDecoder()
+    binary = remote_input.InputDecoder()
     data = wire.frame(wire.PROTOCOL_V0, 1005, b"audit(1.0:1): a") + wire.frame(
         wire.PROTOCOL_V1, 1005, b"node=n type=USER msg=audit(1.0:2): b"
     )
@@ -555,9 +572,9 @@ def test_input_decoder_lines_and_binary() -> None:
     ]
     with pytest.raises(wire.FrameError):
         binary.feed(b"\x07" * 16)
-    assert ar.is_eoe(b"type=EOE msg=audit(1.0:1): ")
-    assert ar.is_eoe(b"node=x type=EOE msg=audit(1.0:1): ")
-    assert not ar.is_eoe(b"node=x type=EOES msg=")
+    assert remote_input.is_eoe(b"type=EOE msg=audit(1.0:1): ")
+    assert remote_input.is_eoe(b"node=x type=EOE msg=audit(1.0:1): ")
+    assert not remote_input.is_eoe(b"node=x type=EOES msg=")
 
 
 def test_disk_queue_survives_reopen_and_cuts_a_torn_tail(tmp_path: Path) -> None:
@@ -715,7 +732,7 @@ def test_forward_mode_loses_nothing_when_the_plugin_is_killed(
     found = server.markers()
     assert set(found) == set(range(total + 1000))
     twice = [n for n, count in found.items() if count > 1]
-    assert len(twice) <= ar.WINDOW, len(twice)
+    assert len(twice) <= delivery.WINDOW, len(twice)
     print(f"killed after {delivered_before} of {total}; {len(twice)} duplicates")
 
 
@@ -1039,28 +1056,25 @@ def test_actions_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
                              lambda _p, m: messages.append(m))
 
     async def scenario() -> None:
-        loop = asyncio.get_running_loop()
-        plugin._wake, plugin._control, plugin._space = (asyncio.Event() for _ in range(3))
-        plugin._exit = loop.create_future()
-
         def act(kind: str) -> bool:
-            plugin.config = dataclasses.replace(plugin.config, disk_full_action=rc.Action(kind))
+            plugin.core.config = dataclasses.replace(plugin.config,
+                                                     disk_full_action=rc.Action(kind))
             return plugin.act("disk_full_action", f"test {kind}")
 
         assert act("ignore") and not messages
         assert act("syslog") and messages[-1] == "test syslog"
         assert not act("warn_once") and not act("warn_once")
         assert sum("test warn_once" in m for m in messages) == 1
-        plugin._warned.clear()  # as after a delivered record
+        plugin.core.policy.forget_warnings()  # as after a delivered record
         assert act("warn_once_continue") and act("warn_once_continue")
         assert sum("test warn_once_continue" in m for m in messages) == 1
         assert not act("reconnect")
-        assert not act("suspend") and plugin._suspended
-        plugin._suspended = False
-        assert not act("single") and plugin._suspended
+        assert not act("suspend") and plugin.suspended
+        plugin._feed(plugin.core.resume)
+        assert not act("single") and plugin.suspended
         assert not act("halt")
         assert plugin.act("disk_low_action", "low")
-        assert not act("stop") and plugin._exit.result() == 1
+        assert not act("stop") and plugin.exit_code == 1
         wait_for(lambda: out.exists() and len(out.read_text().splitlines()) == 3)
         # the loop reaps the helpers through their pidfds
         await wait_for_async(lambda: not plugin._children, what="the helpers reaped")

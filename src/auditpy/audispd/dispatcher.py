@@ -63,6 +63,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from auditpy.audispd.builtin_af_unix import AfUnixPlugin
+from auditpy.audispd.builtin_nats import NatsPlugin
 from auditpy.audispd.builtin_syslog import SyslogPlugin
 from auditpy.audispd.plan import ReloadPlan, Running, Step, plan_reload
 from auditpy.audispd.runner import (
@@ -80,6 +81,7 @@ from auditpy.audispd.runner import (
 from auditpy.config.errors import ConfigError
 from auditpy.config.plugins import (
     AF_UNIX,
+    NATS,
     SYSLOG,
     DispatcherSettings,
     PluginConfig,
@@ -130,6 +132,8 @@ def make_runner(config: PluginConfig, ctx: RunnerContext) -> PluginRunner:
         return AfUnixPlugin(config, ctx)
     if config.builtin == SYSLOG:
         return SyslogPlugin(config, ctx)
+    if config.builtin == NATS:
+        return NatsPlugin(config, ctx)
     return ExternalPlugin(config, ctx)
 
 

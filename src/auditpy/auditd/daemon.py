@@ -43,7 +43,14 @@ from auditpy.auditd.ledger import (
 )
 from auditpy.auditd.logfile import AuditLog, LogEvent, LogFileError
 from auditpy.auditd.signals import HANDLED_SIGNALS
-from auditpy.auditd.startup import RCVBUF, Options, Registered, load_config, log_settings
+from auditpy.auditd.startup import (
+    MULTICAST_RCVBUF,
+    RCVBUF,
+    Options,
+    Registered,
+    load_config,
+    log_settings,
+)
 from auditpy.config.auditd_conf import AuditdConfig, changed_keys, metrics_address
 from auditpy.config.errors import ConfigError
 from auditpy.proto.dispatch import HEADER, PROTOCOL_V0, PROTOCOL_V1
@@ -68,6 +75,7 @@ from auditpy.system.node import node_name
 from auditpy.system.service import Signal, SignalReader, write_state_file
 
 if TYPE_CHECKING:
+    from auditpy.auditd.collector import NatsCollector
     from auditpy.auditd.listener import RemoteListener, Reply
     from auditpy.auditd.metrics import MetricsServer
 
@@ -87,6 +95,8 @@ RECV_BATCH = 512
 #: pause sets the CPU used at low rates (measurements in the benchmark issue's notes).
 SMALL_BATCH = 256
 COALESCE_SECONDS = 0.02
+#: A pause lasts until about this many records can be expected (see `_read_batch`).
+PAUSE_RECORDS = 64
 #: How long reads must have found the socket drained before a kernel request is made
 #: (`Daemon._request`): enough for kauditd to hand over what it still held.
 SETTLE_SECONDS = 0.05
@@ -242,6 +252,8 @@ class Daemon:
         self._stopping = False
         #: the tcp_listen_port listener (remote_server), None when not listening
         self.remote: RemoteListener | None = None
+        #: the JetStream collector (nats_collector), None when not collecting
+        self.collector: NatsCollector | None = None
         self.operations = Operations(self.loop)
         self._signals: SignalReader | None = None
         #: kernel requests, which may sleep while the kernel's queue is full
@@ -249,6 +261,7 @@ class Daemon:
         #: reading auditd.conf and the plugin directory, which may be slow
         self._files = concurrent.futures.ThreadPoolExecutor(1, "config-files")
         self._reading = False
+        self._last_read = 0.0
         #: set once the record stream has been caught up for SETTLE_SECONDS (see `_request`)
         self._settled = asyncio.Event()
         self._settled.set()
@@ -285,7 +298,8 @@ class Daemon:
         if early is not None:
             self.kernel, self.log_file, self.registered = early.kernel, early.log_file, True
         else:
-            self.kernel = self._open_kernel(multicast=multicast, rcvbuf=RCVBUF)
+            self.kernel = self._open_kernel(
+                multicast=multicast, rcvbuf=MULTICAST_RCVBUF if multicast else RCVBUF)
         if self.config.write_logs:
             if self.log_file is None:
                 self.log_file = AuditLog(log_settings(self.config), notify=self._notify)
@@ -317,6 +331,10 @@ class Daemon:
         )
         try:
             self._remote_start()
+            if self.config.nats_collector is not None:
+                from auditpy.auditd.collector import collector_from_config
+
+                self.collector = collector_from_config(self.loop, self.config, self)
         except (OSError, ValueError) as exc:
             self._abort("network-init", exc)
             raise
@@ -358,6 +376,8 @@ class Daemon:
             self._signals.close()
             self._signals = None
         self._remote_close()
+        if self.collector is not None:
+            self.collector.close()
         if self.dispatcher is not None:
             self.dispatcher.stop()
             self.dispatcher = None
@@ -479,27 +499,37 @@ class Daemon:
 
     def _on_readable(self) -> None:
         """The event socket became readable (the reader is registered only when idle)."""
-        if self._read_batch():
+        pause = self._read_batch()
+        if pause:
             # A trickle: stop watching the socket and read again after a pause, so the next
             # read finds several events. Meanwhile records wait in the socket buffer, not in
             # the kernel's backlog, so nothing is throttled or lost by the pause.
             self._unwatch_kernel()
-            self.loop.call_later(COALESCE_SECONDS, self._read_after_pause)
+            self.loop.call_later(pause, self._read_after_pause)
 
     def _read_after_pause(self) -> None:
         """Read without asking epoll first: while records trickle in, one timer per pause is
         the only wakeup; an empty read or a large batch goes back to watching the socket."""
         if self.kernel is None or self._stop.done():
             return
-        if self._read_batch():
-            self.loop.call_later(COALESCE_SECONDS, self._read_after_pause)
+        pause = self._read_batch()
+        if pause:
+            self.loop.call_later(pause, self._read_after_pause)
         else:
             self._watch_kernel()
 
-    def _read_batch(self) -> bool:
-        """Read and handle what is waiting; True when it was a small batch of records, after
-        which the caller pauses."""
+    def _read_batch(self) -> float:
+        """Read and handle what is waiting; returns how long to pause before the next read
+        (0: none, watch the socket).
+
+        A small batch means records trickle in: the next read waits until about
+        PAUSE_RECORDS more can be expected at the rate they came, at most COALESCE_SECONDS.
+        A fixed pause would let a fast trickle fill a small socket buffer and hold the
+        kernel back; a short one would cost a wakeup per record at low rates."""
         assert self.kernel is not None
+        now = time.monotonic()
+        elapsed = now - self._last_read
+        self._last_read = now
         records, enobufs = self.kernel.recv_records(RECV_BATCH)
         # Records read are written before anything that may take time (syslog, below): what
         # the daemon holds in memory dies with it if it is killed.
@@ -509,7 +539,10 @@ class Daemon:
         if enobufs:
             self.counters.enobufs += enobufs
             log.warning("Kernel socket overrun (ENOBUFS), %d in all", self.counters.enobufs)
-        return 0 < len(records) < SMALL_BATCH and not self._stop.done()
+        count = len(records)
+        if not 0 < count < SMALL_BATCH or self._stop.done():
+            return 0.0
+        return min(COALESCE_SECONDS, PAUSE_RECORDS * elapsed / count)
 
     def _drain_kernel(self) -> None:
         """Read everything the socket holds now."""
@@ -818,6 +851,8 @@ class Daemon:
         self._unwatch_kernel()
         if self.remote is not None:
             self.remote.stop()  # ENDING to every client before DAEMON_END, as auditd
+        if self.collector is not None:
+            self.collector.stop()  # writes what it holds before DAEMON_END
         self._daemon_record(DAEMON_END, daemon_records.end_text(sender))
         log.info("The audit daemon is exiting.")
         if not self._stop.done():
@@ -880,6 +915,11 @@ class Daemon:
             self._daemon_record(DAEMON_CONFIG, daemon_records.config_text(sender, ok=False))
             return
         self._remote_reconfigure(old)
+        if self.collector is not None or self.config.nats_collector is not None:
+            from auditpy.auditd.collector import reconfigure_collector
+
+            self.collector = reconfigure_collector(
+                self.collector, self.loop, self.config, self)
         # Logged, never dispatched, like the C daemon's.
         self._daemon_record(
             DAEMON_CONFIG,
@@ -955,6 +995,7 @@ class Daemon:
                 **(self.kernel.state() if self.kernel else {}),
                 **(self.dispatcher.state() if self.dispatcher else {}),
                 **self._remote_state(),
+                **(self.collector.state() if self.collector is not None else {}),
             },
         )
         path = self.options.state_file

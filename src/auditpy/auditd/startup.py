@@ -23,11 +23,16 @@ from auditpy.system.netlink import KernelConnection
 
 log = logging.getLogger("auditpy")
 
-#: The kernel socket's receive buffer (SO_RCVBUFFORCE; the kernel doubles it for its own
-#: accounting). What it holds when the daemon dies is lost with it, while what the kernel
-#: could not hand over waits in the kernel, so it holds what throughput needs and no more
-#: (bench/rcvbuf.py).
-RCVBUF = 4 << 20
+#: The registered daemon's kernel socket receive buffer (SO_RCVBUFFORCE; the kernel doubles
+#: it for its own accounting). What it holds when the daemon dies is lost with it, while
+#: what the kernel could not hand over waits in the kernel, so it holds what throughput
+#: needs and no more: with reads paced to the rate records come (`Daemon._read_batch`),
+#: 128 KiB to 4 MiB gave the same throughput within noise, and the loss per kill -9 grew
+#: with the size (bench/rcvbuf.py; figures in the reliability issue's notes).
+RCVBUF = 256 << 10
+#: A multicast reader's buffer: the kernel keeps nothing it could not multicast, so a
+#: large buffer is what absorbs a burst.
+MULTICAST_RCVBUF = 16 << 20
 
 
 @dataclass(frozen=True)
