@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import os
 import signal
@@ -488,6 +489,38 @@ def test_stuck_plugin_does_not_delay_the_others(make: Make) -> None:
     d.signal(signal.SIGTERM)
     assert d.wait_exit() == 0
     assert f"plugin stuck.conf (pid {d.starts('stuck')[0]}) stopped" in d.log()
+
+
+def test_the_dispatcher_sends_its_ledger_back(make: Make) -> None:
+    """pyaudispd reports, on the stream pyauditd feeds it, each plugin's figures: offered =
+    delivered + dropped + queued, for a stuck plugin with a tiny queue and a working one."""
+    d = make(settings={"q_depth": 8})
+    d.plugin("stuck", path=d.program("idle.py"))
+    d.plugin("fast")
+    d.start()
+    wait_for(lambda: len(d.plugin_pids()) == 2, what="plugins")
+    d.wait_ready("fast")
+    n = 300  # 1.2 MB: more than the stuck plugin's socket and queue hold
+    for i in range(n):
+        d.send(big_record(i))
+    assert d.sock is not None
+    d.sock.setblocking(False)
+    buffer = bytearray()
+    reports: list[dict[str, dict[str, int]]] = []
+
+    def complete() -> dict[str, dict[str, int]] | None:
+        with contextlib.suppress(BlockingIOError):
+            buffer.extend(d.sock.recv(65536) if d.sock else b"")
+        reports.extend(wire.parse_figures(buffer))
+        last = reports[-1] if reports else {}
+        done = all(last.get(name, {}).get("offered") == n for name in ("stuck.conf",
+                                                                        "fast.conf"))
+        return last if done else None
+
+    figures = wait_for(complete, 15, "a report of every record")
+    for name, mine in figures.items():
+        assert mine["offered"] == mine["delivered"] + mine["dropped"] + mine["queued"], name
+    assert figures["stuck.conf"]["dropped"] > 0
 
 
 def test_overflow_suspend_and_sigusr2(make: Make) -> None:

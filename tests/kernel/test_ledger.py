@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from auditpy.proto.netlink import AuditStatus
+from auditpy.proto.netlink import STATUS_BACKLOG_LIMIT, STATUS_BACKLOG_WAIT_TIME, AuditStatus
 
 from ..conftest import need
-from .conftest import DaemonDir, auditctl, start_pyauditd, wait_for
+from .conftest import DaemonDir, auditctl, set_status, start_pyauditd, wait_for
 
 
 def state(run_dir: Path, daemon_pid: int) -> dict[str, float]:
@@ -155,3 +155,93 @@ def daemon_dir_at(root: Path, **settings: str) -> DaemonDir:
         sub.mkdir()
     d.write_config(flush="NONE", **settings)
     return d
+
+
+def test_a_lossy_burst_balances_per_cause(
+    kernel_state: AuditStatus, daemon_dir: DaemonDir, load_generator: Path
+) -> None:
+    """backlog_wait_time 0 and a small backlog_limit: the kernel drops records; a stuck
+    plugin with a small queue drops others. At the end every record generated is on disk,
+    an EOE (dispatched, never logged) or lost by the kernel, exactly; every record offered
+    to the plugin is delivered, dropped or queued; and the ledger's kernel figures are
+    auditctl -s's."""
+    set_status(AuditStatus(mask=STATUS_BACKLOG_LIMIT | STATUS_BACKLOG_WAIT_TIME,
+                           backlog_limit=64, backlog_wait_time=0))
+    plugin = daemon_dir.conf_dir / "plugins.d" / "stuck.conf"
+    idle = daemon_dir.root / "idle.py"  # a plugin program must be root's and executable
+    idle.write_bytes((Path(__file__).resolve().parents[1] / "plugins" / "idle.py").read_bytes())
+    idle.chmod(0o755)
+    plugin.write_text(f"active = yes\npath = {idle}\n")
+    plugin.chmod(0o640)
+    daemon_dir.write_config(q_depth="16")
+    daemon = start_pyauditd(daemon_dir)
+    args = rule(load_generator, "pytest-ledger-burst")
+    auditctl(*args)
+    events = 20000
+    try:
+        before: dict[str, float] = {}
+
+        def baseline() -> bool:
+            """The daemon has asked the kernel for its figures (its lost counter then)."""
+            before.update(state(daemon_dir.run_dir, daemon.pid))
+            return "auditpy_kernel_lost_total" in before
+        wait_for(baseline, 30, "the daemon's first kernel figures")
+        # The daemon stalls (stopped) while the burst runs: with no wait left, the kernel
+        # drops what neither its backlog nor the daemon's socket holds.
+        daemon.signal(signal.SIGSTOP)
+        try:
+            subprocess.run([str(load_generator), str(events)], check=True)
+        finally:
+            daemon.signal(signal.SIGCONT)
+        after: dict[str, float] = {}
+        previous = [-1.0]
+
+        def kernel() -> dict[str, str]:
+            # Asked once the burst is over: a request while the kernel held the load back
+            # would compete for its wake-ups.
+            status = subprocess.run(["auditctl", "-s"], capture_output=True, text=True,
+                                    check=True).stdout
+            return dict(line.split(" ", 1) for line in status.splitlines() if " " in line)
+
+        def settled() -> bool:
+            after.update(state(daemon_dir.run_dir, daemon.pid))
+            now = after["auditpy_records_received_total"]
+            done = (now == previous[0]
+                    and after.get('auditpy_plugin_records_offered_total{plugin="stuck.conf"}')
+                    and after.get("auditpy_kernel_lost_total") == int(kernel()["lost"]))
+            previous[0] = now
+            return bool(done)
+        wait_for(settled, 60, "the burst read, the plugin's figures and fresh kernel figures")
+        status = kernel()
+    finally:
+        auditctl("-d", *args[1:], check=False)
+        daemon.stop()
+
+    def delta(name: str) -> float:
+        return after[name] - before.get(name, 0)
+
+    received = delta("auditpy_records_received_total")
+    kernel_lost = delta('auditpy_records_lost_total{cause="kernel"}')
+    assert kernel_lost > 0, "the burst lost nothing: the test shows nothing"
+    # An event the kernel cannot queue whole costs one lost record (it gives up at the
+    # first record it cannot queue, after queuing those before it); one it queues whole
+    # arrives whole: SYSCALL, PROCTITLE and its EOE.
+    logged = sum(1 for ln in daemon_dir.lines()
+                 if ln.startswith("type=SYSCALL") and 'key="pytest-ledger-burst"' in ln)
+    assert logged + kernel_lost == events
+    eoe = delta("auditpy_eoe_records_total")
+    written = delta('auditpy_records_written_total{source="kernel"}')
+    assert written + eoe == received
+    for cause in ("log_suspended", "log_disk_full", "log_write_error"):
+        assert after[f'auditpy_records_lost_total{{cause="{cause}"}}'] == 0
+    kernel_lines = sum(1 for ln in daemon_dir.lines() if not ln.startswith("type=DAEMON_"))
+    # the rule's removal, after the last report, adds a few lines more
+    assert 0 <= kernel_lines - after['auditpy_records_written_total{source="kernel"}'] <= 8
+    prefix = "auditpy_plugin_records_"
+    offered, delivered, dropped, queued = (
+        after[f'{prefix}{k}{{plugin="stuck.conf"}}']
+        for k in ("offered_total", "delivered_total", "dropped_total", "queued"))
+    assert dropped > 0 and offered == delivered + dropped + queued
+    assert after['auditpy_records_lost_total{cause="plugin"}'] == dropped
+    assert after["auditpy_kernel_lost_total"] == int(status["lost"])
+    assert after["auditpy_kernel_backlog_limit"] == int(status["backlog_limit"])

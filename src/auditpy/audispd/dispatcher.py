@@ -92,6 +92,7 @@ from auditpy.config.plugins import (
     load_plugins,
 )
 from auditpy.proto import dispatch as wire
+from auditpy.proto.dispatch import FIGURE_KEYS, figures_line
 from auditpy.system.children import INIT_PATH, ChildHandle, spawn_helper
 from auditpy.system.node import node_name
 from auditpy.system.service import Signal, SignalReader, write_state_file
@@ -109,6 +110,8 @@ SHUTDOWN_DRAIN = 0.5
 OVERFLOW_REPORT_LIMIT = 5
 #: Seconds between the per-plugin summaries of dropped records.
 REPORT_INTERVAL = 30.0
+#: Seconds between the figures sent to pyauditd (its ledger and metrics).
+FIGURES_INTERVAL = 1.0
 #: Signals the dispatcher handles: held blocked for its whole life and read from a
 #: signalfd. Every other signal keeps its default action.
 HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR2, signal.SIGCONT)
@@ -248,6 +251,10 @@ class Dispatcher:
         self._helpers: list[ChildHandle] = []
         #: runners a reload is stopping (no longer in `plugins`)
         self._retiring: list[PluginRunner] = []
+        #: the counters of runners that were replaced or stopped, by plugin name
+        self._carried: dict[str, dict[str, int]] = {}
+        self._figures_failed = False
+        self._figures_timer: asyncio.TimerHandle | None = None
 
     # -- start and stop -------------------------------------------------------------------
 
@@ -296,6 +303,7 @@ class Dispatcher:
         if self._reload_again:  # a SIGHUP came while we were starting
             self.request_reload()
         self._schedule_report()
+        self._schedule_figures()
         try:
             code = await self._done
             await self._shutdown()
@@ -325,6 +333,8 @@ class Dispatcher:
     async def _shutdown(self) -> None:
         self.ctx.shutting_down = True
         self._stop_reading()
+        if self._figures_timer is not None:
+            self._figures_timer.cancel()
         if self._report_timer is not None:
             self._report_timer.cancel()
         task = self._reload_task
@@ -394,8 +404,11 @@ class Dispatcher:
     def dispatch(self, records: list[Record]) -> None:
         """Queue one read's records for every plugin, then start sending (one send per
         plugin for the lot)."""
-        self.records_in += len(records)
+        count = len(records)
+        self.records_in += count
         runners = list(self.plugins.values())
+        for runner in runners:
+            runner.offered += count
         for record in records:
             if self.suspended:
                 for runner in runners:
@@ -602,6 +615,7 @@ class Dispatcher:
             self._retiring = []
         restarted = 0
         for (old, heir), leftover in zip(stopping, results, strict=True):
+            self._carry(old, len(leftover) if heir is not None else 0)
             if heir is None:
                 continue
             if old.unreaped:
@@ -610,9 +624,11 @@ class Dispatcher:
                     old.name,
                     old.pid,
                 )
+                self._hand_over(old, heir, leftover)
                 heir.dropped += len(leftover)
                 heir.state = State.FAILED
                 continue
+            self._hand_over(old, heir, leftover)
             heir.adopt(leftover)
             heir.start()
             restarted += 1
@@ -630,6 +646,59 @@ class Dispatcher:
         if not self.plugins:
             log.info("no active plugins, exiting")
             self.finish(0)
+
+    # -- the ledger ------------------------------------------------------------------------
+
+    @staticmethod
+    def _hand_over(old: PluginRunner, heir: PluginRunner, leftover: list[Record]) -> None:
+        """Records a stopped plugin never delivered go to its successor: they count as
+        offered to the one that gets them."""
+        heir.offered += len(leftover)
+
+    def _carry(self, old: PluginRunner, handed_over: int) -> None:
+        """A plugin's counters outlive the runner (a restart makes a new one), so the
+        figures of a name keep growing, as counters must."""
+        carried = self._carried.setdefault(old.name, dict.fromkeys(FIGURE_KEYS, 0))
+        carried["offered"] += old.offered - handed_over
+        carried["delivered"] += old.delivered
+        carried["dropped"] += old.dropped
+        carried["restarts"] += old.restarts
+
+    def figures(self) -> dict[str, dict[str, int]]:
+        """Per plugin: offered = delivered + dropped + queued, and restarts."""
+        out = {name: dict(carried) for name, carried in self._carried.items()}
+        for name, runner in self.plugins.items():
+            mine = out.setdefault(name, dict.fromkeys(FIGURE_KEYS, 0))
+            mine["offered"] += runner.offered
+            mine["delivered"] += runner.delivered
+            mine["dropped"] += runner.dropped
+            mine["restarts"] += runner.restarts
+            mine["queued"] = runner.depth
+        return out
+
+    def send_figures(self) -> None:
+        """The figures go to pyauditd the other way on the stream it feeds us, so its
+        ledger and metrics include every plugin's (no second port). A full socket only
+        delays them to the next report."""
+        if self._figures_failed:
+            return
+        try:
+            os.write(0, figures_line(self.figures()))
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as exc:
+            # stdin that cannot be written (a pipe, in tests): nobody reads figures
+            self._figures_failed = True
+            log.debug("cannot send figures to pyauditd: %s", exc)
+
+    def _schedule_figures(self) -> None:
+        if not self.ctx.shutting_down:
+            self._figures_timer = self.loop.call_later(FIGURES_INTERVAL, self._figures_tick)
+
+    def _figures_tick(self) -> None:
+        self._figures_timer = None
+        self.send_figures()
+        self._schedule_figures()
 
     def _apply_settings(
         self, settings: DispatcherSettings, *, first: bool, node: bytes | None

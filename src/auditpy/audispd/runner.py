@@ -145,6 +145,8 @@ class PluginRunner:
         self.config = config
         self.ctx = ctx
         self.state = State.PENDING
+        #: records handed to this plugin: delivered + dropped + still queued (the ledger)
+        self.offered = 0
         self.delivered = 0
         self.dropped = 0
         self.max_depth = 0

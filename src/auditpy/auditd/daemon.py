@@ -970,7 +970,7 @@ class Daemon:
         kernel = self.kernel
         if kernel is not None and await self._settled_within(SENDER_WAIT):
             with contextlib.suppress(NetlinkError, TimeoutError):
-                self._kernel_status = (await self._request(kernel.get_status), time.time())
+                self._kernel_figures(await self._request(kernel.get_status))
         # Too busy to ask the kernel now: its figures as they were when last asked.
         status, asked = self._kernel_status or (None, 0.0)
         config_items = {
