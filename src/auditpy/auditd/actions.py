@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from auditpy.config.auditd_conf import AuditdConfig
 from auditpy.config.files import exec_helper_problems
 from auditpy.system.children import INIT_PATH, ChildHandle, spawn_helper
 
@@ -44,6 +45,17 @@ class ActionKind(enum.Enum):
     DISK_FULL = "disk_full"
     DISK_ERROR = "disk_error"
     MAX_LOG_FILE = "max_log_file"
+
+
+def helper_for(kind: ActionKind, config: AuditdConfig) -> str | None:
+    """The exec helper auditd.conf names for an action of `kind` (None unless EXEC)."""
+    return {
+        ActionKind.SPACE_LEFT: config.space_left_exe,
+        ActionKind.ADMIN_SPACE_LEFT: config.admin_space_left_exe,
+        ActionKind.DISK_FULL: config.disk_full_exe,
+        ActionKind.DISK_ERROR: config.disk_error_exe,
+        ActionKind.MAX_LOG_FILE: config.max_log_file_exe,
+    }[kind]
 
 
 class FollowUp(enum.Enum):

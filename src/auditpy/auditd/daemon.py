@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from auditpy import AUDIT_VERSION
 from auditpy.auditd import daemon_records
-from auditpy.auditd.actions import ActionKind, FollowUp, run_action
+from auditpy.auditd.actions import ActionKind, FollowUp, helper_for, run_action
 from auditpy.auditd.counters import Counters, LogCount, state_report
 from auditpy.auditd.daemon_records import DaemonSerials, Sender
 from auditpy.auditd.diskspace import SpacePolicy, SpaceSettings, Trigger
@@ -686,7 +686,7 @@ class Daemon:
         outcome = run_action(
             action,
             kind=kind,
-            exe=getattr(self.config, f"{kind.value}_exe", None),
+            exe=helper_for(kind, self.config),
             mail_acct=self.config.action_mail_acct,
             log=self.log_file,
             notify=self._notify,
