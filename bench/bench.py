@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Benchmark pyauditd side by side with the C auditd on this kernel.
 
-For each scenario both daemons run in turn, several rounds alternating, on one shared
-configuration; the figures are medians, and the ratio is pyauditd / C from the same run.
+For each scenario both daemons and the limit (bench/limit.c: a C reader that registers and
+discards what it reads) run in turn, several rounds alternating, on one shared configuration;
+the figures are medians, and the ratios are pyauditd / C and pyauditd / limit from the same
+run.
 Writes RESULTS.md (a Markdown table) and RESULTS.png (a chart, if matplotlib is installed)
 into --out. Run as root with no audit daemon registered:
 
@@ -45,6 +47,9 @@ from auditpy.system.netlink import AuditSocket
 
 HERE = Path(__file__).resolve().parent
 C_AUDITD = "/sbin/auditd"
+#: What each round runs: the C auditd, pyauditd and the limit (bench/limit.c: a C reader
+#: that registers and discards what it reads, the fastest a daemon could be handed records).
+DAEMONS = ("c", "py", "limit")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -111,7 +116,8 @@ class Run:
 @dataclass
 class Result:
     scenario: Scenario
-    runs: dict[str, list[Run]] = field(default_factory=lambda: {"c": [], "py": []})
+    runs: dict[str, list[Run]] = field(
+        default_factory=lambda: {daemon: [] for daemon in DAEMONS})
 
 
 # -- the kernel -------------------------------------------------------------------------------
@@ -294,6 +300,8 @@ def write_config(root: Path, scenario: Scenario) -> Path:
 
 def one_run(daemon: str, scenario: Scenario, events: int, loadgen: Path, true_copy: Path,
             pyauditd: list[str], max_seconds: float) -> Run:
+    if daemon == "limit":
+        return limit_run(scenario, events, loadgen, true_copy, max_seconds)
     root = Path(tempfile.mkdtemp(prefix=f"bench-{daemon}-"))
     try:
         conf = write_config(root, scenario)
@@ -328,16 +336,9 @@ def one_run(daemon: str, scenario: Scenario, events: int, loadgen: Path, true_co
         shutil.rmtree(root, ignore_errors=True)
 
 
-def measure(proc: subprocess.Popen[bytes], scenario: Scenario, events: int, loadgen: Path,
-            true_copy: Path, root: Path, max_seconds: float) -> Run:
-    if not wait_for(lambda: status().pid == proc.pid or proc.poll() is not None, 15):
-        raise RuntimeError(f"daemon {proc.args} did not register")
-    if proc.poll() is not None:
-        raise RuntimeError(f"daemon exited: {(root / 'daemon.err').read_text()}")
-    if scenario.plugins:
-        wait_for(lambda: len(tree(proc.pid)) >= 1 + scenario.plugins + scenario.stuck, 10)
-        time.sleep(0.3)
-    log = root / "log" / "audit.log"
+def workload(scenario: Scenario, events: int, loadgen: Path,
+             true_copy: Path) -> tuple[str, list[str], list[str]]:
+    """The rule key, the rule and the load generator's command line of a scenario."""
     if scenario.workload == "exec":
         key = "bench-exec"
         rule_args = ["always,exit", "-F", "arch=b64", "-S", "execve", "-F", f"exe={true_copy}",
@@ -348,7 +349,24 @@ def measure(proc: subprocess.Popen[bytes], scenario: Scenario, events: int, load
         rule_args = ["always,exit", "-F", "arch=b64", "-S", "getppid", "-F", f"exe={loadgen}",
                      "-k", key]
         command = [str(loadgen), "getppid", str(events)]
-    counter = LogCounter(log, key)
+    return key, rule_args, command
+
+
+def measure(proc: subprocess.Popen[bytes], scenario: Scenario, events: int, loadgen: Path,
+            true_copy: Path, root: Path, max_seconds: float,
+            counter: LogCounter | CountFile | None = None) -> Run:
+    """One run against a registered reader; `counter` (the limit's) replaces the log's."""
+    if not wait_for(lambda: status().pid == proc.pid or proc.poll() is not None, 15):
+        raise RuntimeError(f"daemon {proc.args} did not register")
+    if proc.poll() is not None:
+        raise RuntimeError(f"daemon exited: {(root / 'daemon.err').read_text()}")
+    plugins = scenario.plugins if counter is None else 0
+    if plugins:
+        wait_for(lambda: len(tree(proc.pid)) >= 1 + plugins + scenario.stuck, 10)
+        time.sleep(0.3)
+    key, rule_args, command = workload(scenario, events, loadgen, true_copy)
+    if counter is None:
+        counter = LogCounter(root / "log" / "audit.log", key)
     with rule(rule_args):
         counter.poll()
         base = counter.count
@@ -382,7 +400,8 @@ def measure(proc: subprocess.Popen[bytes], scenario: Scenario, events: int, load
             if generator.poll() is None:
                 generator.kill()
             generator.wait()
-        delivered = wait_for_plugins(root, scenario, key, counter.count - base)
+        delivered = (wait_for_plugins(root, scenario, key, counter.count - base)
+                     if plugins else None)
         pids = tree(proc.pid)
         cpu = cpu_seconds(pids) - cpu_before
         rss = peak_rss_kib(proc.pid)
@@ -392,6 +411,63 @@ def measure(proc: subprocess.Popen[bytes], scenario: Scenario, events: int, load
         lost = status().lost - lost_before
     logged = counter.count - base
     return Run(logged, end - start, cpu, rss, dispatcher_rss, lost, capped, delivered)
+
+
+class CountFile:
+    """The limit reader's progress (bench/limit.c): a 64-bit count of the key's SYSCALL
+    records in a shared file, polled like a log (LogCounter's interface)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.count = 0
+
+    def poll(self) -> int:
+        with contextlib.suppress(OSError, ValueError):
+            self.count = int.from_bytes(self.path.read_bytes()[:8], sys.byteorder)
+        return self.count
+
+
+def limit_run(scenario: Scenario, events: int, loadgen: Path, true_copy: Path,
+              max_seconds: float) -> Run:
+    """A run of the limit reader, in the same conditions as a daemon's: kernel settings,
+    rule, load, and the same polling of its progress."""
+    key, _rule, _command = workload(scenario, events, loadgen, true_copy)
+    root = Path(tempfile.mkdtemp(prefix="bench-limit-"))
+    try:
+        counter = CountFile(root / "count")
+        argv = [str(loadgen.with_name("limit")), key, str(counter.path)]
+        with kernel_settings(0 if scenario.lossy else None), \
+                open(root / "daemon.err", "wb") as errors:
+            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=errors)
+            try:
+                return measure(proc, scenario, events, loadgen, true_copy, root, max_seconds,
+                               counter)
+            finally:
+                stop_reader(proc)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def stop_reader(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (the reader unregisters), and wait until the kernel has no daemon of ours."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    wait_for(lambda: status().pid != proc.pid, 10)
+
+
+def build_tools(build: Path) -> Path:
+    """Compile the load generator and the limit reader into `build`; the load generator's
+    path (the reader is next to it)."""
+    loadgen = build / "loadgen"
+    for name in ("loadgen", "limit"):
+        subprocess.run(["gcc", "-O2", "-Wall", "-o", str(build / name), str(HERE / f"{name}.c")],
+                       check=True)
+    return loadgen
 
 
 def wait_for_plugins(root: Path, scenario: Scenario, key: str, logged: int) -> int | None:
@@ -425,25 +501,25 @@ def table(results: list[Result], events: int, exec_events: int, rounds: int) -> 
         f"{platform.python_version()}; {events} events per run ({exec_events} for exec), "
         f"median of {rounds} rounds, C auditd = Debian {c_version()}.",
         "",
-        "| scenario | C events/s | pyauditd events/s | ratio | C CPU s/100k | "
-        "py CPU s/100k | C logged / lost | py logged / lost | C / py events each plugin got "
+        "| scenario | C events/s | pyauditd events/s | limit events/s | py / C | py / limit "
+        "| C CPU s/100k | py CPU s/100k | limit CPU s/100k | C logged / lost "
+        "| py logged / lost | limit read / lost | C / py events each plugin got "
         "| C RSS MiB | py RSS MiB (+ dispatcher) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for res in results:
-        c, py = res.runs["c"], res.runs["py"]
+        c, py, limit = res.runs["c"], res.runs["py"], res.runs["limit"]
         c_rate, py_rate = median([r.rate for r in c]), median([r.rate for r in py])
-        ratio = py_rate / c_rate if c_rate else 0.0
+        limit_rate = median([r.rate for r in limit])
         disp = median([r.dispatcher_rss_kib for r in py]) / 1024
-        c_cap = " (capped)" if any(r.capped for r in c) else ""
-        py_cap = " (capped)" if any(r.capped for r in py) else ""
         lines.append(
-            f"| {res.scenario.title} | {c_rate:,.0f}{c_cap} | {py_rate:,.0f}{py_cap} | "
-            f"{ratio:.2f} | "
+            f"| {res.scenario.title} | {c_rate:,.0f}{capped(c)} | {py_rate:,.0f}{capped(py)} | "
+            f"{limit_rate:,.0f}{capped(limit)} | {share(py_rate, c_rate)} | "
+            f"{share(py_rate, limit_rate, percent=True)} | "
             f"{median([r.cpu_per_100k for r in c]):.2f} | "
             f"{median([r.cpu_per_100k for r in py]):.2f} | "
-            f"{median([r.events for r in c]):,.0f} / {median([r.lost for r in c]):,.0f} | "
-            f"{median([r.events for r in py]):,.0f} / {median([r.lost for r in py]):,.0f} | "
+            f"{median([r.cpu_per_100k for r in limit]):.2f} | "
+            f"{logged_lost(c)} | {logged_lost(py)} | {logged_lost(limit)} | "
             f"{delivered(c)} / {delivered(py)} | "
             f"{median([r.rss_kib for r in c]) / 1024:.1f} | "
             f"{median([r.rss_kib for r in py]) / 1024:.1f}"
@@ -452,12 +528,33 @@ def table(results: list[Result], events: int, exec_events: int, rounds: int) -> 
     lines += [
         "",
         "events/s: from the first call until every event is on disk (lossless), or until the "
-        "log stops growing (burst); \"capped\": --max-seconds passed first. lost: the "
-        "kernel's lost counter over the run, in records (an event is 3 records). CPU: daemon, "
-        "dispatcher and plugins together. Events each plugin got: the fewest any working "
-        "plugin (a cat) received in any round. RSS: peak of the daemon (and of pyaudispd).",
+        "log stops growing (burst); \"capped\": --max-seconds passed first. limit: "
+        "bench/limit.c, a C reader that registers, reads with recvmmsg 128 records at a time "
+        "and discards them (no log, no plugins): the fastest the kernel hands records over; "
+        "its events/s count until it has read every event. py / limit: pyauditd's share of "
+        "it. lost: the kernel's lost counter over the run, in records (an event is 3 "
+        "records). CPU: daemon, dispatcher and plugins together. Events each plugin got: the "
+        "fewest any working plugin (a cat) received in any round. RSS: peak of the daemon "
+        "(and of pyaudispd).",
     ]
     return "\n".join(lines) + "\n"
+
+
+def capped(runs: list[Run]) -> str:
+    return " (capped)" if any(r.capped for r in runs) else ""
+
+
+def share(value: float, of: float, *, percent: bool = False) -> str:
+    if not of:
+        return "-"
+    return f"{value / of:.0%}" if percent else f"{value / of:.2f}"
+
+
+def logged_lost(runs: list[Run]) -> str:
+    if not runs:
+        return "-"
+    return (f"{median([r.events for r in runs]):,.0f} / "
+            f"{median([r.lost for r in runs]):,.0f}")
 
 
 def delivered(runs: list[Run]) -> str:
@@ -480,15 +577,15 @@ def chart(results: list[Result], path: Path) -> bool:
     except ImportError:
         return False
     names = [r.scenario.title for r in results]
-    c = [median([x.rate for x in r.runs["c"]]) for r in results]
-    py = [median([x.rate for x in r.runs["py"]]) for r in results]
     fig, ax = plt.subplots(figsize=(10, 4.5))
     xs = range(len(names))
-    ax.bar([x - 0.2 for x in xs], c, width=0.4, label="C auditd")
-    ax.bar([x + 0.2 for x in xs], py, width=0.4, label="pyauditd")
+    for i, (daemon, label) in enumerate(
+            [("c", "C auditd"), ("py", "pyauditd"), ("limit", "limit (C reader, discards)")]):
+        rates = [median([x.rate for x in r.runs[daemon]]) for r in results]
+        ax.bar([x + (i - 1) * 0.27 for x in xs], rates, width=0.27, label=label)
     ax.set_xticks(list(xs), names, rotation=15, ha="right", fontsize=8)
     ax.set_ylabel("events/s logged")
-    ax.set_title("pyauditd vs C auditd (median)")
+    ax.set_title("pyauditd vs C auditd and the limit (median)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -523,8 +620,7 @@ def main(argv: list[str] | None = None) -> int:
     compileall.compile_dir(Path(auditpy.__file__).parent, quiet=1)
     build = Path(tempfile.mkdtemp(prefix="bench-build-"))
     try:
-        loadgen = build / "loadgen"
-        subprocess.run(["gcc", "-O2", "-o", str(loadgen), str(HERE / "loadgen.c")], check=True)
+        loadgen = build_tools(build)
         true_copy = build / "bench-true"
         shutil.copy("/bin/true", true_copy)
         results = []
@@ -533,12 +629,13 @@ def main(argv: list[str] | None = None) -> int:
             result = Result(scenario)
             count = args.exec_events if scenario.workload == "exec" else args.events
             for round_ in range(args.rounds):
-                order = ("c", "py") if round_ % 2 == 0 else ("py", "c")
-                for daemon in order:
+                # each goes first, second and last in turn
+                turn = round_ % len(DAEMONS)
+                for daemon in DAEMONS[turn:] + DAEMONS[:turn]:
                     run = one_run(daemon, scenario, count, loadgen, true_copy,
                                   args.pyauditd.split(), args.max_seconds)
                     result.runs[daemon].append(run)
-                    print(f"{scenario.name:9} round {round_ + 1} {daemon:2}: "
+                    print(f"{scenario.name:9} round {round_ + 1} {daemon:5}: "
                           f"{run.rate:10,.0f} events/s  {run.events:8,} logged  "
                           f"{run.lost:8,} lost  cpu {run.cpu:6.2f}s  rss {run.rss_kib // 1024} MiB"
                           + ("  (capped)" if run.capped else "")
