@@ -461,10 +461,10 @@ def stop_reader(proc: subprocess.Popen[bytes]) -> None:
 
 
 def build_tools(build: Path) -> Path:
-    """Compile the load generator and the limit reader into `build`; the load generator's
-    path (the reader is next to it)."""
+    """Compile the load generator, the limit reader and the latency probe into `build`; the
+    load generator's path (the others are next to it)."""
     loadgen = build / "loadgen"
-    for name in ("loadgen", "limit"):
+    for name in ("loadgen", "limit", "latprobe"):
         subprocess.run(["gcc", "-O2", "-Wall", "-o", str(build / name), str(HERE / f"{name}.c")],
                        check=True)
     return loadgen
@@ -592,12 +592,25 @@ def chart(results: list[Result], path: Path) -> bool:
     return True
 
 
+def run_latency(args: argparse.Namespace, loadgen: Path) -> str:
+    """bench/latency.py's table, with the rates and durations of --latency-*."""
+    import latency
+
+    rates = [float(r) for r in args.latency_rates.split(",")]
+    seconds = [float(s) for s in args.latency_seconds.split(",")]
+    results = latency.run_all(rates, seconds, 1, loadgen, args.pyauditd.split())
+    return latency.table(results, 1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--exec-events", type=int, default=5_000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--scenarios", default=",".join([*SCENARIOS, "latency"]),
+                        help="scenarios of the table; `latency` runs bench/latency.py too")
+    parser.add_argument("--latency-rates", default="100,10000")
+    parser.add_argument("--latency-seconds", default="10,2")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--pyauditd", default=f"{sys.executable} -m auditpy.auditd")
     parser.add_argument("--max-seconds", type=float, default=60.0,
@@ -624,7 +637,10 @@ def main(argv: list[str] | None = None) -> int:
         true_copy = build / "bench-true"
         shutil.copy("/bin/true", true_copy)
         results = []
-        for name in args.scenarios.split(","):
+        names = args.scenarios.split(",")
+        for name in names:
+            if name == "latency":
+                continue
             scenario = SCENARIOS[name]
             result = Result(scenario)
             count = args.exec_events if scenario.workload == "exec" else args.events
@@ -643,10 +659,13 @@ def main(argv: list[str] | None = None) -> int:
                              else ""),
                           flush=True)
             results.append(result)
+        latency_text = (run_latency(args, loadgen) if "latency" in names else "")
     finally:
         shutil.rmtree(build, ignore_errors=True)
     args.out.mkdir(parents=True, exist_ok=True)
     text = table(results, args.events, args.exec_events, args.rounds)
+    if latency_text:
+        text += "\n" + latency_text
     (args.out / "RESULTS.md").write_text(text)
     print()
     print(text)

@@ -20,7 +20,8 @@ def test_benchmark_runs_and_writes_its_table(kernel_state: AuditStatus, tmp_path
     shm_before = set(Path("/dev/shm").glob("bench-*"))
     proc = subprocess.run(
         [sys.executable, str(BENCH), "--events", "300", "--exec-events", "20", "--rounds", "1",
-         "--scenarios", "raw,plugin1,exec", "--out", str(tmp_path)],
+         "--scenarios", "raw,plugin1,exec,latency", "--latency-rates", "200",
+         "--latency-seconds", "0.5", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
@@ -40,6 +41,14 @@ def test_benchmark_runs_and_writes_its_table(kernel_state: AuditStatus, tmp_path
         assert float(cells["limit events/s"].replace(",", "")) > 0
     assert "| 300 / 300 |" in rows[1]  # the plugin of each daemon got every event
     assert "| - / - |" in rows[0]
+    # the latency table: each reader, every event timed, none missing
+    latency = [ln for ln in table.splitlines() if ln.startswith("| 200 |")]
+    assert [ln.split("|")[2:4] for ln in latency] == [
+        [" C auditd ", " no plugin "], [" pyauditd ", " no plugin "],
+        [" C auditd ", " 1 plugin "], [" pyauditd ", " 1 plugin "],
+        [" limit (C reader) ", " - "]]
+    assert all(ln.endswith("| 100 (0 / -) |") for ln in latency[:2] + latency[4:])
+    assert all(ln.endswith("| 100 (0 / 0) |") for ln in latency[2:4])
     assert set(Path("/dev/shm").glob("bench-*")) == shm_before  # plugin outputs removed
     after = get_status()
     assert after.backlog_limit == kernel_state.backlog_limit
