@@ -23,8 +23,10 @@ import resource
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, fields
+from itertools import compress
+from operator import not_
 from typing import Protocol, TypeVar
 
 from auditpy import AUDIT_VERSION
@@ -40,7 +42,7 @@ from auditpy.auditd.ledger import (
     Cause,
     LossReporter,
     SerialWatch,
-    serial_of,
+    serials_of,
 )
 from auditpy.auditd.listener import (
     ACK,
@@ -62,7 +64,7 @@ from auditpy.config.auditd_conf import (
 )
 from auditpy.config.errors import ConfigError
 from auditpy.config.plugins import any_active, load_dispatcher_settings
-from auditpy.proto.dispatch import HEADER, PROTOCOL_V0, PROTOCOL_V1
+from auditpy.proto.dispatch import HEADER, PROTOCOL_V0, PROTOCOL_V1, frames_v0
 from auditpy.proto.enrich import Enricher
 from auditpy.proto.netlink import STATUS_ENABLED, AuditStatus, SignalInfo
 from auditpy.proto.prometheus import exposition
@@ -562,18 +564,31 @@ class Daemon:
             self._handle(records)
 
     def _handle(self, records: list[tuple[int, bytes]]) -> None:
-        events = [r for r in records if r[0] not in NOT_EVENTS]
-        if not events:
+        if not records:
             return
+        types, payloads = zip(*records, strict=True)
+        if not NOT_EVENTS.isdisjoint(types):
+            records = [r for r in records if r[0] not in NOT_EVENTS]
+            if not records:
+                return
+            types, payloads = zip(*records, strict=True)
         counters = self.counters
-        counters.received += len(events)
-        self._watch_serials(events)
+        counters.received += len(types)
+        self._watch_serial_batch(types, payloads)
         link = self.dispatcher
-        if link is None or not link.accepting:
-            lines = self.formatter.format_batch(events)
-            counters.eoe += len(events) - len(lines)
-            self._write(lines, counters.kernel)
+        accepting = link is not None and link.accepting
+        if not accepting or self._dispatch_v0:
+            # The log's lines, and the kernel's text as V0 frames, each made for the whole
+            # batch by C loops (see LineFormatter.join_lines).
+            data, count = self.formatter.join_lines(types, payloads)
+            counters.eoe += len(types) - count
+            self._write_data(data, count, counters.kernel)
+            if accepting:
+                assert link is not None
+                link.send(frames_v0(types, payloads), len(types))
             return
+        events = records
+        assert link is not None
         fmt = self.formatter.format
         lines = [fmt(t, p) for t, p in events]
         logged = [line for (t, _p), line in zip(events, lines, strict=True) if t != AUDIT_EOE]
@@ -581,10 +596,13 @@ class Daemon:
         self._write(logged, counters.kernel)
         link.send(self._frames(events, lines), len(events))
 
-    def _watch_serials(self, events: list[tuple[int, bytes]]) -> None:
-        """Feed the serial watch one serial per event (see ledger.SYSCALL_COMPANIONS)."""
-        serials = [serial_of(p) for t, p in events if t not in SYSCALL_COMPANIONS]
-        lost = self.serials_seen.feed(s for s in serials if s is not None)
+    def _watch_serial_batch(self, types: Sequence[int], payloads: Sequence[bytes]) -> None:
+        """Feed the serial watch about one serial per event (see ledger.SYSCALL_COMPANIONS),
+        picked and parsed by C loops."""
+        picked = compress(payloads, map(not_, map(SYSCALL_COMPANIONS.__contains__, types)))
+        self._serials_lost(self.serials_seen.feed_batch(serials_of(picked)))
+
+    def _serials_lost(self, lost: int) -> None:
         if lost:
             self.counters.serial_gaps += lost
             if self.config.kernel_link == "MULTICAST":
@@ -628,15 +646,25 @@ class Daemon:
 
     def _write(self, lines: list[bytes], count: LogCount) -> LogEvent:
         """The one way lines reach the log, each source counted on its own (`count`)."""
+        if self.log_file is None or not lines:
+            return self._write_data(b"", len(lines), count)
+        return self._written(self.log_file.write(lines), len(lines), count)
+
+    def _write_data(self, data: bytes, lines: int, count: LogCount) -> LogEvent:
+        """`_write` for lines joined (LineFormatter.join_lines)."""
         log_file = self.log_file
         if log_file is None:
-            count.not_logged += len(lines)  # write_logs = no: records are only dispatched
+            count.not_logged += lines  # write_logs = no: records are only dispatched
             return LogEvent.NONE
         if not lines:
             return LogEvent.NONE
-        events = log_file.write(lines)
+        return self._written(log_file.write_data(data, lines), lines, count)
+
+    def _written(self, events: LogEvent, lines: int, count: LogCount) -> LogEvent:
+        log_file = self.log_file
+        assert log_file is not None
         if not events:
-            count.written += len(lines)
+            count.written += lines
             if self._write_failing:
                 self._write_failing = False
                 self.space.write_ok()
@@ -645,7 +673,7 @@ class Daemon:
         # Only the records of the batch that are not on disk, whole: the log file takes a
         # partly written batch back to its last complete record.
         unwritten = log_file.last_unwritten if failed else 0
-        count.written += len(lines) - unwritten
+        count.written += lines - unwritten
         if unwritten:
             cause = (Cause.LOG_DISK_FULL if events & LogEvent.DISK_FULL
                      else Cause.LOG_WRITE_ERROR if events & LogEvent.DISK_ERROR

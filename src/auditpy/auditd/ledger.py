@@ -19,6 +19,7 @@ Two measures of the kernel's side:
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
@@ -90,10 +91,35 @@ class SerialWatch:
         self.gaps += lost
         return lost
 
+    def feed_batch(self, serials: list[int]) -> int:
+        """`feed` for one read's serials: a batch that only continues the stream (the
+        next serials in a row, repeats allowed, in any order) is taken in a few C calls."""
+        highest = self.highest
+        if highest is not None and not self._missing:
+            fresh = list(dict.fromkeys(serials))
+            if fresh and fresh[0] == highest:
+                del fresh[0]  # more records of the last event seen
+            if fresh == list(range(highest + 1, highest + 1 + len(fresh))):
+                if fresh:
+                    self.highest = fresh[-1]
+                return 0
+        return self.feed(serials)
+
     @property
     def pending(self) -> int:
         """Serials skipped over that may still arrive."""
         return len(self._missing)
+
+
+#: A kernel payload's start; matched right after a NUL (see `serials_of`).
+_SERIAL: Final = re.compile(rb"\0audit\([0-9]+\.[0-9]+:([0-9]+)\)")
+
+
+def serials_of(payloads: Iterable[bytes]) -> list[int]:
+    """The serial of each payload that has one, in order: one regex pass over the payloads
+    joined by NULs (a kernel record cannot hold one: the kernel formats user text with
+    %s), so only a payload's start can match, whatever text a record carries."""
+    return list(map(int, _SERIAL.findall(b"\0" + b"\0".join(payloads))))
 
 
 def serial_of(payload: bytes) -> int | None:

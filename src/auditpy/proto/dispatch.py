@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Sequence
+from itertools import chain, repeat
 
 from auditpy.proto.records import MAX_AUDIT_MESSAGE_LENGTH, type_name
 
@@ -29,6 +31,14 @@ def pack_header(version: int, msg_type: int, size: int) -> bytes:
 def frame(version: int, msg_type: int, payload: bytes) -> bytes:
     """One record as it goes on the stream."""
     return HEADER.pack(version, HEADER_LEN, msg_type, len(payload)) + payload
+
+
+def frames_v0(types: Sequence[int], payloads: Sequence[bytes]) -> bytes:
+    """Kernel records as V0 frames, one buffer (the headers packed by a C loop)."""
+    count = len(payloads)
+    headers = map(HEADER.pack, repeat(PROTOCOL_V0, count), repeat(HEADER_LEN, count), types,
+                  map(len, payloads))
+    return b"".join(chain.from_iterable(zip(headers, payloads, strict=True)))
 
 
 class FrameError(ValueError):

@@ -1,0 +1,191 @@
+"""The record path's batch shortcuts give exactly what their record-by-record versions give.
+
+pyauditd handles a read's records with C loops over whole columns (join_lines, serials_of,
+SerialWatch.feed_batch, frames_v0, AuditLog.write_data, the recvmmsg reader's common case);
+each falls back to the per-record code when a batch needs care. These properties pin the
+two together on any input, the hostile corners included.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from auditpy.auditd.ledger import SerialWatch, serial_of, serials_of
+from auditpy.auditd.logfile import AuditLog, LogEvent, LogSettings
+from auditpy.proto.dispatch import PROTOCOL_V0, frame, frames_v0
+from auditpy.proto.records import AUDIT_EOE, LINE_PAYLOAD_LIMIT, LineFormatter
+from auditpy.system.mmsg import RecordBatchReader
+
+TYPES = st.sampled_from([1300, 1302, 1305, 1307, 1320, 1327, 1100, 1112, 1400, 9999])
+#: Payload text with the bytes the formatter cares about well represented.
+TEXT = st.binary(max_size=40) | st.lists(
+    st.sampled_from([b"a", b" ", b"\n", b"x=1", b"\x1d", b"msg=", b"\xff"]), max_size=12
+).map(b"".join)
+PAYLOADS = st.one_of(
+    st.builds(lambda serial, text: b"audit(1700000000.123:%d): " % serial + text,
+              st.integers(0, 2**32), TEXT),
+    TEXT,
+    st.integers(LINE_PAYLOAD_LIMIT - 40, LINE_PAYLOAD_LIMIT + 80).map(lambda n: b"p" * n),
+)
+RECORDS = st.lists(st.tuples(TYPES, PAYLOADS), max_size=30)
+
+
+@given(RECORDS, st.sampled_from([None, "host", "h" * 60]))
+def test_join_lines_is_format_batch_joined(records: list[tuple[int, bytes]],
+                                           node: str | None) -> None:
+    formatter = LineFormatter(node=node)
+    lines = formatter.format_batch(records)
+    types = [t for t, _p in records]
+    payloads = [p for _t, p in records]
+    assert formatter.join_lines(types, payloads) == (b"".join(lines), len(lines))
+
+
+def test_join_lines_leaves_out_eoe_and_takes_the_fast_way_for_plain_records() -> None:
+    formatter = LineFormatter()
+    calls = []
+    original = formatter.format
+    formatter.format = lambda t, p: calls.append(t) or original(t, p)  # type: ignore[method-assign]
+    data, count = formatter.join_lines(
+        (1300, 1327, AUDIT_EOE), (b"audit(1.000:5): a=1", b"audit(1.000:5): p=2", b"e ")
+    )
+    assert (data, count) == (b"type=SYSCALL msg=audit(1.000:5): a=1\n"
+                             b"type=PROCTITLE msg=audit(1.000:5): p=2\n", 2)
+    assert calls == []
+
+
+KERNEL_PAYLOAD = st.builds(
+    lambda sec, ms, serial, text: b"audit(%d.%03d:%d): " % (sec, ms, serial) + text,
+    st.integers(0, 2**34), st.integers(0, 999), st.integers(0, 2**32),
+    st.binary(max_size=30).map(lambda b: b.replace(b"\0", b"")),
+)
+
+
+def _serial_at_start(payload: bytes) -> int | None:
+    """``audit(DIGITS.DIGITS:DIGITS)`` at the very start, else None (no regex)."""
+    if not payload.startswith(b"audit("):
+        return None
+    stamp, closed, _rest = payload[6:].partition(b")")
+    when, colon, serial = stamp.partition(b":")
+    sec, dot, msec = when.partition(b".")
+    if closed and colon and dot and sec.isdigit() and msec.isdigit() and serial.isdigit():
+        return int(serial)
+    return None
+
+
+@given(st.lists(KERNEL_PAYLOAD | st.binary(max_size=30).map(lambda b: b.replace(b"\0", b"")),
+                max_size=20))
+def test_serials_of_reads_each_payload_start(payloads: list[bytes]) -> None:
+    expected = [s for s in map(_serial_at_start, payloads) if s is not None]
+    assert serials_of(payloads) == expected
+    assert expected == [serial_of(p) for p in payloads if _serial_at_start(p) is not None]
+
+
+def test_serials_of_ignores_serials_inside_the_text() -> None:
+    forged = b"audit(1.000:7): msg='audit(1.000:999999) \naudit(2.000:5)'"
+    assert serials_of([forged, b"audit(1.000:8): "]) == [7, 8]
+
+
+@given(st.lists(st.integers(0, 60), max_size=10), st.lists(st.integers(0, 60), max_size=40))
+@settings(max_examples=300)
+def test_feed_batch_is_feed(history: list[int], serials: list[int]) -> None:
+    one, other = SerialWatch(horizon=8), SerialWatch(horizon=8)
+    assert one.feed(history) == other.feed(history)
+    assert one.feed(serials) == other.feed_batch(serials)
+    assert (one.highest, one.pending, one.gaps) == (other.highest, other.pending, other.gaps)
+
+
+def test_feed_batch_takes_a_run_of_serials_with_repeats_at_once() -> None:
+    watch = SerialWatch()
+    watch.feed([10])
+    assert watch.feed_batch([10, 11, 11, 12, 13, 13]) == 0
+    assert watch.highest == 13 and watch.pending == 0
+
+
+@given(st.lists(st.tuples(TYPES, PAYLOADS), max_size=20))
+def test_frames_v0_is_each_frame(records: list[tuple[int, bytes]]) -> None:
+    types = [t for t, _p in records]
+    payloads = [p for _t, p in records]
+    assert frames_v0(types, payloads) == b"".join(
+        frame(PROTOCOL_V0, t, p) for t, p in records)
+
+
+def _log(tmp_path: Path) -> AuditLog:
+    log = AuditLog(LogSettings(log_file=str(tmp_path / "audit.log"), flush="NONE"))
+    log.open()
+    return log
+
+
+def test_write_data_writes_and_counts_as_write(tmp_path: Path) -> None:
+    lines = [b"type=A msg=one\n", b"type=B msg=two\n"]
+    log = _log(tmp_path)
+    assert not log.write_data(b"".join(lines), 2) & ~LogEvent.SPACE_SAMPLE
+    assert log.records_written == 2 and log.bytes_written == sum(map(len, lines))
+    assert (tmp_path / "audit.log").read_bytes() == b"".join(lines)
+    log.close()
+
+
+def test_write_data_cut_short_keeps_whole_records_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch the disk takes only part of is accounted record by record, as write's."""
+    lines = [b"type=A msg=%d\n" % i for i in range(5)]
+    log = _log(tmp_path)
+    real_write = os.write
+    calls = []
+
+    def short_write(fd: int, data: bytes) -> int:
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real_write(fd, bytes(data[: len(lines[0]) * 2 + 3]))
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", short_write)
+    events = log.write_data(b"".join(lines), len(lines))
+    monkeypatch.undo()
+    assert events & LogEvent.DISK_FULL
+    assert log.last_unwritten == 3 and log.records_written == 2
+    assert (tmp_path / "audit.log").read_bytes() == b"".join(lines[:2])
+    log.close()
+
+
+NETLINK_USERSOCK = 2
+
+
+def _usersock() -> socket.socket:
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                         NETLINK_USERSOCK)
+    sock.bind((0, 0))
+    return sock
+
+
+@pytest.mark.skipif(RecordBatchReader.create(-1, 1, 1) is None, reason="no recvmmsg here")
+@given(st.lists(st.tuples(st.integers(1000, 1400), st.binary(max_size=40)
+                          | st.just(b"y\0\0"), st.booleans()), min_size=1, max_size=12))
+@settings(max_examples=60, deadline=None)
+def test_reader_common_case_is_the_checked_reading(
+    datagrams: list[tuple[int, bytes, bool]],
+) -> None:
+    """Whatever a batch holds (forged datagrams, short ones, NULs), the reader's result is
+    what the record-by-record checks make of the same buffers."""
+    receiver, sender, forger = _usersock(), _usersock(), _usersock()
+    try:
+        port = receiver.getsockname()[0]
+        reader = RecordBatchReader(receiver.fileno(), 16, 32, sender=sender.getsockname()[0])
+        for msg_type, body, forged in datagrams:
+            (forger if forged else sender).sendto(
+                struct.pack("=IHHII", 0, msg_type, 0, 0, 0) + body, (port, 0))
+        got, count = reader.receive(socket.MSG_DONTWAIT)
+        assert count == len(datagrams)
+        assert got == reader._checked(count)
+        assert len(got) == sum(1 for _t, _b, forged in datagrams if not forged)
+    finally:
+        for sock in (receiver, sender, forger):
+            sock.close()
