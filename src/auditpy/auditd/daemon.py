@@ -123,7 +123,10 @@ class KernelLink(Protocol):
 
     def fileno(self) -> int: ...
 
-    def recv_records(self, limit: int) -> tuple[list[tuple[int, bytes]], int]: ...
+    def recv_columns(self, limit: int) -> tuple[list[int], list[bytes], int]:
+        """Up to about `limit` records, without blocking: their types, their payloads, and
+        how many ENOBUFS errors were seen."""
+        ...
 
     def state(self) -> dict[str, str]: ...
 
@@ -544,34 +547,33 @@ class Daemon:
         """Read and handle what is waiting; True when it was a small batch of records, after
         which the caller pauses."""
         assert self.kernel is not None
-        records, enobufs = self.kernel.recv_records(RECV_BATCH)
+        types, payloads, enobufs = self.kernel.recv_columns(RECV_BATCH)
         if enobufs:
             self.counters.enobufs += enobufs
             log.warning("Kernel socket overrun (ENOBUFS), %d in all", self.counters.enobufs)
-        self._track_settling(len(records) < RECV_BATCH)
-        if records:
-            self._handle(records)
-        return 0 < len(records) < SMALL_BATCH and not self._stop.done()
+        self._track_settling(len(types) < RECV_BATCH)
+        if types:
+            self._handle(types, payloads)
+        return 0 < len(types) < SMALL_BATCH and not self._stop.done()
 
     def _drain_kernel(self) -> None:
         """Read everything the socket holds now."""
         if self.kernel is None:
             return
         while True:
-            records, _ = self.kernel.recv_records(RECV_BATCH)
-            if not records:
+            types, payloads, _ = self.kernel.recv_columns(RECV_BATCH)
+            if not types:
                 return
-            self._handle(records)
+            self._handle(types, payloads)
 
-    def _handle(self, records: list[tuple[int, bytes]]) -> None:
-        if not records:
-            return
-        types, payloads = zip(*records, strict=True)
+    def _handle(self, types: list[int], payloads: list[bytes]) -> None:
         if not NOT_EVENTS.isdisjoint(types):
-            records = [r for r in records if r[0] not in NOT_EVENTS]
-            if not records:
+            events = [(t, p) for t, p in zip(types, payloads, strict=True)
+                      if t not in NOT_EVENTS]
+            if not events:
                 return
-            types, payloads = zip(*records, strict=True)
+            types = [t for t, _p in events]
+            payloads = [p for _t, p in events]
         counters = self.counters
         counters.received += len(types)
         self._watch_serial_batch(types, payloads)
@@ -587,7 +589,7 @@ class Daemon:
                 assert link is not None
                 link.send(frames_v0(types, payloads), len(types))
             return
-        events = records
+        events = list(zip(types, payloads, strict=True))
         assert link is not None
         fmt = self.formatter.format
         lines = [fmt(t, p) for t, p in events]

@@ -133,8 +133,14 @@ class RecordBatchReader:
         return self._slots
 
     def receive(self, flags: int) -> tuple[list[tuple[int, bytes]], int]:
-        """(message type, payload) of each datagram the kernel sent, trailing NULs removed,
-        and how many datagrams were read in all (the caller stops when fewer than `slots`).
+        """`receive_columns` as (message type, payload) pairs."""
+        types, payloads, count = self.receive_columns(flags)
+        return list(zip(types, payloads, strict=True)), count
+
+    def receive_columns(self, flags: int) -> tuple[list[int], list[bytes], int]:
+        """The message type and the payload of each datagram the kernel sent, trailing NULs
+        removed, and how many datagrams were read in all (the caller stops when fewer than
+        `slots`).
 
         The payload is everything after the netlink header, whatever nlmsg_len says (the
         kernel puts only the payload length there for the audit daemon). Raises OSError
@@ -167,8 +173,9 @@ class RecordBatchReader:
                 for start, length in zip(self._starts, lengths, strict=False)  # slots >= count
             ]
             if b"\0" not in b"".join(payloads):
-                return list(zip(self._types[:count].tolist(), payloads, strict=True)), count
-        return self._checked(count), count
+                return self._types[:count].tolist(), payloads, count
+        records = self._checked(count)
+        return [t for t, _p in records], [p for _t, p in records], count
 
     def _checked(self, count: int) -> list[tuple[int, bytes]]:
         """The records of a batch, datagram by datagram: forged ones dropped, cut ones
