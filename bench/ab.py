@@ -59,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
                                         120)
                 else:
                     src = (Path(who) / "src").resolve()
-                    command = ["env", f"PYTHONPATH={src}", sys.executable, "-m", "auditpy.auditd"]
+                    # trees from before the package layout run the daemon as auditpy.cli
+                    module = ("auditpy.auditd" if (src / "auditpy" / "auditd").is_dir()
+                              else "auditpy.cli")
+                    command = ["env", f"PYTHONPATH={src}", sys.executable, "-m", module]
                     run = bench.one_run("py", scenario, args.events, loadgen, true_copy,
                                         command, 120)
                 runs.setdefault(who, []).append(run)

@@ -75,6 +75,9 @@ class Scenario:
     lossy: bool = False
     #: one more plugin that never reads its input
     stuck: bool = False
+    #: whole events as JSON: laurel 0.5.1 as a plugin of the C daemon, builtin_json in
+    #: pyauditd's dispatcher; the run ends when every event is in the JSON output
+    json: bool = False
 
 
 SCENARIOS = {
@@ -87,6 +90,9 @@ SCENARIOS = {
         Scenario("stuck", "lossless, RAW, 1 plugin + 1 stuck plugin", plugins=1, stuck=True),
         Scenario("lossy", "burst, backlog_wait_time 0", lossy=True),
         Scenario("exec", "fork/exec of true, execve rule", workload="exec"),
+        Scenario("json", "JSON events: C + laurel vs builtin_json, getppid", json=True),
+        Scenario("json-exec", "JSON events: C + laurel vs builtin_json, fork/exec",
+                 workload="exec", json=True),
     ]
 }
 
@@ -252,6 +258,14 @@ class LogCounter:
         return self.count
 
 
+class JsonCounter(LogCounter):
+    """Counts the syscall events of a rule key in a JSON output as it grows."""
+
+    def __init__(self, path: Path, key: str) -> None:
+        super().__init__(path, key)
+        self.markers = (f'"key":"{key}","ARGV"'.encode(),)
+
+
 # -- one run ----------------------------------------------------------------------------------
 
 
@@ -263,7 +277,7 @@ def plugin_outputs(root: Path, scenario: Scenario) -> list[Path]:
     return [base / f"{root.name}-plugin{i}.out" for i in range(scenario.plugins)]
 
 
-def write_config(root: Path, scenario: Scenario) -> Path:
+def write_config(root: Path, scenario: Scenario, daemon: str = "c") -> Path:
     conf = root / "etc"
     plugins = conf / "plugins.d"
     plugins.mkdir(parents=True)
@@ -286,6 +300,8 @@ def write_config(root: Path, scenario: Scenario) -> Path:
         (plugins / f"cat{i}.conf").write_text(
             f"active = yes\ndirection = out\npath = {program}\ntype = always\nformat = string\n"
         )
+    if scenario.json:
+        write_json_config(root, plugins, daemon)
     if scenario.stuck:
         stuck = root / "stuck.sh"
         stuck.write_text("#!/bin/sh\ntrap '' HUP\nexec sleep 100000\n")
@@ -298,13 +314,51 @@ def write_config(root: Path, scenario: Scenario) -> Path:
     return conf
 
 
+#: The same options for both: laurel's defaults (pid, container and script enrichment,
+#: LD_PRELOAD/LD_LIBRARY_PATH of execs) with both translations on, as ENRICHED logs have.
+LAUREL_TOML = """directory = "{directory}"
+[auditlog]
+file = "{file}"
+size = 100000000000
+[translate]
+universal = true
+user-db = true
+"""
+JSON_CONF = "output = {output}\nsize = 100000000000\ntranslate_universal = yes\n" \
+    "translate_userdb = yes\n"
+
+
+def json_output(root: Path) -> Path:
+    """Where the JSON events go (tmpfs when there is one, as for the plugin outputs)."""
+    shm = Path("/dev/shm")
+    return (shm if shm.is_dir() else root) / f"{root.name}-events.json"
+
+
+def write_json_config(root: Path, plugins: Path, daemon: str) -> None:
+    out = json_output(root)
+    if daemon == "c":
+        (root / "laurel.toml").write_text(
+            LAUREL_TOML.format(directory=out.parent, file=out.name))
+        (plugins / "laurel.conf").write_text(
+            f"active = yes\ndirection = out\npath = /usr/sbin/laurel\ntype = always\n"
+            f"args = --config {root / 'laurel.toml'}\nformat = string\n"
+        )
+    else:
+        (root / "json.conf").write_text(JSON_CONF.format(output=out))
+        os.chmod(root / "json.conf", 0o644)
+        (plugins / "json.conf").write_text(
+            f"active = yes\ndirection = out\npath = builtin_json\n"
+            f"args = {root / 'json.conf'}\n"
+        )
+
+
 def one_run(daemon: str, scenario: Scenario, events: int, loadgen: Path, true_copy: Path,
             pyauditd: list[str], max_seconds: float) -> Run:
     if daemon == "limit":
         return limit_run(scenario, events, loadgen, true_copy, max_seconds)
     root = Path(tempfile.mkdtemp(prefix=f"bench-{daemon}-"))
     try:
-        conf = write_config(root, scenario)
+        conf = write_config(root, scenario, daemon)
         if daemon == "c":
             argv = [C_AUDITD, "-n", "-s", "nochange", "-c", str(conf)]
         else:
@@ -333,6 +387,7 @@ def one_run(daemon: str, scenario: Scenario, events: int, loadgen: Path, true_co
     finally:
         for out in plugin_outputs(root, scenario):
             out.unlink(missing_ok=True)
+        json_output(root).unlink(missing_ok=True)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -360,13 +415,17 @@ def measure(proc: subprocess.Popen[bytes], scenario: Scenario, events: int, load
         raise RuntimeError(f"daemon {proc.args} did not register")
     if proc.poll() is not None:
         raise RuntimeError(f"daemon exited: {(root / 'daemon.err').read_text()}")
-    plugins = scenario.plugins if counter is None else 0
-    if plugins:
-        wait_for(lambda: len(tree(proc.pid)) >= 1 + plugins + scenario.stuck, 10)
+    limit = counter is not None
+    plugins = 0 if limit else scenario.plugins
+    json = 0 if limit else scenario.json
+    if plugins or json:
+        wait_for(lambda: len(tree(proc.pid)) >= 1 + plugins + scenario.stuck + json, 10)
         time.sleep(0.3)
     key, rule_args, command = workload(scenario, events, loadgen, true_copy)
     if counter is None:
         counter = LogCounter(root / "log" / "audit.log", key)
+    # A syscall event's key is followed by ARGV in both JSON outputs (CONFIG_CHANGE's is not)
+    json_counter = JsonCounter(json_output(root), key) if json else None
     with rule(rule_args):
         counter.poll()
         base = counter.count
@@ -388,7 +447,9 @@ def measure(proc: subprocess.Popen[bytes], scenario: Scenario, events: int, load
                     time.sleep(0.05)
                 end = still
             else:
-                while counter.poll() - base < events:
+                while counter.poll() - base < events or (
+                    json_counter is not None and json_counter.poll() < events
+                ):
                     if proc.poll() is not None:
                         raise RuntimeError("daemon died during the run")
                     if time.monotonic() > deadline:
@@ -402,6 +463,8 @@ def measure(proc: subprocess.Popen[bytes], scenario: Scenario, events: int, load
             generator.wait()
         delivered = (wait_for_plugins(root, scenario, key, counter.count - base)
                      if plugins else None)
+        if json_counter is not None:
+            delivered = json_counter.poll()
         pids = tree(proc.pid)
         cpu = cpu_seconds(pids) - cpu_before
         rss = peak_rss_kib(proc.pid)
@@ -537,6 +600,15 @@ def table(results: list[Result], events: int, exec_events: int, rounds: int) -> 
         "fewest any working plugin (a cat) received in any round. RSS: peak of the daemon "
         "(and of pyaudispd).",
     ]
+    if any(res.scenario.json for res in results):
+        lines += [
+            "",
+            "JSON rows: C = the C auditd with laurel 0.5.1 as its plugin, py = pyauditd with "
+            "builtin_json in pyaudispd, both translating (laurel translate.universal and "
+            "user-db, the same options for builtin_json); events/s until every event is in the "
+            "JSON output (\"events each plugin got\": events in it); CPU of the whole process "
+            "tree, so 10 x CPU s/100k is µs per event.",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -3,7 +3,7 @@
 
 The throughput figures hide how long a record waits: a daemon that batches reads does well
 on events/s and may still hold each record for milliseconds. Here the load generator makes
-calls at a steady rate (`loadgen paced`: the i-th getppid() gets i as its first argument,
+calls at a steady rate (`loadgen stamped`: the i-th getppid() gets i as its first argument,
 which the SYSCALL record shows as a0, and CLOCK_REALTIME is read right before each call),
 and two probes (bench/latprobe.c) read CLOCK_REALTIME as each record arrives: one follows
 the log file with inotify, one is a `format = string` plugin. The kernel's own timestamp
@@ -148,7 +148,7 @@ def one_run(daemon: str, setup: Setup, rate: float, events: int, loadgen: Path,
                 rule = ["always,exit", "-F", "arch=b64", "-S", "getppid", "-F",
                         f"exe={loadgen}", "-k", KEY]
                 with bench.rule(rule):
-                    subprocess.run([str(loadgen), "paced", str(events), str(rate), str(stamps)],
+                    subprocess.run([str(loadgen), "stamped", str(events), str(rate), str(stamps)],
                                    check=True)
                     if daemon == "limit":
                         counter = bench.CountFile(root / "count")

@@ -5,7 +5,7 @@
  *
  * Each time data arrives, CLOCK_REALTIME is read at once; every complete SYSCALL line with
  * key="KEY" in that data gets that time.  "a0 nanoseconds" goes to OUTFILE for each, a0
- * being the number the load generator gave the call (loadgen paced), flushed after every
+ * being the number the load generator gave the call (loadgen stamped), flushed after every
  * read so the benchmark can count them while the run goes on.
  *
  * A plugin of the C auditd starts with its signals blocked: they are unblocked here.  It

@@ -3,7 +3,10 @@
  *   loadgen getppid N    N getppid() calls: one audit event (SYSCALL, PROCTITLE, EOE) each
  *                        under a rule that matches this program's exe
  *   loadgen exec N PATH  N fork + execv(PATH): multi-record events under an execve rule
- *   loadgen paced N RATE STAMPFILE
+ *   loadgen paced RATE SECONDS
+ *                        RATE*SECONDS getppid() calls, RATE a second on average: a load that
+ *                        falls behind (held by the kernel) catches up at full speed after
+ *   loadgen stamped N RATE STAMPFILE
  *                        N getppid() calls at RATE per second, the i-th with i as its first
  *                        argument (the SYSCALL record's a0 names the call), each preceded by
  *                        reading CLOCK_REALTIME; "i nanoseconds" per call into STAMPFILE
@@ -20,7 +23,7 @@
 /* Calls spaced 1/rate apart on absolute deadlines (no drift), so the daemon sees a steady
  * trickle; the time is read right before the call, and the kernel makes the record as the
  * call returns. */
-static int paced(long n, double rate, const char *path)
+static int stamped(long n, double rate, const char *path)
 {
     unsigned long long *stamps = calloc(n > 0 ? n : 1, sizeof *stamps);
     if (!stamps)
@@ -71,9 +74,31 @@ int main(int argc, char **argv)
         }
         return 0;
     }
-    if (argc >= 5 && strcmp(argv[1], "paced") == 0)
-        return paced(atol(argv[2]), atof(argv[3]), argv[4]);
+    if (argc >= 5 && strcmp(argv[1], "stamped") == 0)
+        return stamped(atol(argv[2]), atof(argv[3]), argv[4]);
+    if (argc >= 4 && strcmp(argv[1], "paced") == 0) {
+        double rate = atof(argv[2]);
+        long n = (long)(rate * atof(argv[3]));
+        struct timespec start, now;
+        clock_gettime(CLOCK_MONOTONIC, &start);
+        long done = 0;
+        while (done < n) {
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            double elapsed = (now.tv_sec - start.tv_sec) + (now.tv_nsec - start.tv_nsec) / 1e9;
+            long due = (long)(elapsed * rate);
+            if (due > n)
+                due = n;
+            if (done >= due) {
+                struct timespec pause = {0, 200000};
+                nanosleep(&pause, NULL);
+                continue;
+            }
+            for (; done < due; done++)
+                getppid();
+        }
+        return 0;
+    }
     fprintf(stderr, "usage: loadgen getppid N | loadgen exec N PATH | "
-                    "loadgen paced N RATE STAMPFILE\n");
+                    "loadgen paced RATE SECONDS | loadgen stamped N RATE STAMPFILE\n");
     return 2;
 }

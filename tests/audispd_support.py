@@ -14,37 +14,16 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 from auditpy.proto import dispatch as wire
 
+from .conftest import proc_state, wait_for
+
 PLUGIN_SOURCES = Path(__file__).parent / "plugins"
 USER = 1005  # AUDIT_USER
 EOE = 1320
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 5.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
-        time.sleep(0.01)
-
-
-def proc_state(pid: int) -> str | None:
-    """The State letter of a process, None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("State:"):
-                    return line.split()[1]
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return None
 
 
 def children_of(ppid: int) -> dict[int, str]:
@@ -114,7 +93,6 @@ class Audispd:
         self.write_settings(settings or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self.sock: socket.socket | None = None
-        self.seen_pids: set[int] = set()
         self._log_offset = 0
 
     # -- files ----------------------------------------------------------------------------
@@ -230,19 +208,18 @@ class Audispd:
     def count(self, pattern: str) -> int:
         return len(re.findall(pattern, self.log()))
 
-    def wait_log(self, pattern: str, count: int = 1, timeout: float = 5.0) -> None:
-        wait_for(lambda: self.count(pattern) >= count, timeout, f"{pattern!r} x{count} in log")
+    def wait_log(self, pattern: str, count: int = 1, timeout: float = 10.0) -> None:
+        wait_for(lambda: self.count(pattern) >= count, timeout, f"{pattern!r} x{count} in log",
+                 context=lambda: f"log:\n{self.log()[-3000:]}")
 
-    def reload(self, timeout: float = 5.0) -> None:
+    def reload(self, timeout: float = 10.0) -> None:
         """SIGHUP and wait until the dispatcher has finished the reload."""
         before = self.count(r"reload done")
         self.signal(signal.SIGHUP)
         self.wait_log(r"reload done", before + 1, timeout)
 
     def children(self) -> dict[int, str]:
-        kids = children_of(self.pid)
-        self.seen_pids.update(kids)
-        return kids
+        return children_of(self.pid)
 
     def plugin_pids(self) -> dict[str, int]:
         """Running plugin processes by the name of the output file they were given."""
@@ -260,13 +237,14 @@ class Audispd:
         pids = self.plugin_pids()
         return all(n in pids and ("start", pids[n]) in self.events(n) for n in names)
 
-    def wait_ready(self, *names: str, timeout: float = 5.0) -> None:
-        wait_for(lambda: self.ready(*names), timeout, f"plugins {names} ready")
+    def wait_ready(self, *names: str, timeout: float = 10.0) -> None:
+        wait_for(lambda: self.ready(*names), timeout, f"plugins {names} ready",
+                 context=lambda: f"log:\n{self.log()[-3000:]}")
 
     def fd_count(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
-    def state(self, timeout: float = 5.0) -> dict[str, dict[str, str]]:
+    def state(self, timeout: float = 10.0) -> dict[str, dict[str, str]]:
         """SIGCONT, then the state file as {"": globals, "plugin NAME": {...}}."""
         path = self.run_dir / "audispd.state"
         with contextlib.suppress(FileNotFoundError):
@@ -308,10 +286,14 @@ class Audispd:
         return code
 
     def leftovers(self) -> list[int]:
-        """Plugin processes still alive after the dispatcher exited."""
+        """Processes still alive that run with this test's files (the dispatcher and its
+        plugins: their command lines name the test directory)."""
         root = str(self.root)
         return [
-            pid
-            for pid in self.seen_pids
-            if proc_state(pid) not in (None, "Z") and any(root in a for a in cmdline(pid))
+            int(name)
+            for name in os.listdir("/proc")
+            if name.isdigit()
+            and int(name) != os.getpid()
+            and any(root in a for a in cmdline(int(name)))
+            and proc_state(int(name)) not in (None, "Z")
         ]

@@ -7,7 +7,6 @@ import errno
 import os
 import signal
 import stat
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +24,8 @@ from auditpy.auditd.actions import (
 from auditpy.auditd.logfile import AuditLog, LogSettings
 from auditpy.config.auditd_conf import load_auditd_conf
 from auditpy.config.files import exec_helper_problems
+
+from .conftest import proc_state, wait_for
 
 K = ActionKind
 
@@ -77,20 +78,10 @@ def script(path: Path, body: str, mode: int = 0o755) -> str:
     return str(path)
 
 
-def proc_state(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return None
-
-
 def wait_zombie(pid: int) -> None:
     """The child stays a zombie until its one owner reaps it: nobody else may."""
-    deadline = time.monotonic() + 5
-    while proc_state(pid) != "Z":
-        assert time.monotonic() < deadline, f"pid {pid} state {proc_state(pid)}"
-        time.sleep(0.01)
+    wait_for(lambda: proc_state(pid) == "Z", what=f"pid {pid} to exit (a zombie)",
+             context=lambda: f"state {proc_state(pid)}")
 
 
 def run_until_exit(child: ChildHandle) -> ChildHandle:
@@ -332,6 +323,24 @@ def test_a_helper_that_passes_the_check_is_run(tmp_path: Path, notes: Notes) -> 
     assert out.child.wait(10) == 0
 
 
+def test_a_helper_never_gets_the_daemons_stdin(tmp_path: Path, notes: Notes) -> None:
+    """A daemon's stdin may be a record stream (a plugin's is): a helper must neither read
+    nor hold it open, so it gets /dev/null."""
+    report = tmp_path / "stdin"
+    helper = script(tmp_path / "helper", f"readlink /proc/$$/fd/0 > {report}\n")
+    reader, writer = os.pipe()
+    saved = os.dup(0)
+    os.dup2(reader, 0)
+    try:
+        out = run_action("EXEC", kind=K.SPACE_LEFT, exe=helper, log=FakeLog(), notify=notes)
+    finally:
+        os.dup2(saved, 0)
+        for fd in (saved, reader, writer):
+            os.close(fd)
+    assert out.child is not None and out.child.wait(10) == 0
+    assert report.read_text().strip() == "/dev/null"
+
+
 def test_exec_refuses_bad_helper(tmp_path: Path, notes: Notes) -> None:
     helper = script(tmp_path / "helper", "exit 0\n", mode=0o777)
     log = FakeLog()
@@ -442,12 +451,16 @@ def test_attach_unregisters_before_closing(sleeper: ChildHandle) -> None:
     loop = asyncio.new_event_loop()
     try:
         seen: list[int | None] = []
+        exited: asyncio.Future[None] = loop.create_future()
+
+        def on_exit(child: ChildHandle) -> None:
+            seen.append(child.returncode)
+            exited.set_result(None)
+
         fd = sleeper.pidfd
-        sleeper.attach(loop, lambda c: seen.append(c.returncode))
-        loop.call_later(0.05, sleeper.send_signal, signal.SIGKILL)
-        deadline = loop.time() + 10
-        while not seen and loop.time() < deadline:
-            loop.run_until_complete(asyncio.sleep(0.01))
+        sleeper.attach(loop, on_exit)
+        loop.call_soon(sleeper.send_signal, signal.SIGKILL)
+        loop.run_until_complete(asyncio.wait_for(exited, 10))
         assert seen == [-signal.SIGKILL]
         assert not loop.remove_reader(fd)  # already unregistered
         with pytest.raises(OSError):

@@ -10,7 +10,6 @@ import signal
 import socket
 import stat
 import syslog
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,8 @@ from auditpy.audispd.runner import Record, RunnerContext
 from auditpy.config.plugins import PluginConfig
 from auditpy.proto import dispatch as wire
 
-from .audispd_support import EOE, Audispd, install, proc_state, wait_for
+from .audispd_support import EOE, Audispd, install
+from .conftest import needs, proc_state, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="plugins must be root-owned")
 
@@ -148,6 +148,7 @@ def test_sigterm_stops_and_reaps_everything(make: Make) -> None:
     d.plugin("b", path=d.program("stubborn.py"))
     d.start()
     wait_for(lambda: len(d.children()) == 2, what="two plugins")
+    d.wait_ready("a", "b")  # stubborn ignores SIGTERM only once it has said so
     pids = list(d.children())
     d.signal(signal.SIGTERM)
     assert d.wait_exit() == 0
@@ -295,10 +296,9 @@ def test_restart_budget_exhaustion_then_fixed_program(make: Make) -> None:
     d.plugin("ok")
     d.start()
     d.wait_log(r"plugin p.conf has exceeded max_restarts \(2\)")
-    assert len(d.starts("p")) == 3
-    time.sleep(0.3)
-    assert len(d.starts("p")) == 3  # left stopped
+    # Its own state report says it is left stopped: no restart is pending.
     assert d.state()["plugin p.conf"]["state"] == "stopped (failed)"
+    assert len(d.starts("p")) == 3
     d.send(b"type=USER msg=audit(1.0:1): while failed")
     assert d.state()["plugin p.conf"]["records dropped"] == "1"
 
@@ -340,12 +340,21 @@ def test_reload_restarts_a_plugin_waiting_out_its_back_off(make: Make) -> None:
 def test_program_change_between_crashes_refills_budget(make: Make) -> None:
     d = make(settings={"max_restarts": 2})
     program = d.program("crasher.sh", name="plugin")
-    d.plugin("p", path=program, args=[str(d.output("p")), "0.4"])  # lives 0.4 s
-    d.plugin("ok")
-    d.start()
-    wait_for(lambda: len(d.starts("p")) == 2, what="second start")  # 1 restart used
-    install("crasher.sh", program)  # same content, new inode: a changed program
-    d.wait_log(r"exceeded max_restarts", timeout=10)
+    # Each crasher exits when it reads a line from the gate: the test says when it crashes.
+    gate = d.root / "gate"
+    os.mkfifo(gate, 0o600)
+    holder = os.open(gate, os.O_RDWR)  # lines wait in the FIFO until a crasher reads one
+    try:
+        d.plugin("p", path=program, args=[str(d.output("p")), str(gate)])
+        d.plugin("ok")
+        d.start()
+        os.write(holder, b"crash\n")
+        wait_for(lambda: len(d.starts("p")) == 2, what="second start")  # 1 restart used
+        install("crasher.sh", program)  # same content, new inode: a changed program
+        os.write(holder, b"crash\n" * 3)
+        d.wait_log(r"exceeded max_restarts")
+    finally:
+        os.close(holder)
     # without the change: 1 + 2 restarts; with it the budget is full again at the 2nd crash
     assert len(d.starts("p")) == 4
     assert "program" in d.log() and "changed; restart budget refilled" in d.log()
@@ -355,14 +364,17 @@ def test_stable_run_refills_budget(make: Make) -> None:
     d = make(settings={"max_restarts": 1}, args=["--stable-after", "0.2"])
     d.plugin("p")
     d.start()
-    for _ in range(4):
-        wait_for(lambda: "p" in d.plugin_pids(), 2.0, "running")
+    refilled = r"plugin p.conf has run for 0.2 s; restart budget refilled"
+    for kill in range(4):
+        d.wait_ready("p")  # running, and its start is on record
         pid = d.plugin_pids()["p"]
-        time.sleep(0.4)  # longer than stable-after: the budget is full again
+        if kill:  # the first run has used no budget yet; every restart has used all of it
+            d.wait_log(refilled, kill)  # so it ran longer than stable-after
         os.kill(pid, signal.SIGKILL)
         wait_for(lambda p=pid: d.plugin_pids().get("p", p) != p, 2.0, "restart")
     assert "exceeded max_restarts" not in d.log()
     wait_for(lambda: len(d.starts("p")) == 5, what="fifth start")
+    assert d.count(refilled) == 3
 
 
 def test_no_restart_during_shutdown(make: Make) -> None:
@@ -373,9 +385,8 @@ def test_no_restart_during_shutdown(make: Make) -> None:
     wait_for(lambda: len(d.starts("p")) >= 2, what="restarts")
     d.signal(signal.SIGTERM)
     assert d.wait_exit() == 0
-    n = len(d.starts("p"))
-    time.sleep(0.3)
-    assert len(d.starts("p")) == n
+    # No plugin process outlives the dispatcher, so none can record another start.
+    assert not d.leftovers()
 
 
 def test_plugin_that_closes_its_input_is_restarted(make: Make) -> None:
@@ -384,8 +395,8 @@ def test_plugin_that_closes_its_input_is_restarted(make: Make) -> None:
     d.plugin("ok")
     d.start()
     for i in range(2):
+        # closer.py records its start after closing its input: the write below fails
         wait_for(lambda n=i: len(d.starts("closer")) == n + 1, what=f"start {i + 1}")
-        time.sleep(0.1)
         d.send(b"type=USER msg=audit(1.0:1): x")
         d.wait_log(r"plugin closer.conf \(pid \d+\) stopped reading its input", i + 1)
     d.wait_log("plugin closer.conf has exceeded max_restarts")
@@ -401,8 +412,11 @@ def test_sighup_storm_is_coalesced(make: Make) -> None:
     d.plugin("c")
     for _ in range(20):
         d.signal(signal.SIGHUP)
-    d.wait_log("reload done")
-    time.sleep(0.3)
+    # Signals are handled in the order they arrive: once the state report (SIGCONT) is
+    # written, all twenty SIGHUPs have been seen; then wait until every reload begun ended.
+    d.state()
+    wait_for(lambda: 1 <= d.count("reload done") == d.count("reloading the configuration"),
+             what="the reloads to end")
     assert 1 <= d.count("reload done") < 20
     d.wait_ready("a", "b", "c")
     assert set(d.plugin_pids()) == {"a", "b", "c"}
@@ -650,7 +664,7 @@ def test_syslog_builtin_end_to_end(make: Make) -> None:
     wait_for(lambda: d.state()["plugin s.conf"]["records delivered"] == "1", what="delivery")
 
 
-@pytest.mark.skipif(not os.path.exists("/sbin/audisp-syslog"), reason="audispd-plugins absent")
+@needs("/sbin/audisp-syslog")
 def test_debian_audisp_syslog_runs_unmodified(make: Make) -> None:
     d = make()
     d.plugin("deb", path="/sbin/audisp-syslog", args=["LOG_INFO"])

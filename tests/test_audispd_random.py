@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from .audispd_support import Audispd, install, proc_state, wait_for
+from .audispd_support import Audispd, install
+from .conftest import proc_state, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="plugins must be root-owned")
 

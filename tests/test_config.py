@@ -501,15 +501,21 @@ def test_space_left_check_points_at_the_line() -> None:
 
 
 @pytest.mark.parametrize(
-    "text",
+    ("text", "space_left", "admin_space_left"),
     [
-        "space_left = 10%\nadmin_space_left = 50\n",
-        "space_left = 3\nadmin_space_left = 5%\n",
-        "space_left = 1\n",
+        # a percentage on either side is not compared with a size, as in 3.0.9
+        ("space_left = 10%\nadmin_space_left = 50\n", (10, True), (50, False)),
+        ("space_left = 3\nadmin_space_left = 5%\n", (3, False), (5, True)),
+        ("space_left = 1\n", (1, False), (0, False)),
     ],
 )
-def test_percent_or_larger_space_left_passes(text: str) -> None:
-    parse_auditd_conf(text)
+def test_percent_or_larger_space_left_passes(
+    text: str, space_left: tuple[int, bool], admin_space_left: tuple[int, bool]
+) -> None:
+    config, warnings = parse_auditd_conf(text)
+    assert (config.space_left, config.space_left_percent) == space_left
+    assert (config.admin_space_left, config.admin_space_left_percent) == admin_space_left
+    assert warnings == []
 
 
 def test_sanity_check_is_skipped_for_a_rejected_value() -> None:
@@ -831,7 +837,9 @@ def test_load_world_writable(tmp_path: Path) -> None:
     path.chmod(0o646)
     assert "world writable" in str(load_error(path)[0])
     path.chmod(0o664)  # group-writable is what 3.0.9 tolerates
-    load_auditd_conf(str(path))
+    config, warnings = load_auditd_conf(str(path))
+    assert config.log_file == str(tmp_path / "log" / "audit.log")
+    assert warnings == []
 
 
 @root_only

@@ -4,7 +4,6 @@ kernel-request thread are tested in-process."""
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 import dataclasses
@@ -12,9 +11,10 @@ import logging
 import os
 import signal
 import socket
+import subprocess
+import sys
 import syslog
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -26,6 +26,8 @@ from auditpy.auditd.logfile import AuditLog, LogFileError
 from auditpy.proto.netlink import AuditStatus, SignalInfo
 from auditpy.system.children import ChildHandle, spawn_child
 from auditpy.system.service import Signal
+
+from .conftest import wait_for_async
 
 SYSCALL = 1300
 EOE = 1320
@@ -156,13 +158,10 @@ class Harness:
         return self.log.read_text().splitlines() if self.log.exists() else []
 
     def run_until(self, predicate: Callable[[], object], timeout: float = 10.0) -> None:
-        async def poll() -> None:
-            deadline = time.monotonic() + timeout
-            while not predicate():
-                assert time.monotonic() < deadline, "condition not reached"
-                await asyncio.sleep(0.005)
-
-        self.daemon.loop.run_until_complete(poll())
+        """Run the daemon's loop until the predicate holds."""
+        self.daemon.loop.run_until_complete(
+            wait_for_async(predicate, timeout, getattr(predicate, "__qualname__", ""),
+                           interval=0.005))
 
     def signal(self, signum: int) -> None:
         self.daemon.on_signal(Signal(signum))
@@ -328,3 +327,104 @@ def test_records_that_arrive_before_the_dispatcher_starts_reach_it(tmp_path: Pat
     h.run_until(lambda: recorder.out.exists() and b":1): arch" in recorder.out.read_bytes())
     assert recorder.argvs[0][1:3] == ["-m", "auditpy.audispd"]
     h.stop()
+
+
+def test_records_read_are_written_before_an_overrun_is_said(harness: Harness) -> None:
+    """What the daemon has read dies with it if it is killed: it is written before anything
+    that may take time in the same wakeup, such as saying (syslog) that the socket overran."""
+    kernel = harness.kernel
+    real_recv = kernel.recv_records
+    overruns = iter([3])
+
+    def recv_with_overrun(limit: int) -> tuple[list[tuple[int, bytes]], int]:
+        records, _ = real_recv(limit)
+        return records, next(overruns, 0) if records else 0
+
+    kernel.recv_records = recv_with_overrun  # type: ignore[method-assign]
+    on_disk_when_said: list[int] = []
+
+    class Witness(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "overrun" in record.getMessage():
+                on_disk_when_said.append(
+                    sum("type=SYSCALL" in ln for ln in harness.lines()))
+
+    witness = Witness()
+    logging.getLogger("auditpy").addHandler(witness)
+    try:
+        kernel.push(*(r for serial in range(50) for r in (syscall(serial), eoe(serial))))
+        harness.run_until(lambda: on_disk_when_said)
+    finally:
+        logging.getLogger("auditpy").removeHandler(witness)
+    assert on_disk_when_said == [50]
+    assert harness.daemon.counters.enobufs == 3
+
+
+def test_start_up_leaves_out_what_the_configuration_does_not_use() -> None:
+    """A restarted daemon registers sooner when it imports only what it needs: the network
+    listener, the metrics endpoint and the ENRICHED tables are loaded when used."""
+    code = ("import sys, auditpy.auditd.cli, auditpy.auditd.daemon; "
+            "print(' '.join(sorted(sys.modules)))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True).stdout.split()
+    for module in ("auditpy.auditd.listener", "auditpy.auditd.metrics",
+                   "auditpy.auditd.exposition", "auditpy.proto.enrich",
+                   "auditpy.config.plugins"):
+        assert module not in loaded
+
+
+def test_a_daemon_registered_early_keeps_that_registration_and_log(tmp_path: Path) -> None:
+    """cli registers before importing the daemon's loop (startup.register_early): start()
+    takes that kernel link and log over, and registers no second time."""
+    from auditpy.auditd.startup import register_early
+
+    h = Harness(tmp_path)
+    config = h.daemon.config
+    kernels: list[FakeKernel] = []
+
+    def open_kernel(*, multicast: bool, rcvbuf: int) -> FakeKernel:
+        kernels.append(FakeKernel(multicast=multicast, rcvbuf=rcvbuf))
+        return kernels[-1]
+
+    registered = register_early(config, open_kernel=open_kernel)  # type: ignore[arg-type]
+    assert registered is not None and kernels[0].pid == os.getpid()
+    h.daemon.loop.close()
+    daemon = Daemon(h.options, config, open_kernel=open_kernel, handle_signals=False,
+                    tune_process=False, registered=registered)
+    h.daemon = daemon
+    daemon.start()
+    assert len(kernels) == 1 and daemon.log_file is registered.log_file
+    assert [n for n, _t in kernels[0].calls].count("register") == 1
+    kernels[0].push(syscall(1), eoe(1))
+    h.run_until(lambda: any("type=SYSCALL" in ln for ln in h.lines()))
+    assert h.stop() == 0
+    assert kernels[0].pid == 0 and kernels[0].closed
+
+
+def test_an_early_registration_that_fails_is_undone(tmp_path: Path) -> None:
+    """Refused (another daemon is registered): the kernel link and the log are closed again;
+    start() then goes the ordinary way, and says why the registration failed."""
+    from auditpy.auditd.startup import register_early
+
+    h = Harness(tmp_path)
+    opened: list[FakeKernel] = []
+    logs: list[AuditLog] = []
+    real_open = AuditLog.open
+
+    def remember(self: AuditLog) -> list[str]:
+        logs.append(self)
+        return real_open(self)
+
+    class Refusing(FakeKernel):
+        def register(self, pid: int) -> None:
+            raise OSError(17, "another audit daemon is registered")
+
+    def open_kernel(*, multicast: bool, rcvbuf: int) -> FakeKernel:
+        opened.append(Refusing(multicast=multicast, rcvbuf=rcvbuf))
+        return opened[-1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(AuditLog, "open", remember)
+        assert register_early(h.daemon.config, open_kernel=open_kernel) is None  # type: ignore[arg-type]
+    assert opened[0].closed and logs and not logs[0].is_open
+    h.daemon.loop.close()

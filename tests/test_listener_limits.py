@@ -17,7 +17,9 @@ import pytest
 
 from auditpy.auditd.listener import DAEMON_ACCEPT, DAEMON_CLOSE
 from auditpy.proto.remote import TYPE_ACK, TYPE_HEARTBEAT, TYPE_MESSAGE, pack_frame
-from tests.test_remote_server import LINE, Client, Server, closing_lines, wait_for
+
+from .conftest import wait_for
+from .test_remote_server import LINE, Client, Server, closing_lines
 
 
 @pytest.fixture(autouse=True)
@@ -48,13 +50,13 @@ def test_idle_peers_make_room_for_newcomers(
     early = Client(srv.port)  # everybody was active a moment ago: refused, nobody closed
     clients.append(early)
     assert early.closed_by_server()
-    assert wait_for(lambda: any("op=limit" in t for t in srv.sink.texts(DAEMON_ACCEPT)))
+    wait_for(lambda: any("op=limit" in t for t in srv.sink.texts(DAEMON_ACCEPT)))
     assert srv.sink.texts(DAEMON_CLOSE) == []
 
-    newcomer: Client | None = None
     seq = 2
-    deadline = time.monotonic() + 10
-    while newcomer is None and time.monotonic() < deadline:
+
+    def a_newcomer_gets_in() -> Client | None:
+        nonlocal seq
         for client in (busy1, busy2):  # the busy ones keep talking; `idle` says nothing
             assert client.roundtrip(TYPE_HEARTBEAT, seq).msg_type == TYPE_ACK
         seq += 1
@@ -62,15 +64,16 @@ def test_idle_peers_make_room_for_newcomers(
         clients.append(candidate)
         try:
             if candidate.roundtrip(TYPE_HEARTBEAT, 1).msg_type == TYPE_ACK:
-                newcomer = candidate
+                return candidate
         except OSError:  # refused: nobody has been idle long enough yet
-            time.sleep(0.1)
-    assert newcomer is not None, "the idle peer never made room"
+            pass
+        return None
+
+    newcomer = wait_for(a_newcomer_gets_in, 10, "the idle peer to make room", interval=0.1)
 
     assert idle.closed_by_server()
     ip, port = idle.name.split(":")
-    assert wait_for(lambda: f"addr={ip} port={port} res=success"
-                    in srv.sink.texts(DAEMON_CLOSE))
+    wait_for(lambda: f"addr={ip} port={port} res=success" in srv.sink.texts(DAEMON_CLOSE))
     lines = closing_lines(caplog, idle.name)
     assert len(lines) == 1 and "idle for" in lines[0] and "make room" in lines[0]
     assert lines[0].startswith(f"client {idle.name}: ")
@@ -90,18 +93,22 @@ def test_many_idle_peers_never_lock_the_listener(
     request.addfinalizer(srv.stop)
     silent = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(cap)]
     try:
-        assert wait_for(lambda: srv.active() == cap)
-        assert wait_for(lambda: len(srv.sink.texts(DAEMON_ACCEPT)) == cap)
+        wait_for(lambda: srv.active() == cap)
+        wait_for(lambda: len(srv.sink.texts(DAEMON_ACCEPT)) == cap)
         admitted = 0
-        deadline = time.monotonic() + 10
-        while admitted < cap // 2 and time.monotonic() < deadline:
+
+        def half_the_cap_admitted() -> bool:
+            nonlocal admitted
             client = Client(srv.port)
             clients.append(client)
             try:
                 assert client.roundtrip(TYPE_HEARTBEAT, 1).msg_type == TYPE_ACK
                 admitted += 1
-            except OSError:
-                time.sleep(0.05)
+            except OSError:  # refused: no silent peer idle long enough yet
+                pass
+            return admitted >= cap // 2
+
+        wait_for(half_the_cap_admitted, 10, f"{cap // 2} clients admitted", interval=0.05)
         assert admitted == cap // 2
         assert len(srv.sink.texts(DAEMON_CLOSE)) == cap // 2
         assert srv.active() == cap
@@ -119,17 +126,21 @@ def test_a_frame_trickled_byte_by_byte_is_cut_off_at_its_deadline(
     peer = hostile.name
     frame = pack_frame(TYPE_MESSAGE, 1, LINE % 1)
     started = time.monotonic()
-    closed = False
-    for byte in frame[:-1]:  # ~100 bytes: 5 s if nothing stops it
+    left = iter(frame[:-1])  # ~100 bytes: 5 s if nothing stops it
+
+    def trickle_until_cut_off() -> bool:
+        if closing_lines(caplog, peer):
+            return True
+        byte = next(left, None)
+        assert byte is not None, "a trickling peer was never cut off"
         try:
             hostile.send(bytes([byte]))
         except OSError:
-            closed = True
-            break
-        if wait_for(lambda: closing_lines(caplog, peer), 0.05):
-            closed = True
-            break
-    assert closed, "a trickling peer was never cut off"
+            return True
+        return False
+
+    # the wait's interval is the trickle: a byte every 50 ms
+    wait_for(trickle_until_cut_off, 10, "the trickling peer cut off", interval=0.05)
     assert time.monotonic() - started < 3
     assert hostile.closed_by_server()
     line = closing_lines(caplog, peer)[0]
@@ -145,6 +156,7 @@ def test_the_deadline_is_per_frame(request: pytest.FixtureRequest,
     request.addfinalizer(srv.stop)
     client = Client(srv.port)
     frames = [pack_frame(TYPE_MESSAGE, seq, LINE % seq) for seq in range(1, 9)]
+    # The sleeps are the input under test: a peer this slow, with nothing to wait for.
     client.send(frames[0][:10])
     for k, frame in enumerate(frames):
         time.sleep(0.1)

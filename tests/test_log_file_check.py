@@ -12,7 +12,8 @@ import pytest
 
 from auditpy.auditd import cli
 from auditpy.auditd.logfile import AuditLog, LogFileError, LogSettings
-from auditpy.config.auditd_conf import ConfigError, load_auditd_conf, log_file_problems
+from auditpy.config.auditd_conf import load_auditd_conf, log_file_problems
+from auditpy.config.errors import ConfigError
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs a root-owned config file")
 NOBODY = 65534

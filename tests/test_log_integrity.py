@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,8 @@ import pytest
 
 from auditpy.auditd import logfile
 from auditpy.auditd.logfile import AuditLog, LogEvent, LogSettings
+
+from .conftest import wait_for
 
 ROOT = Path(__file__).parent.parent
 FAILED = LogEvent.NOT_OPEN | LogEvent.DISK_FULL | LogEvent.DISK_ERROR
@@ -78,15 +79,6 @@ def numbers_on_disk(path: Path | str) -> list[int]:
         assert line == record(int(match.group(1))), f"a record was altered: {line!r}"
         numbers.append(int(match.group(1)))
     return numbers
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.005)
 
 
 def run_child(code: str, *args: str, timeout: float = 60) -> Any:
@@ -237,7 +229,7 @@ def test_records_stay_whole_across_kill_9_in_the_middle_of_writes(logdir: Path) 
             assert child.stdout is not None and child.stdout.readline() == b"ready\n"
             # the child spends nearly all its time inside write(); kill it at any point
             size = (kill + 1) * 2_000_000
-            assert wait_for(lambda: path.stat().st_size > size, 20)  # noqa: B023
+            wait_for(lambda: path.stat().st_size > size, 20, interval=0.005)  # noqa: B023
         finally:
             child.send_signal(signal.SIGKILL)
             child.wait()
@@ -565,7 +557,7 @@ def test_a_dead_flush_thread_is_noticed_and_replaced(
         log.open()
         monkeypatch.setattr(os, "dup", broken_dup)
         log.write(batch)  # the worker wakes up and dies
-        assert wait_for(lambda: workers() == [])
+        wait_for(lambda: workers() == [], interval=0.005)
         monkeypatch.setattr(os, "dup", real_dup)
         before = log.fsyncs
         log.write(batch)  # noticed at the next flush point: fsynced inline meanwhile
@@ -574,14 +566,15 @@ def test_a_dead_flush_thread_is_noticed_and_replaced(
         assert len(died) == 1 and "RuntimeError: bug in the worker" in died[0]
         assert "new thread starts in 0.3 s" in died[0]
         assert log.flush_thread_restarts == 1
-        deadline = time.monotonic() + 5
-        while not workers() and time.monotonic() < deadline:  # restarted after the delay
-            log.write(batch)
-            time.sleep(0.02)
+        def write_until_restarted() -> list[threading.Thread]:
+            log.write(batch)  # a flush point notices the delay is over
+            return workers()
+
+        wait_for(write_until_restarted, 5, "a new flush thread", interval=0.02)
         assert len(workers()) == 1
         before = log.fsyncs
         log.write(batch)
-        assert wait_for(lambda: log.fsyncs > before)  # a worker syncs again
+        wait_for(lambda: log.fsyncs > before, interval=0.005)  # a worker syncs again
         assert len(workers()) == 1
     finally:
         log.close()

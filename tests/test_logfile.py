@@ -19,10 +19,11 @@ from auditpy.auditd.logfile import (
     AuditLog,
     LogEvent,
     LogFileError,
-    LogIOError,
     LogSettings,
     _Flusher,
 )
+
+from .conftest import need, wait_for
 
 GID = 4242
 LINE = b"type=SYSCALL msg=audit(1700000000.123:42): arch=c000003e syscall=257 success=yes\n"
@@ -278,10 +279,7 @@ def test_incremental_async_uses_one_worker(logdir: Path, notes: Notes) -> None:
         assert len(workers()) == 1
         for _ in range(30):
             log.write([LINE])
-        deadline = time.monotonic() + 5
-        while log.fsyncs == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert log.fsyncs >= 1
+        wait_for(lambda: log.fsyncs >= 1, what="a background fsync")
         log.rotate()  # num_logs 0: skipped, worker unaffected
         assert len(workers()) == 1
     finally:
@@ -296,9 +294,7 @@ def test_background_syncs_keep_their_distance(tmp_path: Path) -> None:
     flusher = _Flusher(lambda: os.dup(fd), lambda: 1, min_interval=0.5)
 
     def wait_syncs(n: int) -> None:
-        deadline = time.monotonic() + 5
-        while flusher.syncs < n and time.monotonic() < deadline:
-            time.sleep(0.005)
+        wait_for(lambda: flusher.syncs >= n, what=f"sync {n}", interval=0.005)
         assert flusher.syncs == n
 
     try:
@@ -309,6 +305,9 @@ def test_background_syncs_keep_their_distance(tmp_path: Path) -> None:
             flusher.kick()
         wait_syncs(2)
         assert time.monotonic() - started >= 0.5
+        # The quiet spell is what the rest of this test is about: longer than min_interval
+        # with no kick, no sync may start (a hundred kicks were one sync), and the next kick
+        # must sync at once. Nothing in the flusher shows time passing, so this sleeps.
         time.sleep(0.6)
         assert flusher.syncs == 2  # a hundred kicks, one sync
         quiet = time.monotonic()
@@ -330,21 +329,14 @@ def test_background_flusher_syncs_the_old_file_before_letting_it_go(tmp_path: Pa
     flusher = _Flusher(lambda: os.dup(current["fd"]), lambda: current["generation"],
                        min_interval=0.0)
 
-    def wait_error() -> LogIOError | None:
-        deadline = time.monotonic() + 5
-        while flusher.error is None and time.monotonic() < deadline:
-            time.sleep(0.005)
-        return flusher.error
-
     try:
         flusher.kick()
-        assert wait_error() is not None and flusher.syncs == 0
+        wait_for(lambda: flusher.error, what="the failed fsync of the pipe")
+        assert flusher.syncs == 0
         flusher.error = None
         current.update(fd=log_fd, generation=2)  # "rotated": a new file
         flusher.kick()
-        deadline = time.monotonic() + 5
-        while flusher.syncs == 0 and time.monotonic() < deadline:
-            time.sleep(0.005)
+        wait_for(lambda: flusher.syncs, what="the new file's sync")
         assert flusher.syncs == 1  # the new file
         error = flusher.error  # the old one was tried first
         assert error is not None and error.op == "fsync"
@@ -588,6 +580,7 @@ def test_reopen_ends_suspension(logdir: Path, notes: Notes) -> None:
 def tiny_fs(tmp_path: Path) -> Iterator[Path]:
     if os.geteuid() != 0:
         pytest.skip("mounting needs root")
+    need("mount")
     mnt = tmp_path / "tiny"
     mnt.mkdir()
     r = subprocess.run(

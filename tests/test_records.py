@@ -1,9 +1,18 @@
-"""The line format, checked against lines the C auditd wrote for the same kernel records."""
+"""The line format, checked against lines the C auditd wrote for the same kernel records.
+
+The corpus is tests/data/c_auditd/ (format: tests/golden.py): kernel records captured next
+to the lines Debian's C auditd 3.0.9 wrote for them with log_format = ENRICHED, whose part
+before 0x1d is its RAW line. To capture it afresh from the C daemon on this machine (root,
+the kernel's audit system, /sbin/auditd, no audit daemon running) and test against that:
+
+    PYTHONPATH=$PWD/src python3 -m pytest --update-golden tests/test_records.py
+
+(or AUDITPY_UPDATE_GOLDEN=1); tools/capture_corpus.py does the capture. Review the diff of
+the golden files like code: every changed line is a change in what the C daemon does.
+"""
 
 from __future__ import annotations
 
-import base64
-import json
 from pathlib import Path
 
 import pytest
@@ -12,40 +21,35 @@ from hypothesis import strategies as st
 
 from auditpy.proto.records import MAX_LINE, LineFormatter, clean_payload, is_event, type_name
 
-CORPUS = Path(__file__).parent / "data" / "c_auditd_corpus.jsonl"
+from .golden import CapturedRecord, read_corpus
 
-
-def corpus() -> list[tuple[int, bytes, bytes | None]]:
-    entries = []
-    for line in CORPUS.read_text().splitlines():
-        item = json.loads(line)
-        c_line = base64.b64decode(item["c_line"]) if item["c_line"] else None
-        entries.append((item["type"], base64.b64decode(item["payload"]), c_line))
-    return entries
+CORPUS = read_corpus(Path(__file__).parent / "data" / "c_auditd")
+WRITTEN = [pytest.param(r, id=f"line{r.line}") for r in CORPUS if r.c_line is not None]
 
 
 def test_corpus_is_large_enough() -> None:
-    compared = [c for _t, _p, c in corpus() if c is not None]
+    compared = [r for r in CORPUS if r.c_line is not None]
     assert len(compared) > 300
 
 
-@pytest.mark.parametrize("msg_type,payload,c_line", [e for e in corpus() if e[2] is not None])
-def test_raw_line_matches_c_auditd(msg_type: int, payload: bytes, c_line: bytes) -> None:
-    raw_c = c_line.split(b"\x1d", 1)[0]
-    assert LineFormatter().format(msg_type, payload) == raw_c + b"\n"
+@pytest.mark.parametrize("record", WRITTEN)
+def test_raw_line_matches_c_auditd(record: CapturedRecord) -> None:
+    assert record.c_raw_line is not None
+    assert LineFormatter().format(record.msg_type, record.payload) == record.c_raw_line + b"\n"
 
 
 def test_eoe_is_never_written_but_other_records_are() -> None:
-    records = [(t, p) for t, p, _c in corpus()]
+    records = [(r.msg_type, r.payload) for r in CORPUS]
     lines = LineFormatter().format_batch(records)
     assert len(lines) == sum(1 for t, _p in records if t != 1320)
     assert not any(line.startswith(b"type=EOE") for line in lines)
 
 
 def test_every_c_logged_record_has_a_line_and_only_those_missing_are_eoe() -> None:
-    for msg_type, _payload, c_line in corpus():
-        if c_line is None:
-            assert msg_type == 1320 or not is_event(msg_type) or msg_type == 1305
+    for record in CORPUS:
+        if record.c_line is None:
+            assert record.msg_type == 1320 or not is_event(record.msg_type) \
+                or record.msg_type == 1305
 
 
 def test_unknown_types_and_node_prefix() -> None:
@@ -73,9 +77,28 @@ def test_any_record_gives_one_bounded_line(msg_type: int, payload: bytes) -> Non
     assert len(line) <= MAX_LINE + 1
 
 
-@pytest.mark.parametrize("msg_type,payload,c_line", [e for e in corpus() if e[2] is not None])
-def test_enriched_line_matches_c_auditd(msg_type: int, payload: bytes, c_line: bytes) -> None:
+@pytest.mark.parametrize("record", WRITTEN)
+def test_enriched_line_matches_c_auditd(record: CapturedRecord) -> None:
     """The corpus was written by the C auditd with log_format = ENRICHED."""
     from auditpy.proto.enrich import Enricher
 
-    assert LineFormatter(enricher=Enricher()).format(msg_type, payload) == c_line + b"\n"
+    assert record.c_line is not None
+    formatter = LineFormatter(enricher=Enricher())
+    assert formatter.format(record.msg_type, record.payload) == record.c_line + b"\n"
+
+
+def test_the_kernel_record_limit_is_defined_once() -> None:
+    """MAX_AUDIT_MESSAGE_LENGTH: the kernel's record size, the dispatcher's and the remote
+    protocol's payload limit. It was written out three times with two values (8970 and
+    8938, the line limit, under one name), so a change to one would not reach the others."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "src" / "auditpy"
+    places = [
+        f"{path.relative_to(root)}:{node.lineno}"
+        for path in root.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant) and node.value in (8970, 8938)
+    ]
+    assert [place.split(":")[0] for place in places] == ["proto/records.py"], places

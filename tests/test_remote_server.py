@@ -14,7 +14,6 @@ import os
 import socket
 import ssl
 import struct
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -60,16 +59,9 @@ from auditpy.proto.remote import (
     pack_frame,
 )
 
+from .conftest import make_pki, wait_for
+
 LINE = b"node=client1 type=USER msg=audit(1700000000.123:%d): pid=1 uid=0 auid=0 ses=1 msg='x'"
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.01)
 
 
 class FakeSink:
@@ -330,7 +322,7 @@ def test_accept_and_close_records(server: Server) -> None:
     ip, port = client.sock.getsockname()[:2]
     client.roundtrip(TYPE_HEARTBEAT, 1)
     client.close()
-    assert wait_for(lambda: server.sink.texts(DAEMON_CLOSE))
+    wait_for(lambda: server.sink.texts(DAEMON_CLOSE))
     assert server.sink.texts(DAEMON_ACCEPT) == [f"addr={ip} port={port} res=success"]
     assert server.sink.texts(DAEMON_CLOSE) == [f"addr={ip} port={port} res=success"]
     assert server.call(server.listener.state) == {
@@ -383,10 +375,10 @@ def test_protocol_errors_close_only_that_connection(
     if case == "after good":  # the good frame before the fault still gets its reply
         assert hostile.replies(1)[0].msg_type == TYPE_ACK
     assert hostile.closed_by_server()
-    assert wait_for(lambda: closing_lines(caplog, peer))
+    wait_for(lambda: closing_lines(caplog, peer))
     assert reason in closing_lines(caplog, peer)[0]
     assert bystander.roundtrip(TYPE_MESSAGE, 2, LINE % 2).msg_type == TYPE_ACK
-    assert wait_for(lambda: len(server.sink.texts(DAEMON_CLOSE)) == 1)
+    wait_for(lambda: len(server.sink.texts(DAEMON_CLOSE)) == 1)
     bystander.close()
 
 
@@ -404,9 +396,8 @@ def test_peer_closing_mid_frame_is_logged(server: Server, caplog: pytest.LogCapt
     hostile = Client(server.port)
     peer = hostile.name
     hostile.send(pack_frame(TYPE_MESSAGE, 1, LINE % 1)[:30])
-    time.sleep(0.1)
-    hostile.close()
-    assert wait_for(lambda: closing_lines(caplog, peer))
+    hostile.close()  # the server reads the 30 bytes, then the end: in this order, always
+    wait_for(lambda: closing_lines(caplog, peer))
     assert "middle of a frame (30 bytes discarded)" in closing_lines(caplog, peer)[0]
 
 
@@ -425,7 +416,7 @@ def test_slow_reader_is_dropped_and_memory_stays_bounded(
     with contextlib.suppress(OSError):
         for _ in range(5000):
             hostile.sendall(frame * 10)
-    assert wait_for(lambda: closing_lines(caplog, peer))
+    wait_for(lambda: closing_lines(caplog, peer))
     assert "does not read its replies" in closing_lines(caplog, peer)[0]
     assert srv.active() == 0
     hostile.close()
@@ -439,7 +430,7 @@ def test_source_port_outside_tcp_client_ports(
     peer = client.name
     assert client.closed_by_server()
     ip, port = peer.split(":")
-    assert wait_for(lambda: srv.sink.texts(DAEMON_ACCEPT))
+    wait_for(lambda: srv.sink.texts(DAEMON_ACCEPT))
     assert srv.sink.texts(DAEMON_ACCEPT) == [f"op=port addr={ip} port={port} res=no"]
     message = next(r.getMessage() for r in caplog.records if peer in r.getMessage())
     assert "rejected" in message and "tcp_client_ports 1-1023" in message
@@ -461,11 +452,11 @@ def test_tcp_max_per_addr(request: pytest.FixtureRequest, caplog: pytest.LogCapt
         assert client.roundtrip(TYPE_HEARTBEAT, 1).msg_type == TYPE_ACK
     third = Client(srv.port)
     assert third.closed_by_server()
-    assert wait_for(lambda: any("op=dup" in t for t in srv.sink.texts(DAEMON_ACCEPT)))
+    wait_for(lambda: any("op=dup" in t for t in srv.sink.texts(DAEMON_ACCEPT)))
     assert any(third.name in r.getMessage() and "tcp_max_per_addr 2" in r.getMessage()
                for r in caplog.records)
     first.close()
-    assert wait_for(lambda: srv.active() == 1)
+    wait_for(lambda: srv.active() == 1)
     fourth = Client(srv.port)
     assert fourth.roundtrip(TYPE_HEARTBEAT, 2).msg_type == TYPE_ACK
     assert second.roundtrip(TYPE_HEARTBEAT, 3).msg_type == TYPE_ACK
@@ -478,32 +469,36 @@ def test_global_connection_cap(request: pytest.FixtureRequest) -> None:
         assert client.roundtrip(TYPE_HEARTBEAT, 1).msg_type == TYPE_ACK
     extra = Client(srv.port, ("127.0.0.5", 0))
     assert extra.closed_by_server()
-    assert wait_for(lambda: any("op=limit addr=127.0.0.5" in t
-                                for t in srv.sink.texts(DAEMON_ACCEPT)))
+    wait_for(lambda: any("op=limit addr=127.0.0.5" in t for t in srv.sink.texts(DAEMON_ACCEPT)))
     assert all(c.roundtrip(TYPE_HEARTBEAT, 2).msg_type == TYPE_ACK for c in clients)
 
 
 def test_connection_flood_is_bounded(request: pytest.FixtureRequest) -> None:
     srv = make_server(request, max_per_addr=5, queue=64)
     flood = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(100)]
-    assert wait_for(lambda: len(srv.sink.texts(DAEMON_ACCEPT)) == 100)
+    wait_for(lambda: len(srv.sink.texts(DAEMON_ACCEPT)) == 100)
     assert srv.active() == 5
     refused = [t for t in srv.sink.texts(DAEMON_ACCEPT) if t.startswith("op=dup")]
     assert len(refused) == 95
     for sock in flood:
         sock.close()
-    assert wait_for(lambda: srv.active() == 0)
+    wait_for(lambda: srv.active() == 0)
 
 
 def test_idle_clients_are_closed(request: pytest.FixtureRequest,
                                  caplog: pytest.LogCaptureFixture) -> None:
     srv = make_server(request, max_idle=1)
+    started = time.monotonic()
     idle, busy = Client(srv.port), Client(srv.port)
     peer = idle.name
-    deadline = time.monotonic() + 2.5
-    while time.monotonic() < deadline:
+
+    def busy_one_is_served_until_the_idle_one_is_closed() -> list[str]:
         assert busy.roundtrip(TYPE_HEARTBEAT, 1).msg_type == TYPE_ACK
-        time.sleep(0.2)
+        return closing_lines(caplog, peer)
+
+    # The busy client speaks every 0.2 s, well within max_idle (1 s).
+    wait_for(busy_one_is_served_until_the_idle_one_is_closed, 3.0, interval=0.2)
+    assert time.monotonic() - started >= 1.0  # not before it was idle for max_idle
     assert idle.closed_by_server(0.5)
     assert "idle too long" in closing_lines(caplog, peer)[0]
     assert busy.roundtrip(TYPE_HEARTBEAT, 2).msg_type == TYPE_ACK
@@ -567,12 +562,12 @@ def test_random_streams_never_hurt_the_listener(shared_server: Server,
             for reply in reader.feed(data):
                 assert reply.msg_type in (TYPE_ACK, TYPE_ENDING)
     client.close()
-    assert wait_for(lambda: srv.active() == 0, 3)
+    wait_for(lambda: srv.active() == 0, 3)
     assert srv.errors == []
     good = Client(srv.port)
     assert good.roundtrip(TYPE_MESSAGE, 1, LINE % 1).msg_type == TYPE_ACK
     good.close()
-    assert wait_for(lambda: srv.active() == 0, 3)
+    wait_for(lambda: srv.active() == 0, 3)
     opened = len(srv.sink.texts(DAEMON_ACCEPT))
     assert opened == len(srv.sink.texts(DAEMON_CLOSE))
 
@@ -583,28 +578,10 @@ def test_random_streams_never_hurt_the_listener(shared_server: Server,
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A CA, a server and a client certificate, and a client of a foreign CA."""
+    """A CA, a server and a client certificate, and a client of a foreign CA (make_pki)."""
     d = tmp_path_factory.mktemp("pki")
     make_pki(d)
     return d
-
-
-def make_pki(d: Path) -> None:
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
-
-    for ca in ("ca", "other-ca"):
-        run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{ca}.key",
-            "-out", f"{ca}.pem", "-days", "2", "-subj", f"/CN=auditpy test {ca}")
-    for name, ca in (("server", "ca"), ("client", "ca"), ("rogue", "other-ca")):
-        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
-            "-out", f"{name}.csr", "-subj", f"/CN={name}")
-        (d / f"{name}.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-        run("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
-            "-CAcreateserial", "-out", f"{name}.pem", "-days", "2",
-            "-extfile", f"{name}.ext")
-    for key in d.glob("*.key"):
-        key.chmod(0o600)
 
 
 def tls_client(port: int, pki: Path, cert: str | None) -> ssl.SSLSocket:
@@ -627,8 +604,6 @@ def tls_roundtrip(sock: ssl.SSLSocket, seq: int) -> Frame:
             return frames[0]
 
 
-@pytest.mark.skipif(subprocess.run(["which", "openssl"], capture_output=True).returncode,
-                    reason="needs openssl")
 def test_tls_verified_clients_only(request: pytest.FixtureRequest, pki: Path,
                                    caplog: pytest.LogCaptureFixture) -> None:
     from auditpy.config.tls import server_context as make_tls_context
@@ -645,7 +620,7 @@ def test_tls_verified_clients_only(request: pytest.FixtureRequest, pki: Path,
         with pytest.raises((OSError, ConnectionError)):
             bad = tls_client(srv.port, pki, cert)
             tls_roundtrip(bad, 12)
-    assert wait_for(lambda: len([t for t in srv.sink.texts(DAEMON_ACCEPT)
+    wait_for(lambda: len([t for t in srv.sink.texts(DAEMON_ACCEPT)
                                  if t.startswith("op=tls")]) == 2)
     assert sum("TLS handshake failed" in r.getMessage() for r in caplog.records) == 2
     assert srv.sink.lines == [LINE % 11 + b"\n"]
@@ -664,7 +639,7 @@ def test_plain_client_on_a_tls_listener_times_out_or_fails(
     plain = Client(srv.port)
     plain.send(pack_frame(TYPE_MESSAGE, 1, LINE % 1))
     assert plain.closed_by_server()
-    assert wait_for(lambda: closing_lines(caplog, plain.name))
+    wait_for(lambda: closing_lines(caplog, plain.name))
     assert srv.sink.lines == []
     ok = tls_client(srv.port, pki, None)
     assert tls_roundtrip(ok, 2).msg_type == TYPE_ACK

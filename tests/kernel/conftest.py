@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import fcntl
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +27,11 @@ from auditpy.proto.netlink import (
 )
 from auditpy.system.netlink import AuditSocket
 
+from ..conftest import missing, need, wait_for
+
+#: pyauditd as these tests run it: from the source tree under test, installed or not.
+PYAUDITD = [sys.executable, "-m", "auditpy.auditd"]
+
 
 def _kernel_unavailable() -> str | None:
     if os.geteuid() != 0:
@@ -41,10 +44,7 @@ def _kernel_unavailable() -> str | None:
         return f"the kernel audit netlink interface is not usable here: {exc}"
     if status.enabled == 2:
         return "kernel audit configuration is locked (enabled 2)"
-    for tool in ("auditctl", "ausearch", "aureport"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed (Debian package auditd)"
-    return None
+    return missing("auditctl")  # every test sets up and checks through it
 
 
 UNAVAILABLE = _kernel_unavailable()
@@ -98,17 +98,6 @@ def set_status(status: AuditStatus) -> None:
 
 def auditctl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["auditctl", *args], check=check, capture_output=True, text=True)
-
-
-def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
 
 
 @pytest.fixture
@@ -223,13 +212,25 @@ class RunningDaemon:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def wait_for_line(self, needle: str, timeout: float = 10.0, path: Path | None = None) -> str:
-        found = wait_for(
+        return wait_for(
             lambda: next((line for line in self.dir.lines(path) if needle in line), None),
             timeout,
+            f"a log line with {needle!r}",
+            context=lambda: "log:\n" + "\n".join(self.dir.lines(path)[-20:]),
         )
-        tail = "\n".join(self.dir.lines(path)[-20:])
-        assert found, f"no log line with {needle!r}; log:\n{tail}"
-        return found
+
+    def state_report(self, has: str, timeout: float = 10.0) -> str:
+        """SIGCONT, then the fresh state report once it holds the line starting with `has`
+        (the daemon writes the file in place: a line shows up only whole)."""
+        path = self.dir.run_dir / "auditd.state"
+        path.unlink(missing_ok=True)
+        self.signal(signal.SIGCONT)
+
+        def report() -> str | None:
+            text = path.read_text() if path.exists() else ""
+            return text if f"\n{has}" in f"\n{text}" and text.endswith("\n") else None
+
+        return wait_for(report, timeout, f"a state report with {has!r}")
 
 
 def start_pyauditd(
@@ -237,17 +238,16 @@ def start_pyauditd(
 ) -> RunningDaemon:
     with open(d.root / "daemon.err", "ab") as errors:
         proc = subprocess.Popen(
-            [*wrapper, sys.executable, "-m", "auditpy.auditd", "-n", "-s", "nochange", "-c",
+            [*wrapper, *PYAUDITD, "-n", "-s", "nochange", "-c",
              str(d.conf_dir), "--run-dir", str(d.run_dir), *args],
             stderr=errors,
         )
     running = RunningDaemon(d, proc)
-    if not wait_for(lambda: get_status().pid == proc.pid or proc.poll() is not None):
-        running.stop()
-        pytest.fail("pyauditd did not register with the kernel")
-    if proc.poll() is not None:
-        pytest.fail(f"pyauditd exited at start: {running.stderr()}")
     try:
+        wait_for(lambda: get_status().pid == proc.pid or proc.poll() is not None,
+                 what="pyauditd registered with the kernel", context=running.stderr)
+        if proc.poll() is not None:
+            pytest.fail(f"pyauditd exited at start: {running.stderr()}")
         running.wait_for_line("type=DAEMON_START", path=log_path)
     except BaseException:
         running.stop()
@@ -262,12 +262,13 @@ def pyauditd(kernel_state: AuditStatus, daemon_dir: DaemonDir) -> Iterator[Runni
         yield running
     finally:
         running.stop()
-        assert wait_for(lambda: get_status().pid != running.pid, 5), "still registered"
+        wait_for(lambda: get_status().pid != running.pid, 5, "pyauditd unregistered")
 
 
 @pytest.fixture(scope="session")
 def load_generator(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny C program whose getppid() calls a rule can match by its exe alone."""
+    need("gcc")
     build = tmp_path_factory.mktemp("loadgen")
     src = build / "loadgen.c"
     src.write_text(textwrap.dedent("""

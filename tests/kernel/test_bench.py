@@ -10,9 +10,13 @@ from pathlib import Path
 
 from auditpy.proto.netlink import AuditStatus
 
+from ..conftest import needs
 from .conftest import auditctl, get_status, wait_for
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench.py"
+
+# Both scripts run the C auditd beside pyauditd, on a load generator they compile.
+pytestmark = needs("/sbin/auditd", "gcc")
 
 
 def test_benchmark_runs_and_writes_its_table(kernel_state: AuditStatus, tmp_path: Path) -> None:
@@ -104,3 +108,19 @@ def test_fanin_runs_with_its_limit(tmp_path: Path) -> None:
     assert sorted(ln.split("|")[2].strip() for ln in rounds) == ["auditd", "limit", "pyauditd"]
     assert all(ln.rstrip(" |").endswith("| 120") for ln in rounds)  # every record arrived
     assert "| | pyauditd | auditd | limit | pyauditd / C | pyauditd / limit |" in text
+
+
+def test_json_scenarios_run(kernel_state: AuditStatus, tmp_path: Path) -> None:
+    """C auditd + laurel and pyauditd + builtin_json each write every event as JSON."""
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--events", "300", "--exec-events", "20", "--rounds", "1",
+         "--scenarios", "json,json-exec", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [ln for ln in (tmp_path / "RESULTS.md").read_text().splitlines()
+            if ln.startswith("| JSON events")]
+    assert len(rows) == 2
+    assert "| 300 / 300 |" in rows[0] and "| 20 / 20 |" in rows[1]
+    assert not list(Path("/dev/shm").glob("bench-*-events.json"))
+    assert get_status().pid == 0

@@ -7,9 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..conftest import needs
 from .conftest import auditctl, get_status
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "rules_load.py"
+
+# It times augenrules (in a mount namespace of its own) beside auditctl and pyauditctl.
+pytestmark = needs("augenrules", "unshare", "mount")
 
 
 def test_rules_load_benchmark_runs_and_restores() -> None:

@@ -5,20 +5,20 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from auditpy.proto.netlink import AuditStatus
 
+from ..conftest import need, wait_for
 from .conftest import (
+    PYAUDITD,
     DaemonDir,
     RunningDaemon,
     auditctl,
     get_status,
     start_pyauditd,
-    wait_for,
 )
 
 
@@ -39,7 +39,7 @@ def test_registers_and_a_second_daemon_names_the_first(
         sub.mkdir()
     other.write_config()
     proc = subprocess.run(
-        ["pyauditd", "-n", "-s", "nochange", "-c", str(other.conf_dir),
+        [*PYAUDITD, "-n", "-s", "nochange", "-c", str(other.conf_dir),
          "--run-dir", str(other.run_dir)],
         capture_output=True, text=True, timeout=30,
     )
@@ -73,7 +73,7 @@ def test_rule_events_all_arrive_once(pyauditd: RunningDaemon, load_generator: Pa
         return [ln for ln in pyauditd.dir.lines() if ln.startswith("type=SYSCALL")
                 and 'key="pytest-load"' in ln]
 
-    wait_for(lambda: len(syscalls()) >= 3000, 20)
+    wait_for(lambda: len(syscalls()) >= 3000, 20, "3000 SYSCALL records")
     lines = syscalls()
     stamps = [ln.split("msg=audit(", 1)[1].split(")", 1)[0] for ln in lines]
     assert len(stamps) == 3000 == len(set(stamps))
@@ -95,7 +95,7 @@ def test_rotation_on_sigusr1_and_num_logs(pyauditd: RunningDaemon) -> None:
             lines = d.lines()
             return bool(lines) and "DAEMON_ROTATE" in lines[0] and marker not in lines[-1]
 
-        assert wait_for(rotated, 5)
+        wait_for(rotated, 5, f"rotation {round_}")
         first = d.lines()[0]
         assert first.startswith("type=DAEMON_ROTATE ") and "op=rotate-logs" in first
         assert "res=success" in first and f"pid={os.getpid()}" in first
@@ -130,9 +130,7 @@ def test_sigcont_writes_a_state_report(pyauditd: RunningDaemon) -> None:
     send_messages("pytest-state", 5)
     pyauditd.wait_for_line("pytest-state-4")
     state = pyauditd.dir.run_dir / "auditd.state"
-    pyauditd.signal(signal.SIGCONT)
-    assert wait_for(state.exists, 5)
-    text = wait_for(lambda: "records received" in state.read_text() and state.read_text(), 5)
+    text = pyauditd.state_report(f"  log_file = {pyauditd.dir.log}")
     report = dict(ln.split(" = ", 1) for ln in text.splitlines() if " = " in ln and ln[0] != " ")
     assert int(report["records received"]) >= 5
     assert int(report["records written"]) >= 6
@@ -165,7 +163,7 @@ def test_read_only_multicast_mode_runs_beside_the_registered_daemon(
         sub.mkdir()
     other.write_config(kernel_link="multicast")
     proc = subprocess.Popen(
-        ["pyauditd", "-n", "-s", "nochange", "-c", str(other.conf_dir),
+        [*PYAUDITD, "-n", "-s", "nochange", "-c", str(other.conf_dir),
          "--run-dir", str(other.run_dir)], stderr=subprocess.DEVNULL,
     )
     reader = RunningDaemon(other, proc)
@@ -184,7 +182,7 @@ def test_bad_config_stops_startup_with_file_and_line(
 ) -> None:
     daemon_dir.write_config(flush="SOMETIMES")
     proc = subprocess.run(
-        ["pyauditd", "-n", "-c", str(daemon_dir.conf_dir), "--run-dir", str(daemon_dir.run_dir)],
+        [*PYAUDITD, "-n", "-c", str(daemon_dir.conf_dir), "--run-dir", str(daemon_dir.run_dir)],
         capture_output=True, text=True, timeout=30,
     )
     assert proc.returncode == 6
@@ -195,6 +193,7 @@ def test_bad_config_stops_startup_with_file_and_line(
 
 @pytest.fixture
 def small_fs(tmp_path: Path):  # type: ignore[no-untyped-def]
+    need("mount")
     mount = tmp_path / "small"
     mount.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(mount)],
@@ -225,18 +224,15 @@ def test_suspend_on_admin_space_left_and_resume_on_sigusr2(
             daemon.signal(signal.SIGCONT)
             return state.exists() and "logging suspended = yes" in state.read_text()
 
-        assert wait_for(suspended, 20, 0.5), "the daemon never suspended"
+        wait_for(suspended, 20, "the daemon to suspend", interval=0.5)
 
         def not_written() -> int:
-            daemon.signal(signal.SIGCONT)
-            time.sleep(0.1)
-            text = state.read_text()
-            return int(text.split("records not written (suspended or disk error) = ")[1]
-                       .split("\n")[0])
+            key = "records not written (suspended or disk error) = "
+            return int(daemon.state_report(key).split(key)[1].split("\n")[0])
 
         before = not_written()
         auditctl("-m", "pytest-while-suspended")
-        assert wait_for(lambda: not_written() > before, 5)
+        wait_for(lambda: not_written() > before, 5)
         ballast.unlink()
         daemon.signal(signal.SIGUSR2)
         daemon.wait_for_line("type=DAEMON_RESUME", path=log_path)
@@ -269,7 +265,7 @@ def test_daemonizes_and_reports_success_through_its_exit_status(
     kernel_state: AuditStatus, daemon_dir: DaemonDir
 ) -> None:
     proc = subprocess.run(
-        ["pyauditd", "-s", "nochange", "-c", str(daemon_dir.conf_dir),
+        [*PYAUDITD, "-s", "nochange", "-c", str(daemon_dir.conf_dir),
          "--run-dir", str(daemon_dir.run_dir)], capture_output=True, text=True, timeout=30,
     )
     assert proc.returncode == 0, proc.stderr
@@ -278,8 +274,8 @@ def test_daemonizes_and_reports_success_through_its_exit_status(
         assert get_status().pid == pid
         assert os.getsid(pid) == pid  # a session of its own, detached from ours
         auditctl("-m", "pytest-detached")
-        assert wait_for(lambda: any("pytest-detached" in ln for ln in daemon_dir.lines()), 10)
+        wait_for(lambda: any("pytest-detached" in ln for ln in daemon_dir.lines()), 10)
     finally:
         os.kill(pid, signal.SIGTERM)
-        assert wait_for(lambda: get_status().pid == 0, 10)
-    assert wait_for(lambda: not (daemon_dir.run_dir / "auditd.pid").exists(), 5)
+        wait_for(lambda: get_status().pid == 0, 10)
+    wait_for(lambda: not (daemon_dir.run_dir / "auditd.pid").exists(), 5)

@@ -15,7 +15,8 @@ import pytest
 
 from auditpy.proto.netlink import AuditStatus
 
-from .conftest import DaemonDir, RunningDaemon, auditctl, start_pyauditd, wait_for
+from ..conftest import needs, proc_state, wait_for
+from .conftest import DaemonDir, RunningDaemon, auditctl, start_pyauditd
 
 AUDISP_SYSLOG = "/sbin/audisp-syslog"
 
@@ -38,16 +39,6 @@ def cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
-
-
-def state(pid: int) -> str:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("State:"):
-                return line.split()[1]
-    except OSError:
-        pass
-    return "?"
 
 
 def stdout_target(pid: int) -> str:
@@ -109,13 +100,13 @@ class Plugins:
         kids = proc_ppid_map()
         zombies = []
         dispatchers = [p for p in kids.get(daemon_pid, []) if "audispd" in cmdline(p)]
-        zombies += [p for p in kids.get(daemon_pid, []) if state(p) == "Z"]
+        zombies += [p for p in kids.get(daemon_pid, []) if proc_state(p) == "Z"]
         if not dispatchers:
             return None, set(), zombies
         assert len(dispatchers) == 1, dispatchers
         names = set()
         for p in kids.get(dispatchers[0], []):
-            if state(p) == "Z":
+            if proc_state(p) == "Z":
                 zombies.append(p)
                 continue
             target = stdout_target(p)
@@ -129,11 +120,15 @@ class Plugins:
         return not zombies and names == want and (dispatcher is not None) == bool(want)
 
 
-def marker_reaches(plugins: Plugins, names: set[str], text: str, timeout: float = 5.0) -> bool:
+def marker_reaches(
+    plugins: Plugins, names: set[str], text: str, timeout: float = 5.0, note: str = ""
+) -> None:
+    """Send a user message through the kernel; it must reach every named plugin."""
     auditctl("-m", text)
-    return wait_for(
+    wait_for(
         lambda: all(plugins.output(n).exists() and text in plugins.output(n).read_text()
-                    for n in names), timeout)
+                    for n in names), timeout, f"{text!r} at the plugins {sorted(names)}",
+        context=lambda: note)
 
 
 @pytest.fixture
@@ -143,9 +138,9 @@ def plugins(daemon_dir: DaemonDir, tmp_path: Path) -> Plugins:
 
 def settle(daemon: RunningDaemon, plugins: Plugins) -> None:
     daemon.signal(signal.SIGHUP)
-    assert wait_for(lambda: plugins.matches(daemon.pid), 1.0), (
-        f"after SIGHUP: running {plugins.running(daemon.pid)}, active {plugins.active()}"
-    )
+    wait_for(lambda: plugins.matches(daemon.pid), 1.0, "the running plugins to match",
+             context=lambda: f"after SIGHUP: running {plugins.running(daemon.pid)}, "
+             f"active {plugins.active()}")
 
 
 def test_scenario_a_active_plugin_switched_off_and_on(
@@ -154,14 +149,14 @@ def test_scenario_a_active_plugin_switched_off_and_on(
     plugins.write_conf("syslogish", active=True)
     daemon = start_pyauditd(daemon_dir)
     try:
-        assert wait_for(lambda: plugins.matches(daemon.pid), 5)
+        wait_for(lambda: plugins.matches(daemon.pid), 5)
         for round_ in range(10):
             plugins.write_conf("syslogish", active=False)
             settle(daemon, plugins)
             assert plugins.running(daemon.pid)[0] is None  # no dispatcher at all
             plugins.write_conf("syslogish", active=True)
             settle(daemon, plugins)
-            assert marker_reaches(plugins, {"syslogish"}, f"pytest-scenario-a-{round_}")
+            marker_reaches(plugins, {"syslogish"}, f"pytest-scenario-a-{round_}")
     finally:
         assert daemon.stop() == 0
     assert not plugins.running(daemon.pid)[0]
@@ -177,7 +172,7 @@ def test_scenario_b_start_with_none_active(
         for round_ in range(10):
             plugins.write_conf("late", active=True)
             settle(daemon, plugins)
-            assert marker_reaches(plugins, {"late"}, f"pytest-scenario-b-{round_}")
+            marker_reaches(plugins, {"late"}, f"pytest-scenario-b-{round_}")
             plugins.write_conf("late", active=False)
             settle(daemon, plugins)
     finally:
@@ -200,18 +195,18 @@ def test_daemon_and_dispatcher_run_with_memory_deny_write_execute(
     plugins.write_conf("hardened", active=True)
     daemon = start_pyauditd(daemon_dir, wrapper=[sys.executable, str(MDWE_EXEC)])
     try:
-        assert wait_for(lambda: plugins.matches(daemon.pid), 5)
-        assert marker_reaches(plugins, {"hardened"}, "pytest-mdwe")
+        wait_for(lambda: plugins.matches(daemon.pid), 5)
+        marker_reaches(plugins, {"hardened"}, "pytest-mdwe")
         daemon.wait_for_line("pytest-mdwe")
         state = daemon_dir.run_dir / "auditd.state"
         daemon.signal(signal.SIGCONT)
-        assert wait_for(lambda: state.exists() and "kernel reads = " in state.read_text(), 5)
+        wait_for(lambda: state.exists() and "kernel reads = " in state.read_text(), 5)
         assert "kernel reads = recvmmsg, up to 128 records per call" in state.read_text()
     finally:
         assert daemon.stop() == 0
 
 
-@pytest.mark.skipif(not os.path.exists(AUDISP_SYSLOG), reason="audispd-plugins not installed")
+@needs(AUDISP_SYSLOG)
 def test_scenario_a_with_debians_audisp_syslog(
     kernel_state: AuditStatus, daemon_dir: DaemonDir
 ) -> None:
@@ -227,21 +222,21 @@ def test_scenario_a_with_debians_audisp_syslog(
         kids = proc_ppid_map()
         return sum(1 for d in kids.get(pid, []) if "audispd" in cmdline(d)
                    for p in kids.get(d, []) if "audisp-syslog" in cmdline(p)
-                   and state(p) != "Z")
+                   and proc_state(p) != "Z")
 
     write(True)
     daemon = start_pyauditd(daemon_dir)
     try:
-        assert wait_for(lambda: syslog_plugins(daemon.pid) == 1, 5)
+        wait_for(lambda: syslog_plugins(daemon.pid) == 1, 5)
         for _ in range(15):
             write(False)
             daemon.signal(signal.SIGHUP)
-            assert wait_for(lambda: syslog_plugins(daemon.pid) == 0
-                            and not any("audispd" in cmdline(p)
-                                        for p in proc_ppid_map().get(daemon.pid, [])), 1.0)
+            wait_for(lambda: syslog_plugins(daemon.pid) == 0
+                     and not any("audispd" in cmdline(p)
+                                 for p in proc_ppid_map().get(daemon.pid, [])), 1.0)
             write(True)
             daemon.signal(signal.SIGHUP)
-            assert wait_for(lambda: syslog_plugins(daemon.pid) == 1, 1.0)
+            wait_for(lambda: syslog_plugins(daemon.pid) == 1, 1.0)
     finally:
         assert daemon.stop() == 0
 
@@ -253,21 +248,21 @@ def test_killed_dispatcher_and_plugin_are_restarted(
     plugins.write_conf("p2", active=True)
     daemon = start_pyauditd(daemon_dir)
     try:
-        assert wait_for(lambda: plugins.matches(daemon.pid), 5)
+        wait_for(lambda: plugins.matches(daemon.pid), 5)
         dispatcher, _names, _z = plugins.running(daemon.pid)
         assert dispatcher is not None
         os.kill(dispatcher, signal.SIGKILL)
-        assert wait_for(lambda: plugins.running(daemon.pid)[0] not in (None, dispatcher)
-                        and plugins.matches(daemon.pid), 5)
-        assert marker_reaches(plugins, {"p1", "p2"}, "pytest-after-dispatcher-kill")
+        wait_for(lambda: plugins.running(daemon.pid)[0] not in (None, dispatcher)
+                 and plugins.matches(daemon.pid), 5)
+        marker_reaches(plugins, {"p1", "p2"}, "pytest-after-dispatcher-kill")
         dispatcher = plugins.running(daemon.pid)[0]
         assert dispatcher is not None
         victim = next(p for p in proc_ppid_map()[dispatcher]
                       if stdout_target(p).endswith("p1.out"))
         os.kill(victim, signal.SIGKILL)
-        assert wait_for(lambda: plugins.matches(daemon.pid) and victim not in
-                        proc_ppid_map().get(dispatcher, []), 5)
-        assert marker_reaches(plugins, {"p1", "p2"}, "pytest-after-plugin-kill")
+        wait_for(lambda: plugins.matches(daemon.pid) and victim not in
+                 proc_ppid_map().get(dispatcher, []), 5)
+        marker_reaches(plugins, {"p1", "p2"}, "pytest-after-plugin-kill")
     finally:
         assert daemon.stop() == 0
 
@@ -287,7 +282,7 @@ def test_random_walk_keeps_processes_equal_to_configuration(
     daemon = start_pyauditd(daemon_dir)
     fds: dict[str, list[int]] = {"pyauditd": [], "pyaudispd": []}
     try:
-        assert wait_for(lambda: plugins.matches(daemon.pid), 5)
+        wait_for(lambda: plugins.matches(daemon.pid), 5)
         for step in range(steps):
             action = rng.choice(["toggle", "toggle", "add", "remove", "edit", "replace",
                                  "kill-plugin", "kill-dispatcher", "hup"])
@@ -309,14 +304,15 @@ def test_random_walk_keeps_processes_equal_to_configuration(
                         rng.choice(kids) if kids else None)
                     if target is not None:
                         os.kill(target, signal.SIGKILL)
-                        time.sleep(0.05)
+                        # dead before the check below, which must not see it still running
+                        wait_for(lambda t=target: proc_state(t) in ("Z", None), 5,
+                                 f"pid {target} dead")
             daemon.signal(signal.SIGHUP)
-            assert wait_for(lambda: plugins.matches(daemon.pid), 3.0), (
-                f"{note}: running {plugins.running(daemon.pid)}, active {plugins.active()}\n"
-                + daemon.stderr()[-3000:]
-            )
+            wait_for(lambda: plugins.matches(daemon.pid), 3.0, "the running plugins to match",
+                     context=lambda note=note: f"{note}: running {plugins.running(daemon.pid)}, "
+                     f"active {plugins.active()}\n{daemon.stderr()[-3000:]}")
             active = plugins.active()
-            assert marker_reaches(plugins, active, f"pytest-walk-{seed}-{step}"), note
+            marker_reaches(plugins, active, f"pytest-walk-{seed}-{step}", note=note)
             fds["pyauditd"].append(fd_count(daemon.pid))
             dispatcher = plugins.running(daemon.pid)[0]
             if dispatcher is not None:
@@ -348,7 +344,7 @@ def test_stuck_plugin_costs_only_its_own_records(
     rule = ["always,exit", "-F", "arch=b64", "-S", "getppid", "-F", f"exe={load_generator}",
             "-k", "pytest-stuck"]
     try:
-        assert wait_for(lambda: len(proc_ppid_map().get(
+        wait_for(lambda: len(proc_ppid_map().get(
             plugins.running(daemon.pid)[0] or -1, [])) == 2, 5)
         out = plugins.output("normal")
 
@@ -362,7 +358,8 @@ def test_stuck_plugin_costs_only_its_own_records(
             # the normal one's file writes stall for a moment on a busy machine.
             for sent in range(2000, events + 1, 2000):
                 subprocess.run([str(load_generator), "2000"], check=True)
-                assert wait_for(lambda n=sent: at_normal() == n + 1, 20), (at_normal(), sent)
+                wait_for(lambda n=sent: at_normal() == n + 1, 20, f"{sent} events at normal",
+                         context=at_normal)
         finally:
             auditctl("-d", *rule)
 
@@ -370,11 +367,11 @@ def test_stuck_plugin_costs_only_its_own_records(
             return sum(1 for ln in daemon_dir.lines()
                        if ln.startswith("type=SYSCALL") and 'key="pytest-stuck"' in ln)
 
-        assert wait_for(lambda: logged() == events, 20)
-        assert wait_for(lambda: at_normal() == events + 2, 20)
+        wait_for(lambda: logged() == events, 20)
+        wait_for(lambda: at_normal() == events + 2, 20)
         state = daemon_dir.run_dir / "audispd.state"
         daemon.signal(signal.SIGCONT)
-        assert wait_for(lambda: state.exists() and "[plugin stuck.conf]" in state.read_text(), 5)
+        wait_for(lambda: state.exists() and "[plugin stuck.conf]" in state.read_text(), 5)
         sections = {}
         for block in state.read_text().split("\n[plugin ")[1:]:
             name, _, body = block.partition("]")

@@ -18,6 +18,7 @@ from auditpy.proto.netlink import (
     AuditStatus,
 )
 
+from ..conftest import wait_for
 from .conftest import (
     DaemonDir,
     RunningDaemon,
@@ -25,7 +26,6 @@ from .conftest import (
     get_status,
     set_status,
     start_pyauditd,
-    wait_for,
 )
 
 
@@ -43,7 +43,7 @@ def test_a_storm_of_signals_never_loses_sigterm(pyauditd: RunningDaemon) -> None
     err = pyauditd.stderr()
     assert "Traceback" not in err and "Exception ignored" not in err
     assert pyauditd.dir.lines()[-1].startswith("type=DAEMON_END ")
-    assert wait_for(lambda: get_status().pid != pyauditd.pid, 5)
+    wait_for(lambda: get_status().pid != pyauditd.pid, 5, "pyauditd unregistered")
 
 
 def started(d: DaemonDir) -> bool:
@@ -84,20 +84,25 @@ def test_signals_during_start_up_do_not_kill_the_daemon(
                 stderr=errors,
             )
         try:
-            deadline = time.monotonic() + 20
-            while not blocked(proc.pid, signum) and proc.poll() is None:
-                assert time.monotonic() < deadline, "pyauditd never blocked the signal"
-            while get_status().pid != proc.pid and proc.poll() is None:
-                assert time.monotonic() < deadline, "pyauditd did not register"
-                os.kill(proc.pid, signum)
+            # No pause between looks: the window from blocking to registering is short.
+            wait_for(lambda p=proc: blocked(p.pid, signum) or p.poll() is not None, 20,
+                     "pyauditd to block the signal", interval=0)
+
+            def registered_while_signalled(p: subprocess.Popen[bytes] = proc) -> bool:
+                if get_status().pid == p.pid or p.poll() is not None:
+                    return True
+                os.kill(p.pid, signum)
+                return False
+
+            wait_for(registered_while_signalled, 20, "pyauditd to register", interval=0)
             assert proc.poll() is None, f"pyauditd died of {signal.Signals(signum).name}"
             # SIGUSR1 may have rotated DAEMON_START into audit.log.1
-            assert wait_for(lambda: started(daemon_dir))
+            wait_for(lambda: started(daemon_dir))
         finally:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
             assert proc.wait(20) == 0, (daemon_dir.root / "daemon.err").read_text()
-        assert wait_for(lambda pid=proc.pid: get_status().pid != pid, 5)
+        wait_for(lambda pid=proc.pid: get_status().pid != pid, 5, "pyauditd unregistered")
 
 
 def test_a_state_report_after_a_stall_holds_nobody(
@@ -119,13 +124,14 @@ def test_a_state_report_after_a_stall_holds_nobody(
         load = subprocess.Popen([str(load_generator), "20000"])
         # Held by the kernel once its queue is full. Watched through /proc, not asked of
         # the kernel: a request from the test would compete for the same wake-ups.
-        assert wait_for(lambda: wchan(load.pid) == "audit_log_start", 20), "never held"
+        wait_for(lambda: wchan(load.pid) == "audit_log_start", 20,
+                 "the audited process held by the kernel")
         started = time.monotonic()
         daemon.signal(signal.SIGCONT)
         load.wait(50)
         took = time.monotonic() - started
         assert took < 20, f"the audited process was held {took:.1f} s after SIGCONT"
-        assert wait_for(lambda: (daemon.dir.run_dir / "auditd.state").exists(), 30)
+        wait_for(lambda: (daemon.dir.run_dir / "auditd.state").exists(), 30, "a state report")
     finally:
         if load is not None and load.poll() is None:
             load.kill()
@@ -151,7 +157,5 @@ def test_a_refused_reload_keeps_logging(
     for i in range(20):
         auditctl("-m", f"pytest-after-refusal-{i}")
     pyauditd.wait_for_line("pytest-after-refusal-19")
-    pyauditd.signal(signal.SIGCONT)
-    state = daemon_dir.run_dir / "auditd.state"
-    assert wait_for(state.exists)
-    assert f"log_file = {daemon_dir.log}" in state.read_text()
+    # the report's line for the log file, once the report is written whole
+    assert f"log_file = {daemon_dir.log}" in pyauditd.state_report("  log_file = ")

@@ -4,7 +4,6 @@ kernel reach a C auditd listening on loopback (local_events = no, so it does not
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,25 +12,20 @@ import pytest
 
 from auditpy.proto.netlink import AuditStatus
 
-from .conftest import DaemonDir, RunningDaemon, auditctl, start_pyauditd, wait_for
+from ..conftest import free_port, listening, needs, wait_for
+from .conftest import DaemonDir, RunningDaemon, auditctl, start_pyauditd
 
 AUDISP_REMOTE = "/sbin/audisp-remote"
 REMOTE_CONF = "/etc/audit/audisp-remote.conf"
 
-pytestmark = pytest.mark.skipif(
-    not (os.path.exists(AUDISP_REMOTE) and os.path.exists(REMOTE_CONF)
-         and subprocess.run(["which", "unshare"], capture_output=True).returncode == 0),
-    reason="needs Debian's audispd-plugins (audisp-remote) and unshare",
-)
+pytestmark = [
+    needs(AUDISP_REMOTE, "unshare", "mount"),
+    pytest.mark.skipif(not os.path.exists(REMOTE_CONF),
+                       reason=f"needs {REMOTE_CONF} (Debian package audispd-plugins)"),
+]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.mark.parametrize("server_kind", ["c", "py"])
+@pytest.mark.parametrize("server_kind", [pytest.param("c", marks=needs("/sbin/auditd")), "py"])
 def test_audisp_remote_plugin_delivers_every_event_to_a_log_server(
     kernel_state: AuditStatus, tmp_path: Path, daemon_dir: DaemonDir, load_generator: Path,
     server_kind: str,
@@ -53,14 +47,8 @@ def test_audisp_remote_plugin_delivers_every_event_to_a_log_server(
         c_server = subprocess.Popen(argv, stderr=errors)
     server_run = RunningDaemon(server, c_server)
     try:
-        def listening() -> bool:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                return True
-            except OSError:
-                return False
-
-        assert wait_for(listening, 10), server_run.stderr()
+        wait_for(lambda: listening(port), 10, f"the log server on port {port}",
+                 context=server_run.stderr)
         remote_conf = tmp_path / "audisp-remote.conf"
         remote_conf.write_text(
             f"remote_server = 127.0.0.1\nport = {port}\ntransport = tcp\nmode = immediate\n"
@@ -99,8 +87,8 @@ def test_audisp_remote_plugin_delivers_every_event_to_a_log_server(
                 return [ln for ln in server.lines() if marker in ln]
 
             events = 'key="pytest-remote"'
-            assert wait_for(lambda: len(arrived(events)) >= 10000 + 2, 60), (
-                server_run.stderr()[-2000:])
+            wait_for(lambda: len(arrived(events)) >= 10000 + 2, 60, "every event at the server",
+                     context=lambda: server_run.stderr()[-2000:])
             syscalls = [ln for ln in arrived(events) if " type=SYSCALL " in ln]
             stamps = {ln.split("msg=audit(", 1)[1].split(")", 1)[0] for ln in syscalls}
             assert len(syscalls) == len(stamps) == 10000

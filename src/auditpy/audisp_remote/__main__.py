@@ -2,6 +2,6 @@
 
 import sys
 
-from auditpy.audisp_remote.plugin import main
+from auditpy.audisp_remote.main import main
 
 sys.exit(main())

@@ -2,6 +2,6 @@
 
 import sys
 
-from auditpy.audispd.dispatcher import main
+from auditpy.audispd.main import main
 
 sys.exit(main())

@@ -1,25 +1,27 @@
 """pyaudispd: the audit event dispatcher (a 2.x-style audispd in Python).
 
 pyauditd starts it as ``python3 -m auditpy.audispd -c CONFIG_DIR --base-dir BASE_DIR
---run-dir RUN_DIR`` with fd 0 = its end of a socketpair that carries dispatcher frames
-(`auditpy.wire`).  pyaudispd feeds every record to every active plugin of
-``plugin_dir``, each through its own bounded queue (`plugin_runner`), and supervises the
-plugin processes.
+--run-dir RUN_DIR`` (the command line and start-up are in `auditpy.audispd.main`) with fd 0
+= its end of a socketpair that carries dispatcher frames (`auditpy.proto.dispatch`).
+pyaudispd feeds every record to every active plugin of ``plugin_dir``, each through its own
+bounded queue (`runner`), and supervises the plugin processes.
 
 Exit codes: 0 after end of input, SIGTERM/SIGINT, or when no plugin is active (at start or
 after a reload: "no active plugins, exiting"; pyauditd starts a new dispatcher on the
 SIGHUP that activates one); 1 if the settings cannot be loaded at start, fd 0 is unusable,
 or the input is not in the dispatcher protocol; 2 for bad command-line arguments.
 
-Messages go to stderr with -f or when stderr is a terminal, otherwise to syslog (/dev/log,
-falling back to stderr), under the logger "auditpy.audispd".  Options hidden from --help
-exist for tests: --init-path (never run the real init), --stable-after, --backoff-initial,
---backoff-max, --stop-timeout, --shutdown-timeout and --report-interval (seconds).
-
 Signals: HUP reload (re-read settings and plugins, then start, stop, restart or SIGHUP each
 plugin); TERM/INT stop; USR2 resume after an overflow suspend; CONT write
-RUN_DIR/audispd.state.  SIGCHLD is not used: every child is watched by its pidfd on the one
-asyncio loop, and nothing waits for "any child".
+RUN_DIR/audispd.state. They are held blocked from the first instruction of `main` and read
+from a signalfd on the loop (`system.service.SignalReader`): a storm of them coalesces, none
+is lost, and none can kill the dispatcher while it starts. SIGCHLD is not used: every child
+is watched by its pidfd on the one asyncio loop, and nothing waits for "any child".
+
+The record path never waits for the file system: settings and plugin files are read by a
+worker thread at start and on every reload (20,000 plugin files take about a second), while
+the loop goes on feeding the running plugins; the result is applied on the loop
+(`plan.plan_reload`, then `Dispatcher.apply`).
 
 Deviations from the C dispatcher (2.8.5 audispd, and 3.x/4.x's libdisp):
 
@@ -40,7 +42,8 @@ Deviations from the C dispatcher (2.8.5 audispd, and 3.x/4.x's libdisp):
   wrote a fixed 8970-byte buffer after every header);
 * the af_unix builtin serves several clients with non-blocking writes and disconnects one
   that falls ``q_depth`` records behind (2.x: one client, blocking writes);
-* plugins get an empty signal mask, default dispositions and their own session.
+* plugins get an empty signal mask, default dispositions, their own session and an
+  oom_score_adj of 0 (pyauditd's -1000 is not passed on).
 
 As in 2.x-4.1 (not 4.2): unchanged plugins get SIGHUP rather than a restart, and a plugin
 file with errors only takes its own plugin out (4.2 rejects the whole reload).
@@ -48,20 +51,22 @@ file with errors only takes its own plugin out (4.2 rejects the whole reload).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
-import logging.handlers
 import os
 import signal
-import sys
+import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from auditpy.audispd.builtin_af_unix import AfUnixPlugin
+from auditpy.audispd.builtin_json import JsonPlugin
+from auditpy.audispd.builtin_nats import NatsPlugin
 from auditpy.audispd.builtin_syslog import SyslogPlugin
+from auditpy.audispd.plan import ReloadPlan, Running, Step, plan_reload
 from auditpy.audispd.runner import (
     BACKOFF_INITIAL,
     BACKOFF_MAX,
@@ -77,6 +82,8 @@ from auditpy.audispd.runner import (
 from auditpy.config.errors import ConfigError
 from auditpy.config.plugins import (
     AF_UNIX,
+    JSON,
+    NATS,
     SYSLOG,
     DispatcherSettings,
     PluginConfig,
@@ -86,10 +93,12 @@ from auditpy.config.plugins import (
 )
 from auditpy.proto import dispatch as wire
 from auditpy.system.children import INIT_PATH, ChildHandle, spawn_helper
-from auditpy.system.logsetup import message_handler
 from auditpy.system.node import node_name
+from auditpy.system.service import Signal, SignalReader, write_state_file
 
 log = logging.getLogger("auditpy.audispd")
+
+T = TypeVar("T")
 
 STATE_FILE = "audispd.state"
 #: SIGTERM to SIGKILL when the dispatcher itself stops.
@@ -100,7 +109,8 @@ SHUTDOWN_DRAIN = 0.5
 OVERFLOW_REPORT_LIMIT = 5
 #: Seconds between the per-plugin summaries of dropped records.
 REPORT_INTERVAL = 30.0
-#: Signals the dispatcher handles; held blocked until the handlers are in place.
+#: Signals the dispatcher handles: held blocked for its whole life and read from a
+#: signalfd. Every other signal keeps its default action.
 HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR2, signal.SIGCONT)
 READ_SIZE = 65536
 
@@ -124,24 +134,29 @@ def make_runner(config: PluginConfig, ctx: RunnerContext) -> PluginRunner:
         return AfUnixPlugin(config, ctx)
     if config.builtin == SYSLOG:
         return SyslogPlugin(config, ctx)
+    if config.builtin == NATS:
+        return NatsPlugin(config, ctx)
+    if config.builtin == JSON:
+        return JsonPlugin(config, ctx)
     return ExternalPlugin(config, ctx)
 
 
-def node_prefix(settings: DispatcherSettings) -> bytes:
-    """``node=NAME `` for V0 string lines, as 2.x audispd's name_format did. The name is
-    resolved as pyauditd resolves it; where that fails the records go without one (the
-    dispatcher must not stop over it: pyauditd already runs)."""
+RunnerFactory = Callable[[PluginConfig, RunnerContext], PluginRunner]
+
+
+def node_prefix(settings: DispatcherSettings) -> tuple[bytes, str | None]:
+    """``node=NAME `` for V0 string lines, as 2.x audispd's name_format did, and a warning
+    when there is none to be had. The name is resolved as pyauditd resolves it; where that
+    fails the records go without one (the dispatcher must not stop over it: pyauditd
+    already runs)."""
     try:
         name = node_name(settings.name_format, settings.name)
     except (OSError, IndexError, ValueError) as exc:
-        log.warning("cannot resolve the node name for name_format=%s: %s",
-                    settings.name_format, exc)
-        return b""
+        return b"", (f"cannot resolve the node name for name_format={settings.name_format}: "
+                     f"{exc}")
     if settings.name_format != "NONE" and not name:
-        log.warning("name_format=%s gives no node name; records go without one",
-                    settings.name_format)
-        return b""
-    return b"" if not name else b"node=" + name.encode("utf-8", "backslashreplace") + b" "
+        return b"", f"name_format={settings.name_format} gives no node name; records go without one"
+    return (b"" if not name else b"node=" + name.encode("utf-8", "backslashreplace") + b" "), None
 
 
 def apply_priority(boost: int) -> None:
@@ -155,8 +170,55 @@ def apply_priority(boost: int) -> None:
         log.warning("cannot apply priority_boost %d: %s", boost, exc.strerror)
 
 
+@dataclass
+class Loaded:
+    """What one reading of the configuration found (made off the loop)."""
+
+    #: None when a file may not be used (start-up then fails, a reload keeps the old ones)
+    settings: DispatcherSettings | None
+    #: (level, text) to log, in the order found
+    messages: list[tuple[int, str]] = field(default_factory=list)
+    configs: dict[str, PluginConfig] = field(default_factory=dict)
+    problems: list[PluginProblem] = field(default_factory=list)
+    #: the node prefix for the new settings; None when it is unchanged
+    node: bytes | None = None
+
+
+def read_configuration(options: Options, current: DispatcherSettings | None) -> Loaded:
+    """Settings from auditd.conf and a 2.x audispd.conf, then every file of the plugin
+    directory they name (`current`'s when they cannot be used). File-system work only:
+    run off the loop."""
+    try:
+        settings, warnings = load_dispatcher_settings(options.config_dir, options.base_dir)
+    except ConfigError as exc:
+        loaded = Loaded(None, [(logging.ERROR, str(problem)) for problem in exc.errors])
+    else:
+        # auditd.conf's own warnings were reported by pyauditd already.
+        loaded = Loaded(settings, [
+            (logging.DEBUG if "auditd.conf" in warning.split(":", 1)[0] else logging.WARNING,
+             warning)
+            for warning in warnings
+        ])
+        if current is None or (settings.name_format, settings.name) != (
+            current.name_format, current.name
+        ):
+            loaded.node, warning = node_prefix(settings)
+            if warning is not None:
+                loaded.messages.append((logging.WARNING, warning))
+    in_force = loaded.settings or current
+    if in_force is not None:
+        loaded.configs, loaded.problems = load_plugins(in_force.plugin_dir)
+    return loaded
+
+
 class Dispatcher:
-    def __init__(self, loop: asyncio.AbstractEventLoop, options: Options) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        options: Options,
+        *,
+        runner_factory: RunnerFactory = make_runner,
+    ) -> None:
         self.loop = loop
         self.options = options
         self.settings = DispatcherSettings()
@@ -166,6 +228,7 @@ class Dispatcher:
             backoff_max=options.backoff_max,
             stable_after=options.stable_after,
         )
+        self._make_runner = runner_factory
         self.plugins: dict[str, PluginRunner] = {}
         self.node = b""
         self.suspended = False
@@ -173,6 +236,9 @@ class Dispatcher:
         self._inbuf = bytearray()
         self._reading = False
         self._done: asyncio.Future[int] = loop.create_future()
+        self._signals: SignalReader | None = None
+        #: the plugins are started: a reload may run (one asked for earlier waits for this)
+        self._started = False
         self._reload_task: asyncio.Task[None] | None = None
         self._reload_again = False
         self._overflow_reports = 0
@@ -186,18 +252,27 @@ class Dispatcher:
     # -- start and stop -------------------------------------------------------------------
 
     async def run(self) -> int:
-        settings = self._load_settings()
-        if settings is None:
+        # Signals sent from now on are read by the loop; until it runs they wait (held
+        # since the first instruction of main).
+        self._signals = SignalReader(self.loop, HANDLED_SIGNALS, self._on_signal)
+        try:
+            return await self._run()
+        finally:
+            self._signals.close()
+            self._signals = None
+
+    async def _run(self) -> int:
+        loaded = await self._read_configuration(None)
+        if loaded is None:  # SIGTERM while reading: nothing has started yet
+            log.info("pyaudispd exiting; %d records received", self.records_in)
+            return self._done.result()
+        self._log_messages(loaded.messages)
+        if loaded.settings is None:
             log.error("cannot load the dispatcher settings, exiting")
             return 1
-        self._apply_settings(settings, first=True)
-        for signum in HANDLED_SIGNALS:
-            self.loop.add_signal_handler(signum, self._on_signal, signum)
-        signal.pthread_sigmask(signal.SIG_SETMASK, ())
-
-        configs, problems = load_plugins(settings.plugin_dir)
-        self._log_plugin_problems(problems)
-        active = {name: config for name, config in configs.items() if config.active}
+        self._apply_settings(loaded.settings, first=True, node=loaded.node)
+        self._log_plugin_problems(loaded.problems)
+        active = {name: config for name, config in loaded.configs.items() if config.active}
         if not active:
             log.info("no active plugins, exiting")
             return 0
@@ -209,14 +284,17 @@ class Dispatcher:
             return 1
         self._reading = True
         for name, config in active.items():
-            runner = make_runner(config, self.ctx)
+            runner = self._make_runner(config, self.ctx)
             self.plugins[name] = runner
             runner.start()
         log.info(
             "pyaudispd initialized with q_depth=%d and %d active plugins",
-            settings.q_depth,
+            self.settings.q_depth,
             len(self.plugins),
         )
+        self._started = True
+        if self._reload_again:  # a SIGHUP came while we were starting
+            self.request_reload()
         self._schedule_report()
         try:
             code = await self._done
@@ -249,8 +327,11 @@ class Dispatcher:
         self._stop_reading()
         if self._report_timer is not None:
             self._report_timer.cancel()
-        if self._reload_task is not None and not self._reload_task.done():
-            await self._reload_task  # it starts nothing more, and stops are bounded
+        task = self._reload_task
+        if task is not None and not task.done():
+            # One still reading files gives up at once (`_read_configuration`); one applying
+            # its plan starts nothing more, and its stops are bounded.
+            await asyncio.wait([task])
         runners = list(self.plugins.values())
         await asyncio.gather(
             *(
@@ -264,7 +345,8 @@ class Dispatcher:
 
     # -- signals --------------------------------------------------------------------------
 
-    def _on_signal(self, signum: int) -> None:
+    def _on_signal(self, sig: Signal) -> None:
+        signum = sig.signum
         if signum == signal.SIGHUP:
             self.request_reload()
         elif signum in (signal.SIGTERM, signal.SIGINT):
@@ -403,8 +485,8 @@ class Dispatcher:
     def request_reload(self) -> None:
         if self.ctx.shutting_down or self._done.done():
             return
-        if self._reload_task is not None and not self._reload_task.done():
-            self._reload_again = True
+        if not self._started or (self._reload_task is not None and not self._reload_task.done()):
+            self._reload_again = True  # coalesced: one more reload once this one is done
             return
         self._reload_task = self.loop.create_task(self._reload_loop())
 
@@ -415,56 +497,96 @@ class Dispatcher:
                 await self.reload()
             except Exception:
                 log.exception("reload failed")
-            if not self._reload_again or self.ctx.shutting_down:
+            if not self._reload_again or self.ctx.shutting_down or self._done.done():
                 return
 
     async def reload(self) -> None:
         log.info("reloading the configuration")
-        settings = self._load_settings()
+        loaded = await self._read_configuration(self.settings)
+        if loaded is None or self.ctx.shutting_down:
+            return
+        self._log_messages(loaded.messages)
+        settings = loaded.settings
         if settings is None:
             log.error("keeping the previous dispatcher settings")
             settings = self.settings
-        self._apply_settings(settings, first=False)
-        configs, problems = load_plugins(settings.plugin_dir)
-        self._log_plugin_problems(problems)
-        broken = {os.path.basename(p.path) for p in problems if p.skipped}
-        wanted = {name: config for name, config in configs.items() if config.active}
+        self._apply_settings(settings, first=False, node=loaded.node)
+        self._log_plugin_problems(loaded.problems)
+        running = {name: Running(r.config, r.state) for name, r in self.plugins.items()}
+        await self.apply(plan_reload(running, loaded.configs, loaded.problems))
 
+    async def _read_configuration(self, current: DispatcherSettings | None) -> Loaded | None:
+        """`read_configuration` in a worker thread, while the loop goes on feeding the
+        plugins; None if the dispatcher is told to stop meanwhile."""
+        options = self.options
+        future = self._off_loop(lambda: read_configuration(options, current))
+        waits: list[asyncio.Future[Any]] = [future, self._done]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        if not future.done():
+            future.cancel()  # the thread's result, when it comes, goes nowhere
+            return None
+        return future.result()
+
+    def _off_loop(self, work: Callable[[], T]) -> asyncio.Future[T]:
+        """Run `work` in a thread of its own; its result comes back through the loop.
+
+        A daemon thread, not an executor's: a dispatcher told to stop while it reads
+        100,000 plugin files exits at once instead of waiting for the read."""
+        loop = self.loop
+        future: asyncio.Future[T] = loop.create_future()
+
+        def settle(result: T | None, error: BaseException | None) -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)  # type: ignore[arg-type]
+
+        def run() -> None:
+            try:
+                result = work()
+            except BaseException as exc:  # handed to the loop, which logs it
+                outcome: tuple[T | None, BaseException | None] = (None, exc)
+            else:
+                outcome = (result, None)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: we are exiting
+                loop.call_soon_threadsafe(settle, *outcome)
+
+        threading.Thread(target=run, name="pyaudispd-config", daemon=True).start()
+        return future
+
+    async def apply(self, plan: ReloadPlan) -> None:
+        """Carry out `plan` on the loop: log and do each action, then wait for the stopped
+        plugins to be reaped and start the successors of the restarted ones."""
         stopping: list[tuple[PluginRunner, PluginRunner | None]] = []
         started = signalled = revived = 0
-        for name, runner in list(self.plugins.items()):
-            config = wanted.get(name)
-            if config is None:
-                if name in broken:
-                    why = "its file has errors"
-                elif name in configs:
-                    why = "it is no longer active"
-                else:
-                    why = "its file was removed"
-                log.info("stopping plugin %s because %s", name, why)
-                del self.plugins[name]
-                stopping.append((runner, None))
-            elif config.launch_key != runner.config.launch_key:
-                log.info("restarting plugin %s: %s", name, _what_changed(runner.config, config))
-                successor = make_runner(config, self.ctx)
-                self.plugins[name] = successor
-                stopping.append((runner, successor))
-            elif runner.state is State.FAILED:
-                log.info("starting plugin %s again after it failed", name)
-                runner.config = config
-                runner.revive()
-                revived += 1
-            else:
-                runner.config = config
-                runner.hup()
-                signalled += 1
-        for name, config in wanted.items():
-            if name not in self.plugins:
-                log.info("starting new plugin %s", name)
-                runner = make_runner(config, self.ctx)
+        for action in plan.actions:
+            if action.text is not None:
+                log.info("%s", action.text)
+            name = action.name
+            if action.step is Step.STOP:
+                stopping.append((self.plugins.pop(name), None))
+            elif action.step is Step.START:
+                assert action.config is not None
+                runner = self._make_runner(action.config, self.ctx)
                 self.plugins[name] = runner
                 runner.start()
                 started += 1
+            else:
+                assert action.config is not None
+                runner = self.plugins[name]
+                if action.step is Step.RESTART:
+                    self.plugins[name] = self._make_runner(action.config, self.ctx)
+                    stopping.append((runner, self.plugins[name]))
+                elif action.step is Step.REVIVE:
+                    runner.config = action.config
+                    runner.revive()
+                    revived += 1
+                else:
+                    runner.config = action.config
+                    runner.hup()
+                    signalled += 1
         if not self.plugins:
             log.info("no active plugins after the reload")
 
@@ -482,7 +604,7 @@ class Dispatcher:
         for (old, heir), leftover in zip(stopping, results, strict=True):
             if heir is None:
                 continue
-            if isinstance(old, ExternalPlugin) and old.unreaped:
+            if old.unreaped:
                 log.error(
                     "plugin %s: not starting a replacement; pid %s is still there",
                     old.name,
@@ -502,44 +624,30 @@ class Dispatcher:
             restarted,
             signalled,
             revived,
-            len([p for p in problems if p.skipped]),
+            plan.skipped_files,
             len(self.plugins),
         )
         if not self.plugins:
             log.info("no active plugins, exiting")
             self.finish(0)
 
-    def _apply_settings(self, settings: DispatcherSettings, *, first: bool) -> None:
+    def _apply_settings(
+        self, settings: DispatcherSettings, *, first: bool, node: bytes | None
+    ) -> None:
         old = self.settings
         self.settings = settings
         self.ctx.q_depth = settings.q_depth
         self.ctx.max_restarts = settings.max_restarts
         if first or settings.priority_boost != old.priority_boost:
             apply_priority(settings.priority_boost)
-        if first or (settings.name_format, settings.name) != (old.name_format, old.name):
-            self.node = node_prefix(settings)
+        if node is not None:
+            self.node = node
         if not first:
             self._resume()
 
-    def _load_settings(self) -> DispatcherSettings | None:
-        """The settings from auditd.conf and a 2.x audispd.conf; None, with every problem
-        logged, when a file may not be used (start-up then fails, a reload keeps the old)."""
-        try:
-            settings, warnings = load_dispatcher_settings(
-                self.options.config_dir, self.options.base_dir
-            )
-        except ConfigError as exc:
-            for problem in exc.errors:
-                log.error("%s", problem)
-            return None
-        self._log_setting_warnings(warnings)
-        return settings
-
-    def _log_setting_warnings(self, warnings: list[str]) -> None:
-        # auditd.conf's own warnings were reported by pyauditd already.
-        for warning in warnings:
-            level = logging.DEBUG if "auditd.conf" in warning.split(":", 1)[0] else logging.WARNING
-            log.log(level, "%s", warning)
+    def _log_messages(self, messages: list[tuple[int, str]]) -> None:
+        for level, text in messages:
+            log.log(level, "%s", text)
 
     def _log_plugin_problems(self, problems: list[PluginProblem]) -> None:
         for problem in problems:
@@ -576,101 +684,7 @@ class Dispatcher:
 
     def write_state(self) -> None:
         path = os.path.join(self.options.run_dir, STATE_FILE)
-        tmp = path + ".tmp"
         try:
-            fd = os.open(
-                tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640
-            )
-            try:
-                os.fchmod(fd, 0o640)
-                os.write(fd, self.state_text().encode("utf-8", "backslashreplace"))
-            finally:
-                os.close(fd)
-            os.rename(tmp, path)
+            write_state_file(path, self.state_text())
         except OSError as exc:
             log.error("cannot write %s: %s", path, exc.strerror)
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-
-
-def _what_changed(old: PluginConfig, new: PluginConfig) -> str:
-    changes = [
-        label
-        for label, attr in (
-            ("path", "path"),
-            ("args", "args"),
-            ("format", "format"),
-            ("type", "type"),
-            ("program file", "identity"),
-        )
-        if getattr(old, attr) != getattr(new, attr)
-    ]
-    return ", ".join(changes) + " changed"
-
-
-# --------------------------------------------------------------------------------------
-# Command line
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="pyaudispd", description="audit event dispatcher: feeds records to plugins"
-    )
-    parser.add_argument("-c", "--config-dir", default="/etc/audit", help="auditd.conf directory")
-    parser.add_argument("--base-dir", default="/", help="anchor for relative paths")
-    parser.add_argument("--run-dir", default="/var/run", help="where audispd.state goes")
-    parser.add_argument("-f", "--foreground", action="store_true", help="messages to stderr")
-    parser.add_argument("-d", "--debug", action="store_true", help="debug messages")
-    hidden = argparse.SUPPRESS
-    # Test hooks: never run the real init, and shorten timers.
-    parser.add_argument("--init-path", default=INIT_PATH, help=hidden)
-    parser.add_argument("--stable-after", type=float, default=STABLE_AFTER, help=hidden)
-    parser.add_argument("--backoff-initial", type=float, default=BACKOFF_INITIAL, help=hidden)
-    parser.add_argument("--backoff-max", type=float, default=BACKOFF_MAX, help=hidden)
-    parser.add_argument("--stop-timeout", type=float, default=STOP_TIMEOUT, help=hidden)
-    parser.add_argument("--shutdown-timeout", type=float, default=SHUTDOWN_TIMEOUT, help=hidden)
-    parser.add_argument("--report-interval", type=float, default=REPORT_INTERVAL, help=hidden)
-    return parser
-
-
-def _setup_logging(foreground: bool, debug: bool) -> None:
-    log.setLevel(logging.DEBUG if debug else logging.INFO)
-    log.propagate = False
-    log.addHandler(message_handler(
-        "pyaudispd", foreground or sys.stderr.isatty(),
-        stderr_format="pyaudispd: %(levelname)s: %(message)s",
-    ))
-
-
-async def _amain(options: Options) -> int:
-    dispatcher = Dispatcher(asyncio.get_running_loop(), options)
-    return await dispatcher.run()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    # Hold the signals we handle until the loop has handlers for them (pyauditd may also
-    # spawn us with them blocked); a SIGHUP at start must not kill the dispatcher.
-    signal.pthread_sigmask(signal.SIG_SETMASK, HANDLED_SIGNALS)
-    # SIG_IGN for SIGCHLD, if inherited, would make the kernel reap plugins for us and
-    # leave nothing for their pidfds to report.
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    args = _parser().parse_args(argv)
-    _setup_logging(args.foreground, args.debug)
-    options = Options(
-        config_dir=os.path.join(args.base_dir, args.config_dir),
-        base_dir=args.base_dir,
-        run_dir=os.path.join(args.base_dir, args.run_dir),
-        init_path=args.init_path,
-        stable_after=args.stable_after,
-        backoff_initial=args.backoff_initial,
-        backoff_max=args.backoff_max,
-        stop_timeout=args.stop_timeout,
-        shutdown_timeout=args.shutdown_timeout,
-        report_interval=args.report_interval,
-    )
-    try:
-        return asyncio.run(_amain(options))
-    except Exception:
-        log.exception("pyaudispd failed")
-        return 1
-

@@ -4,9 +4,10 @@ Why each plugin has its own queue and writer: in the C dispatchers one thread wr
 record to every plugin with blocking writes, so one plugin that stops reading stalls all the
 others and, behind them, the daemon.  Here a record is appended to each plugin's queue (at
 most ``q_depth`` records), and each queue is drained into that plugin's non-blocking socket
-whenever the socket has room (``loop.add_writer``), resuming partial writes.  A full queue
-is reported to the dispatcher, which applies overflow_action; nothing ever waits for a
-plugin.
+whenever the socket has room (``loop.add_writer``), resuming partial writes (the writer
+and the restart back-off are `system.fedchild`'s, shared with pyauditd's link to this
+dispatcher).  A full queue is reported to the dispatcher, which applies overflow_action;
+nothing ever waits for a plugin.
 
 Why pidfds: a plugin's exit is seen the moment it happens (its pidfd becomes readable in
 the event loop), it is reaped exactly once by its own supervisor, and signals go through
@@ -29,13 +30,13 @@ import dataclasses
 import enum
 import logging
 import signal
-import socket
 from dataclasses import dataclass
 
 from auditpy.config.files import check_plugin_program
 from auditpy.config.plugins import PluginConfig
 from auditpy.proto import dispatch as wire
-from auditpy.system.children import ChildHandle, spawn, stdin_pair
+from auditpy.system.children import ChildHandle, spawn
+from auditpy.system.fedchild import Backoff, Batch, FedChild
 
 log = logging.getLogger("auditpy.audispd")
 
@@ -151,6 +152,8 @@ class PluginRunner:
         self.restarts = 0
         #: restarts used from the max_restarts budget
         self.budget_used = 0
+        #: a process that survived SIGKILL (stuck in the kernel): never replaced
+        self.unreaped = False
 
     @property
     def name(self) -> str:
@@ -217,31 +220,38 @@ class PluginRunner:
 
 
 class ExternalPlugin(PluginRunner):
-    """A plugin program, fed through a socketpair on its stdin."""
+    """A plugin program, fed through a socketpair on its stdin (`system.fedchild`)."""
 
     def __init__(self, config: PluginConfig, ctx: RunnerContext) -> None:
+        self.backoff = Backoff(ctx.backoff_initial, ctx.backoff_max, ctx.stable_after)
         super().__init__(config, ctx)
+        #: records not yet completely in the plugin's socket, oldest first (at most q_depth);
+        #: the head ones may be in the batch being written
         self.queue: collections.deque[Record] = collections.deque()
-        self.child: ChildHandle | None = None
-        self.sock: socket.socket | None = None
-        #: the unsent rest of the batch being written (records at the head of the queue)
-        self._out: memoryview | None = None
-        #: end offsets in that batch of the records not yet completely sent
-        self._batch_ends: collections.deque[int] = collections.deque()
-        self._batch_sent = 0
-        self._writing = False
+        #: the running process, None between runs
+        self.fed: FedChild | None = None
         self._exited: asyncio.Future[None] | None = None
         self._drained: asyncio.Future[None] | None = None
         self._restart_timer: asyncio.TimerHandle | None = None
         self._stable_timer: asyncio.TimerHandle | None = None
         self._kill_timer: asyncio.TimerHandle | None = None
-        self._failures_in_row = 0
-        #: a child that survived SIGKILL (e.g. stuck in the kernel); never replaced
-        self.unreaped = False
+
+    # The restart budget lives in the shared back-off policy.
+    @property
+    def budget_used(self) -> int:
+        return self.backoff.used
+
+    @budget_used.setter
+    def budget_used(self, value: int) -> None:
+        self.backoff.used = value
+
+    @property
+    def child(self) -> ChildHandle | None:
+        return None if self.fed is None else self.fed.child
 
     @property
     def pid(self) -> int | None:
-        return None if self.child is None else self.child.pid
+        return None if self.fed is None else self.fed.pid
 
     @property
     def depth(self) -> int:
@@ -253,7 +263,7 @@ class ExternalPlugin(PluginRunner):
     # -- process life cycle ---------------------------------------------------------------
 
     def start(self) -> None:
-        if self.ctx.shutting_down or self.child is not None:
+        if self.ctx.shutting_down or self.fed is not None:
             return
         reason = self._refresh_identity()
         if reason is not None:
@@ -262,34 +272,30 @@ class ExternalPlugin(PluginRunner):
             return
         loop = self.ctx.loop
         try:
-            ours, theirs = stdin_pair(plugin_send_buffer(self.ctx.q_depth))
-        except OSError as exc:
-            log.error("plugin %s: cannot make its input socket: %s", self.name, exc)
-            self._crashed()
-            return
-        try:
-            child = spawn(
-                self.config.argv[0],
-                self.config.args,
-                stdin_fd=theirs.fileno(),
-                new_session=True,
+            fed = FedChild.start(
+                loop,
+                self._spawn,
+                plugin_send_buffer(self.ctx.q_depth),
+                next_batch=self._next_batch,
+                sent=self._sent,
+                on_exit=self._on_exit,
+                drained=self._on_drained,
+                broken=self._broken,
             )
         except OSError as exc:
-            ours.close()
             log.error("plugin %s: cannot start %s: %s", self.name, self.config.path, exc)
             self._crashed()
             return
-        finally:
-            theirs.close()
-        self.sock = ours
-        self.child = child
+        self.fed = fed
         self._exited = loop.create_future()
-        self._out = None  # a record cut short by a crash goes again, whole
         self.state = State.RUNNING
-        child.attach(loop, self._on_exit)
-        self._stable_timer = loop.call_later(self.ctx.stable_after, self._stable, child)
-        log.info("plugin %s started: %s pid %d", self.name, self.describe(), child.pid)
-        self._pump()
+        self.backoff.started()
+        self._stable_timer = loop.call_later(self.ctx.stable_after, self._stable, fed)
+        log.info("plugin %s started: %s pid %d", self.name, self.describe(), fed.pid)
+        fed.pump()
+
+    def _spawn(self, stdin_fd: int) -> ChildHandle:
+        return spawn(self.config.argv[0], self.config.args, stdin_fd=stdin_fd, new_session=True)
 
     def _refresh_identity(self) -> str | None:
         """Re-check the program; a changed file refills the restart budget."""
@@ -299,35 +305,32 @@ class ExternalPlugin(PluginRunner):
         if reason is not None:
             return reason
         if identity != self.config.identity:
-            if self.config.identity is not None and (self.budget_used or self._failures_in_row):
+            if self.config.identity is not None and (self.backoff.used or self.backoff.failures):
                 log.info(
                     "plugin %s: program %s changed; restart budget refilled",
                     self.name,
                     self.config.path,
                 )
-            self.budget_used = 0
-            self._failures_in_row = 0
+            self.backoff.refill()
             self.config = dataclasses.replace(self.config, identity=identity)
         return None
 
-    def _stable(self, child: ChildHandle) -> None:
+    def _stable(self, fed: FedChild) -> None:
         self._stable_timer = None
-        if child is self.child and self.state is State.RUNNING:
-            if self.budget_used or self._failures_in_row:
+        if fed is self.fed and self.state is State.RUNNING:
+            if self.backoff.used or self.backoff.failures:
                 log.info(
                     "plugin %s has run for %g s; restart budget refilled",
                     self.name,
                     self.ctx.stable_after,
                 )
-            self.budget_used = 0
-            self._failures_in_row = 0
+            self.backoff.refill()
 
-    def _on_exit(self, child: ChildHandle) -> None:
-        if child is not self.child:
+    def _on_exit(self, fed: FedChild) -> None:
+        if fed is not self.fed:
             return
-        self.child = None
+        self.fed = None
         self._cancel_timers(restart=False)
-        self._close_sock()
         if self._exited is not None and not self._exited.done():
             self._exited.set_result(None)
         if self.state in (State.STOPPING, State.STOPPED):
@@ -335,8 +338,8 @@ class ExternalPlugin(PluginRunner):
         log.warning(
             "plugin %s (pid %d) terminated unexpectedly: %s",
             self.name,
-            child.pid,
-            describe_status(child.returncode),
+            fed.pid,
+            describe_status(fed.child.returncode),
         )
         self._crashed()
 
@@ -350,7 +353,8 @@ class ExternalPlugin(PluginRunner):
             log.error("plugin %s cannot be restarted: %s", self.name, reason)
             self._give_up()
             return
-        if self.budget_used >= self.ctx.max_restarts:
+        delay = self.backoff.next_delay(self.ctx.max_restarts)
+        if delay is None:
             log.error(
                 "plugin %s has exceeded max_restarts (%d); leaving it stopped until "
                 "the next reload",
@@ -359,15 +363,12 @@ class ExternalPlugin(PluginRunner):
             )
             self._give_up()
             return
-        self.budget_used += 1
-        delay = min(self.ctx.backoff_max, self.ctx.backoff_initial * 2**self._failures_in_row)
-        self._failures_in_row += 1
         self.state = State.BACKOFF
         log.info(
             "plugin %s will be restarted in %.2f s (restart %d of max_restarts %d)",
             self.name,
             delay,
-            self.budget_used,
+            self.backoff.used,
             self.ctx.max_restarts,
         )
         self._restart_timer = self.ctx.loop.call_later(delay, self._restart)
@@ -377,7 +378,7 @@ class ExternalPlugin(PluginRunner):
         if self.state is State.BACKOFF and not self.ctx.shutting_down:
             self.restarts += 1
             self.start()
-            if self.child is not None:
+            if self.fed is not None:
                 log.info("plugin %s was restarted (%d restarts so far)", self.name, self.restarts)
 
     def _give_up(self) -> None:
@@ -396,9 +397,9 @@ class ExternalPlugin(PluginRunner):
                 timer.cancel()
 
     def hup(self) -> None:
-        if self.child is not None and self.state is State.RUNNING:
-            self.child.send_signal(signal.SIGHUP)
-            log.info("plugin %s unchanged: sent SIGHUP to pid %d", self.name, self.child.pid)
+        if self.fed is not None and self.state is State.RUNNING:
+            self.fed.send_signal(signal.SIGHUP)
+            log.info("plugin %s unchanged: sent SIGHUP to pid %d", self.name, self.fed.pid)
         elif self.state is State.BACKOFF:
             # After a reload the running plugins are the configured ones: one waiting out
             # its crash back-off starts now (the restart was already counted).
@@ -410,7 +411,7 @@ class ExternalPlugin(PluginRunner):
             log.info("plugin %s unchanged (%s)", self.name, self.state.value)
 
     def revive(self) -> None:
-        self._failures_in_row = 0
+        self.backoff.refill()
         super().revive()
 
     async def stop(
@@ -418,39 +419,38 @@ class ExternalPlugin(PluginRunner):
     ) -> list[Record]:
         self.state = State.STOPPING
         self._cancel_timers()
-        child = self.child
-        if child is None or self._exited is None:
-            self._close_sock()
+        fed = self.fed
+        if fed is None or self._exited is None:
             self.state = State.STOPPED
             return self._leftover(keep)
         exited = self._exited
-        if drain > 0 and self.queue and self.sock is not None:
+        if drain > 0 and self.queue and not fed.closed:
             self._drained = self.ctx.loop.create_future()
             await asyncio.wait(
                 [self._drained, exited], timeout=drain, return_when=asyncio.FIRST_COMPLETED
             )
             self._drained = None
-        self._close_sock()  # end of input: a well-behaved plugin exits by itself
+        fed.close_input()  # end of input: a well-behaved plugin exits by itself
         if not await _within(exited, EOF_GRACE):
-            child.send_signal(signal.SIGTERM)
+            fed.send_signal(signal.SIGTERM)
             if not await _within(exited, term_timeout):
                 log.warning(
                     "plugin %s (pid %d) ignored SIGTERM for %g s; sending SIGKILL",
                     self.name,
-                    child.pid,
+                    fed.pid,
                     term_timeout,
                 )
-                child.send_signal(signal.SIGKILL)
+                fed.send_signal(signal.SIGKILL)
                 if not await _within(exited, KILL_WAIT):
-                    log.error("plugin %s (pid %d) could not be reaped", self.name, child.pid)
+                    log.error("plugin %s (pid %d) could not be reaped", self.name, fed.pid)
                     self.unreaped = True
         self.state = State.STOPPED
         leftover = self._leftover(keep)
         log.info(
             "plugin %s (pid %d) stopped: %s; %d records delivered, %d dropped",
             self.name,
-            child.pid,
-            describe_status(child.returncode),
+            fed.pid,
+            describe_status(fed.child.returncode),
             self.delivered,
             self.dropped,
         )
@@ -481,8 +481,9 @@ class ExternalPlugin(PluginRunner):
     def flush(self) -> None:
         # A send per offered record was a system call per record per plugin (py-spy: half
         # of pyaudispd's time with one plugin at 40,000 events/s).
-        if self.queue and self.state is State.RUNNING and not self._writing:
-            self._pump()
+        fed = self.fed
+        if self.queue and fed is not None and not fed.waiting and self.state is State.RUNNING:
+            fed.pump()
 
     def adopt(self, records: list[Record]) -> None:
         room = max(0, self.ctx.q_depth - len(self.queue))
@@ -491,94 +492,60 @@ class ExternalPlugin(PluginRunner):
         self.queue.extendleft(reversed(keep))
         self.max_depth = max(self.max_depth, len(self.queue))
 
-    def _pump(self) -> None:
-        """Write as much of the queue as the socket takes now; wait for room otherwise."""
-        sock = self.sock
-        if sock is None:
-            return
+    def _next_batch(self) -> Batch | None:
+        """The next records as one buffer (one send for many small records), with where
+        each ends, so that partial writes are accounted record by record. They stay at the
+        head of the queue until the socket has taken their last byte."""
         queue = self.queue
-        while queue:
-            out = self._out
-            if out is None:
-                out = self._batch()
-            try:
-                sent = sock.send(out)
-            except BlockingIOError:
-                self._out = out
-                break
-            except OSError as exc:
-                self._out = out
-                self._broken(exc)
-                return
-            self._out = out[sent:] if sent < len(out) else None
-            # Records count as delivered only once their last byte is in the socket.
-            self._batch_sent += sent
-            ends = self._batch_ends
-            while ends and ends[0] <= self._batch_sent:
-                ends.popleft()
-                queue.popleft()
-                self.delivered += 1
-        if queue:
-            if not self._writing:
-                self.ctx.loop.add_writer(sock.fileno(), self._pump)
-                self._writing = True
-        else:
-            self._stop_writing()
-            if self._drained is not None and not self._drained.done():
-                self._drained.set_result(None)
-
-    def _batch(self) -> memoryview:
-        """The next records as one buffer (one send for many small records), remembering
-        where each ends so that partial writes are accounted record by record."""
+        if not queue:
+            return None
         encode = Record.frame if self.config.format == "binary" else Record.line
         parts: list[bytes] = []
-        ends: collections.deque[int] = collections.deque()
+        ends: list[int] = []
         total = 0
-        for record in self.queue:
+        for record in queue:
             data = encode(record)
             if parts and (total + len(data) > BATCH_BYTES or len(parts) >= BATCH_RECORDS):
                 break
             parts.append(data)
             total += len(data)
             ends.append(total)
-        self._batch_ends = ends
-        self._batch_sent = 0
-        return memoryview(parts[0] if len(parts) == 1 else b"".join(parts))
+        return Batch(parts[0] if len(parts) == 1 else b"".join(parts), ends)
+
+    def _sent(self, count: int) -> None:
+        queue = self.queue
+        if count == len(queue):
+            queue.clear()
+        else:
+            for _ in range(count):
+                queue.popleft()
+        self.delivered += count
+
+    def _on_drained(self) -> None:
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
 
     def _broken(self, exc: OSError) -> None:
         """The plugin closed its input (or is dying): it cannot be fed, so end it; its exit
         then counts as a crash and it is restarted."""
-        self._close_sock()
-        child = self.child
-        if child is None or self.state is not State.RUNNING:
+        fed = self.fed
+        if fed is None or self.state is not State.RUNNING:
             return
         log.warning(
             "plugin %s (pid %d) stopped reading its input (%s); terminating it",
             self.name,
-            child.pid,
+            fed.pid,
             exc.strerror or exc,
         )
-        child.send_signal(signal.SIGTERM)
+        fed.send_signal(signal.SIGTERM)
         if self._kill_timer is None:
             self._kill_timer = self.ctx.loop.call_later(
-                STOP_TIMEOUT, lambda: child.send_signal(signal.SIGKILL)
+                STOP_TIMEOUT, lambda: fed.send_signal(signal.SIGKILL)
             )
-
-    def _stop_writing(self) -> None:
-        if self._writing and self.sock is not None:
-            self.ctx.loop.remove_writer(self.sock.fileno())
-        self._writing = False
-
-    def _close_sock(self) -> None:
-        self._stop_writing()
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
 
     def _take_queue(self) -> list[Record]:
         records = list(self.queue)
         self.queue.clear()
-        self._out = None
         return records
 
     def _leftover(self, keep: bool) -> list[Record]:
@@ -589,6 +556,5 @@ class ExternalPlugin(PluginRunner):
         return []
 
     def _discard_queue(self) -> None:
-        self._stop_writing()
         self.dropped += len(self.queue)
         self._take_queue()

@@ -154,8 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     hold_signals(HANDLED_SIGNALS)
     seal_inherited_fds()
-    from auditpy.auditd.daemon import Daemon, Options, load_config  # not needed for --check
+    # Not the daemon's loop yet: it is imported once the daemon is registered (startup).
     from auditpy.auditd.logfile import LogFileError
+    from auditpy.auditd.startup import Options, load_config, register_early
 
     options = Options(
         config_dir=os.path.abspath(args.config_dir), foreground=args.foreground,
@@ -190,7 +191,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             report_fd = None
 
     write_pid_file(options.pid_file)
-    daemon = Daemon(options, config)
+    registered = register_early(config)
+    from auditpy.auditd.daemon import Daemon
+
+    daemon = Daemon(options, config, registered=registered)
     try:
         try:
             daemon.start()

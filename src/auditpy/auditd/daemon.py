@@ -24,10 +24,10 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from itertools import compress
 from operator import not_
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from auditpy import AUDIT_VERSION
 from auditpy.auditd import daemon_records
@@ -36,7 +36,6 @@ from auditpy.auditd.counters import Counters, LogCount, state_report
 from auditpy.auditd.daemon_records import DaemonSerials, Sender
 from auditpy.auditd.diskspace import SpacePolicy, SpaceSettings, Trigger
 from auditpy.auditd.dispatch_link import DispatcherLink
-from auditpy.auditd.exposition import metric_families
 from auditpy.auditd.ledger import (
     SYSCALL_COMPANIONS,
     Cause,
@@ -44,30 +43,20 @@ from auditpy.auditd.ledger import (
     SerialWatch,
     serials_of,
 )
-from auditpy.auditd.listener import (
-    ACK,
-    RESTART_KEYS,
-    ListenerSettings,
-    RemoteListener,
-    Reply,
-    dispatch_frames,
-    reply_for,
-)
-from auditpy.auditd.logfile import AuditLog, LogEvent, LogFileError, LogSettings
-from auditpy.auditd.metrics import MetricsServer
+from auditpy.auditd.logfile import AuditLog, LogEvent, LogFileError
 from auditpy.auditd.signals import HANDLED_SIGNALS
-from auditpy.config.auditd_conf import (
-    AuditdConfig,
-    changed_keys,
-    load_auditd_conf,
-    metrics_address,
+from auditpy.auditd.startup import (
+    MULTICAST_RCVBUF,
+    RCVBUF,
+    Options,
+    Registered,
+    load_config,
+    log_settings,
 )
+from auditpy.config.auditd_conf import AuditdConfig, changed_keys, metrics_address
 from auditpy.config.errors import ConfigError
-from auditpy.config.plugins import any_active, load_dispatcher_settings
 from auditpy.proto.dispatch import HEADER, PROTOCOL_V0, PROTOCOL_V1, frames_v0
-from auditpy.proto.enrich import Enricher
 from auditpy.proto.netlink import STATUS_ENABLED, AuditStatus, SignalInfo
-from auditpy.proto.prometheus import exposition
 from auditpy.proto.records import (
     AUDIT_EOE,
     DAEMON_ABORT,
@@ -87,6 +76,16 @@ from auditpy.system.netlink import KernelConnection, NetlinkError
 from auditpy.system.node import node_name
 from auditpy.system.service import Signal, SignalReader, write_state_file
 
+if TYPE_CHECKING:
+    from auditpy.auditd.collector import NatsCollector
+    from auditpy.auditd.listener import RemoteListener, Reply
+    from auditpy.auditd.metrics import MetricsServer
+
+# What only some configurations use (the network listener, the metrics endpoint, ENRICHED,
+# the plugin directory) is imported where it is first needed: a daemon restarted after a
+# crash registers with the kernel sooner, and the kernel drops what it makes while no daemon
+# is registered (on a kernel booted without audit=1).
+
 log = logging.getLogger("auditpy")
 
 #: Datagrams read per wakeup: one write and one dispatch per batch keeps the per-record cost
@@ -98,6 +97,8 @@ RECV_BATCH = 512
 #: pause sets the CPU used at low rates (measurements in the benchmark issue's notes).
 SMALL_BATCH = 256
 COALESCE_SECONDS = 0.02
+#: A pause lasts until about this many records can be expected (see `_read_batch`).
+PAUSE_RECORDS = 64
 #: How long reads must have found the socket drained before a kernel request is made
 #: (`Daemon._request`): enough for kauditd to hand over what it still held.
 SETTLE_SECONDS = 0.05
@@ -108,8 +109,6 @@ SENDER_WAIT = 2.0
 TICK_SECONDS = 1.0
 #: How often the kernel's counters are asked for (when it can be asked without harm).
 KERNEL_POLL_SECONDS = 5.0
-#: The kernel keeps sending while we write; a large buffer absorbs bursts between reads.
-RCVBUF = 16 << 20
 
 T = TypeVar("T")
 
@@ -191,50 +190,6 @@ class Operations:
             await asyncio.shield(self._task)
 
 
-@dataclass(frozen=True)
-class Options:
-    config_dir: str = "/etc/audit"
-    foreground: bool = False
-    no_fork: bool = False
-    enable: str = "enable"
-    run_dir: str = "/run"
-    allow_symlink: bool = False
-    #: relative paths in auditd.conf are taken from here (the directory pyauditd started in)
-    base_dir: str = "/"
-
-    @property
-    def config_path(self) -> str:
-        return os.path.join(self.config_dir, "auditd.conf")
-
-    @property
-    def pid_file(self) -> str:
-        return os.path.join(self.run_dir, "auditd.pid")
-
-    @property
-    def state_file(self) -> str:
-        return os.path.join(self.run_dir, "auditd.state")
-
-
-def load_config(options: Options) -> tuple[AuditdConfig, list[str]]:
-    """Read and check auditd.conf; raises ConfigError naming the file, line and reason."""
-    config, problems = load_auditd_conf(
-        options.config_path, allow_symlink=options.allow_symlink, base_dir=options.base_dir
-    )
-    return config, [str(p) for p in problems]
-
-
-def log_settings(config: AuditdConfig) -> LogSettings:
-    return LogSettings(
-        log_file=config.log_file,
-        log_gid=config.log_gid,
-        flush=config.flush,
-        freq=config.freq,
-        num_logs=config.num_logs,
-        max_log_file=config.max_log_file,
-        max_log_file_action=config.max_log_file_action,
-    )
-
-
 def space_settings(config: AuditdConfig) -> SpaceSettings:
     return SpaceSettings(
         space_left=config.space_left,
@@ -254,7 +209,11 @@ def dispatch_backlog_bytes(q_depth: int) -> int:
 
 
 def make_formatter(config: AuditdConfig) -> LineFormatter:
-    enricher = Enricher() if config.log_format == "ENRICHED" else None
+    enricher = None
+    if config.log_format == "ENRICHED":
+        from auditpy.proto.enrich import Enricher
+
+        enricher = Enricher()
     return LineFormatter(node=node_name(config.name_format, config.name), enricher=enricher)
 
 
@@ -272,6 +231,7 @@ class Daemon:
         spawn: SpawnChild = spawn_child,
         handle_signals: bool = True,
         tune_process: bool = True,
+        registered: Registered | None = None,
     ) -> None:
         self.options = options
         self.config = config
@@ -284,6 +244,8 @@ class Daemon:
         self._handle_signals = handle_signals
         #: raise limits, protect from the OOM killer, boost priority (not in tests)
         self._tune_process = tune_process
+        #: the log and kernel link `startup.register_early` opened and registered from
+        self._early = registered
         self.kernel: KernelLink | None = None
         self.registered = False
         self.log_file: AuditLog | None = None
@@ -295,6 +257,8 @@ class Daemon:
         self._stopping = False
         #: the tcp_listen_port listener (remote_server), None when not listening
         self.remote: RemoteListener | None = None
+        #: the JetStream collector (nats_collector), None when not collecting
+        self.collector: NatsCollector | None = None
         self.operations = Operations(self.loop)
         self._signals: SignalReader | None = None
         #: kernel requests, which may sleep while the kernel's queue is full
@@ -302,6 +266,7 @@ class Daemon:
         #: reading auditd.conf and the plugin directory, which may be slow
         self._files = concurrent.futures.ThreadPoolExecutor(1, "config-files")
         self._reading = False
+        self._last_read = 0.0
         #: set once the record stream has been caught up for SETTLE_SECONDS (see `_request`)
         self._settled = asyncio.Event()
         self._settled.set()
@@ -334,16 +299,23 @@ class Daemon:
             self._raise_limits()
             self._boost_priority()
         multicast = self.config.kernel_link == "MULTICAST"
-        self.kernel = self._open_kernel(multicast=multicast, rcvbuf=RCVBUF)
+        early, self._early = self._early, None
+        if early is not None:
+            self.kernel, self.log_file, self.registered = early.kernel, early.log_file, True
+        else:
+            self.kernel = self._open_kernel(
+                multicast=multicast, rcvbuf=MULTICAST_RCVBUF if multicast else RCVBUF)
         if self.config.write_logs:
-            self.log_file = AuditLog(log_settings(self.config), notify=self._notify)
-            self.log_file.open()
+            if self.log_file is None:
+                self.log_file = AuditLog(log_settings(self.config), notify=self._notify)
+                self.log_file.open()
             self._check_space()
         if not multicast and self.config.local_events:
             # Blocking is fine here: nothing is read yet that could be held up.
             try:
-                self.kernel.register(os.getpid())
-                self.registered = True
+                if not self.registered:
+                    self.kernel.register(os.getpid())
+                    self.registered = True
             except (OSError, TimeoutError) as exc:
                 self._abort("set-pid", exc)
                 raise
@@ -364,6 +336,10 @@ class Daemon:
         )
         try:
             self._remote_start()
+            if self.config.nats_collector is not None:
+                from auditpy.auditd.collector import collector_from_config
+
+                self.collector = collector_from_config(self.loop, self.config, self)
         except (OSError, ValueError) as exc:
             self._abort("network-init", exc)
             raise
@@ -405,6 +381,8 @@ class Daemon:
             self._signals.close()
             self._signals = None
         self._remote_close()
+        if self.collector is not None:
+            self.collector.close()
         if self.dispatcher is not None:
             self.dispatcher.stop()
             self.dispatcher = None
@@ -526,35 +504,50 @@ class Daemon:
 
     def _on_readable(self) -> None:
         """The event socket became readable (the reader is registered only when idle)."""
-        if self._read_batch():
+        pause = self._read_batch()
+        if pause:
             # A trickle: stop watching the socket and read again after a pause, so the next
             # read finds several events. Meanwhile records wait in the socket buffer, not in
             # the kernel's backlog, so nothing is throttled or lost by the pause.
             self._unwatch_kernel()
-            self.loop.call_later(COALESCE_SECONDS, self._read_after_pause)
+            self.loop.call_later(pause, self._read_after_pause)
 
     def _read_after_pause(self) -> None:
         """Read without asking epoll first: while records trickle in, one timer per pause is
         the only wakeup; an empty read or a large batch goes back to watching the socket."""
         if self.kernel is None or self._stop.done():
             return
-        if self._read_batch():
-            self.loop.call_later(COALESCE_SECONDS, self._read_after_pause)
+        pause = self._read_batch()
+        if pause:
+            self.loop.call_later(pause, self._read_after_pause)
         else:
             self._watch_kernel()
 
-    def _read_batch(self) -> bool:
-        """Read and handle what is waiting; True when it was a small batch of records, after
-        which the caller pauses."""
+    def _read_batch(self) -> float:
+        """Read and handle what is waiting; returns how long to pause before the next read
+        (0: none, watch the socket).
+
+        A small batch means records trickle in: the next read waits until about
+        PAUSE_RECORDS more can be expected at the rate they came, at most COALESCE_SECONDS.
+        A fixed pause would let a fast trickle fill a small socket buffer and hold the
+        kernel back; a short one would cost a wakeup per record at low rates."""
         assert self.kernel is not None
+        now = time.monotonic()
+        elapsed = now - self._last_read
+        self._last_read = now
         types, payloads, enobufs = self.kernel.recv_columns(RECV_BATCH)
+        # Records read are written before anything that may take time (syslog, below): what
+        # the daemon holds in memory dies with it if it is killed.
+        count = len(types)
+        if count:
+            self._handle(types, payloads)
+        self._track_settling(count < RECV_BATCH)
         if enobufs:
             self.counters.enobufs += enobufs
             log.warning("Kernel socket overrun (ENOBUFS), %d in all", self.counters.enobufs)
-        self._track_settling(len(types) < RECV_BATCH)
-        if types:
-            self._handle(types, payloads)
-        return 0 < len(types) < SMALL_BATCH and not self._stop.done()
+        if not 0 < count < SMALL_BATCH or self._stop.done():
+            return 0.0
+        return min(COALESCE_SECONDS, PAUSE_RECORDS * elapsed / count)
 
     def _drain_kernel(self) -> None:
         """Read everything the socket holds now."""
@@ -576,7 +569,6 @@ class Daemon:
             payloads = [p for _t, p in events]
         counters = self.counters
         counters.received += len(types)
-        self._watch_serial_batch(types, payloads)
         link = self.dispatcher
         accepting = link is not None and link.accepting
         if not accepting or self._dispatch_v0:
@@ -588,15 +580,17 @@ class Daemon:
             if accepting:
                 assert link is not None
                 link.send(frames_v0(types, payloads), len(types))
-            return
-        events = list(zip(types, payloads, strict=True))
-        assert link is not None
-        fmt = self.formatter.format
-        lines = [fmt(t, p) for t, p in events]
-        logged = [line for (t, _p), line in zip(events, lines, strict=True) if t != AUDIT_EOE]
-        counters.eoe += len(events) - len(logged)
-        self._write(logged, counters.kernel)
-        link.send(self._frames(events, lines), len(events))
+        else:
+            assert link is not None
+            events = list(zip(types, payloads, strict=True))
+            fmt = self.formatter.format
+            lines = [fmt(t, p) for t, p in events]
+            logged = [ln for (t, _p), ln in zip(events, lines, strict=True) if t != AUDIT_EOE]
+            counters.eoe += len(events) - len(logged)
+            self._write(logged, counters.kernel)
+            link.send(self._frames(events, lines), len(events))
+        # After the write: a gap found here may be said in syslog and the log.
+        self._watch_serial_batch(types, payloads)
 
     def _watch_serial_batch(self, types: Sequence[int], payloads: Sequence[bytes]) -> None:
         """Feed the serial watch about one serial per event (see ledger.SYSCALL_COMPANIONS),
@@ -637,6 +631,8 @@ class Daemon:
         """Asked at start, reloads and dispatcher exits, off the loop (never per record). The
         plugin directory is the dispatcher's: audispd.conf, when present, overrides
         auditd.conf."""
+        from auditpy.config.plugins import any_active, load_dispatcher_settings
+
         try:
             settings, _warnings = load_dispatcher_settings(
                 self.options.config_dir, self.options.base_dir
@@ -827,6 +823,8 @@ class Daemon:
     async def _metrics_start(self) -> None:
         if self.config.metrics_listen is None:
             return
+        from auditpy.auditd.metrics import MetricsServer
+
         server = MetricsServer(self.loop, metrics_address(self.config.metrics_listen),
                                self.config.metrics_socket_mode, self.render_metrics)
         try:
@@ -841,6 +839,9 @@ class Daemon:
         return self._kernel_status[0] if self._kernel_status else None
 
     def render_metrics(self) -> str:
+        from auditpy.auditd.exposition import metric_families
+        from auditpy.proto.prometheus import exposition
+
         return exposition(metric_families(self))
 
     # -- signals and the operations they start ---------------------------------------------------
@@ -880,6 +881,8 @@ class Daemon:
         self._unwatch_kernel()
         if self.remote is not None:
             self.remote.stop()  # ENDING to every client before DAEMON_END, as auditd
+        if self.collector is not None:
+            self.collector.stop()  # writes what it holds before DAEMON_END
         self._daemon_record(DAEMON_END, daemon_records.end_text(sender))
         log.info("The audit daemon is exiting.")
         if not self._stop.done():
@@ -942,6 +945,11 @@ class Daemon:
             self._daemon_record(DAEMON_CONFIG, daemon_records.config_text(sender, ok=False))
             return
         self._remote_reconfigure(old)
+        if self.collector is not None or self.config.nats_collector is not None:
+            from auditpy.auditd.collector import reconfigure_collector
+
+            self.collector = reconfigure_collector(
+                self.collector, self.loop, self.config, self)
         # Logged, never dispatched, like the C daemon's.
         self._daemon_record(
             DAEMON_CONFIG,
@@ -995,7 +1003,10 @@ class Daemon:
                 self._kernel_status = (await self._request(kernel.get_status), time.time())
         # Too busy to ask the kernel now: its figures as they were when last asked.
         status, asked = self._kernel_status or (None, 0.0)
-        config_items = {f.name: str(getattr(self.config, f.name)) for f in fields(self.config)}
+        config_items = {
+            f.name: f"{value:04o}" if f.name.endswith("_mode") else str(value)
+            for f in fields(self.config) for value in [getattr(self.config, f.name)]
+        }
         text = state_report(
             version=AUDIT_VERSION,
             priority=os.getpriority(os.PRIO_PROCESS, 0),
@@ -1014,6 +1025,7 @@ class Daemon:
                 **(self.kernel.state() if self.kernel else {}),
                 **(self.dispatcher.state() if self.dispatcher else {}),
                 **self._remote_state(),
+                **(self.collector.state() if self.collector is not None else {}),
             },
         )
         path = self.options.state_file
@@ -1028,6 +1040,8 @@ class Daemon:
         """Listen when tcp_listen_port is set; raises OSError or ValueError (TLS files)."""
         if self.config.tcp_listen_port is None:
             return
+        from auditpy.auditd.listener import ListenerSettings, RemoteListener
+
         listener = RemoteListener(self.loop, ListenerSettings.from_config(self.config), self)
         listener.start()
         self.remote = listener
@@ -1054,6 +1068,8 @@ class Daemon:
                 listener.stop("the listener is turned off")
                 self.remote = None
             return
+        from auditpy.auditd.listener import RESTART_KEYS, ListenerSettings, RemoteListener
+
         try:
             settings = ListenerSettings.from_config(new)
         except (OSError, ValueError) as exc:
@@ -1076,6 +1092,8 @@ class Daemon:
     def remote_records(self, lines: list[bytes]) -> Reply:
         """Records from network clients (RemoteSink): written verbatim (the client's node=,
         no enrichment), dispatched with distribute_network, and the reply for them."""
+        from auditpy.auditd.listener import ACK, dispatch_frames, reply_for  # loaded: listening
+
         count = len(lines)
         self.counters.network_records += count
         link = self.dispatcher

@@ -7,11 +7,13 @@ only through that pidfd, so a stale pid can never be hit. After every exit the l
 again whether a dispatcher should run, so a reload that races with an exit still ends with
 the processes the configuration asks for.
 
-Records never wait for the dispatcher: frames go out with non-blocking sends; what the
-socket does not take is kept up to a bound, and beyond that dropped and counted. While it
-is not yet known whether a dispatcher should run (the plugin directory is read off the
-record path), or one should run and is (re)starting, records wait in the same bounded
-queue, so a plugin gets what happened while its dispatcher was starting.
+Records never wait for the dispatcher: frames go out with non-blocking sends
+(`system.fedchild`, the writer pyaudispd feeds its plugins with); what the socket does not
+take is kept up to a bound, and beyond that dropped and counted. A batch whose first byte
+went out is kept whole until the rest follows (a frame cut in two would end the
+dispatcher's input). While it is not yet known whether a dispatcher should run (the plugin
+directory is read off the record path), or one should run and is (re)starting, records wait
+in the same bounded queue, so a plugin gets what happened while its dispatcher was starting.
 """
 
 from __future__ import annotations
@@ -21,12 +23,12 @@ import collections
 import logging
 import os
 import signal
-import socket
 import time
 from collections.abc import Callable, Sequence
 
 from auditpy.proto.dispatch import parse_figures
-from auditpy.system.children import ChildHandle, SpawnChild, spawn_child, stdin_pair
+from auditpy.system.children import ChildHandle, SpawnChild, spawn_child
+from auditpy.system.fedchild import Backoff, Batch, FedChild
 
 log = logging.getLogger("auditpy")
 
@@ -59,14 +61,13 @@ class DispatcherLink:
         #: called when the dispatcher exits because it has no active plugin: the owner reads
         #: the plugin directory again (off the record path) and calls `reconcile`
         self._rescan = rescan
-        self.child: ChildHandle | None = None
-        self.sock: socket.socket | None = None
+        #: the running dispatcher, None between runs
+        self._fed: FedChild | None = None
+        #: batches not yet handed to the socket, and their bytes
         self._pending: collections.deque[tuple[memoryview, int]] = collections.deque()
         self._pending_bytes = 0
-        self._writing = False
         self._stopping = False
-        self._delay = RESTART_DELAY[0]
-        self._started_at = 0.0
+        self._backoff = Backoff(RESTART_DELAY[0], RESTART_DELAY[1], STABLE_AFTER)
         self._restart: asyncio.TimerHandle | None = None
         #: should a dispatcher run: None until the owner has read the plugin directory
         self._want: bool | None = None
@@ -81,8 +82,12 @@ class DispatcherLink:
         self.starts = 0
 
     @property
+    def child(self) -> ChildHandle | None:
+        return None if self._fed is None else self._fed.child
+
+    @property
     def running(self) -> bool:
-        return self.child is not None
+        return self._fed is not None
 
     @property
     def accepting(self) -> bool:
@@ -101,84 +106,89 @@ class DispatcherLink:
         if self._stopping:
             return
         self._want = want
-        if self.child is not None:
-            self.child.send_signal(signal.SIGHUP)
+        if self._fed is not None:
+            self._fed.send_signal(signal.SIGHUP)
         elif want:
             self._cancel_restart()
             self._start()
         else:
-            self._drop_pending(count=False)  # nobody wants them
+            # Nobody wants them: they were never owed to anyone, so they are taken back
+            # from what was offered rather than counted as dropped.
+            self.records_offered -= self.records_pending
+            self._drop_pending(count=False)
 
     def forward(self, signum: int) -> None:
-        if self.child is not None:
-            self.child.send_signal(signum)
+        if self._fed is not None:
+            self._fed.send_signal(signum)
+
+    def _start_child(self, stdin_fd: int) -> ChildHandle:
+        # Born with its signals blocked: a SIGHUP before its handlers exist is held, not
+        # fatal (pyaudispd sets its own mask first thing).
+        return self._spawn(
+            self.argv,
+            stdin_fd=stdin_fd,
+            env=dict(os.environ),
+            blocked_signals=HELD_SIGNALS,
+        )
 
     def _start(self) -> None:
-        parent_end, child_end = stdin_pair(SNDBUF)
         try:
-            # Born with its signals blocked: a SIGHUP before its handlers exist is held,
-            # not fatal (pyaudispd unblocks them once its loop handles them).
-            child = self._spawn(
-                self.argv,
-                stdin_fd=child_end.fileno(),
-                env=dict(os.environ),
-                blocked_signals=HELD_SIGNALS,
+            fed = FedChild.start(
+                self.loop,
+                self._start_child,
+                SNDBUF,
+                next_batch=self._next_batch,
+                sent=self._sent,
+                on_exit=self._exited,
+                broken=self._broken,
+                received=self._read_figures,
             )
         except OSError as exc:
-            parent_end.close()
             log.error("Cannot start the dispatcher %s: %s", self.argv[0], exc)
             self._schedule_restart()
             return
-        finally:
-            child_end.close()
-        self.sock = parent_end
-        self.child = child
+        self._fed = fed
         self.starts += 1
-        self._started_at = time.monotonic()
-        child.attach(self.loop, self._exited)
-        self.loop.add_reader(parent_end.fileno(), self._read_figures)
-        log.info("Started dispatcher: %s pid: %d", " ".join(self.argv[:3]), child.pid)
-        if self._pending:  # what came while it was starting
-            self._writing = True
-            self.loop.add_writer(parent_end.fileno(), self._drain)
+        self._backoff.started()
+        log.info("Started dispatcher: %s pid: %d", " ".join(self.argv[:3]), fed.pid)
+        fed.pump()  # what came while it was starting
 
-    def _exited(self, child: ChildHandle) -> None:
-        if child is not self.child:
+    def _exited(self, fed: FedChild) -> None:
+        if fed is not self._fed:
             return
-        self.child = None
+        self._fed = None
         # A frame half sent to the dead dispatcher cannot be completed: what was queued
         # behind it is lost to the plugins, and counted.
-        self._drop_pending()
-        self._close_sock()
-        status = child.returncode
+        self._drop_pending(in_flight=fed.abandon())
+        self._carry_figures()
+        self._backoff.ended()  # a run of STABLE_AFTER starts the back-off again
+        status = fed.child.returncode
         if self._stopping:
             return
         if status == 0:
-            log.info("Dispatcher %d exited (no active plugins)", child.pid)
-            self._delay = RESTART_DELAY[0]
+            log.info("Dispatcher %d exited (no active plugins)", fed.pid)
+            self._backoff.refill()
             self._want = None  # a reload may have activated one while it was exiting
             self._rescan()
             return
         how = f"killed by signal {-status}" if status is not None and status < 0 else (
             f"exit status {status}"
         )
-        log.error("Dispatcher %d died (%s)", child.pid, how)
-        if time.monotonic() - self._started_at >= STABLE_AFTER:
-            self._delay = RESTART_DELAY[0]
+        log.error("Dispatcher %d died (%s)", fed.pid, how)
         if self._want:
             self._schedule_restart()
 
     def _schedule_restart(self) -> None:
         if self._stopping or self._restart is not None:
             return
-        delay = self._delay
-        self._delay = min(self._delay * 2, RESTART_DELAY[1])
+        delay = self._backoff.next_delay()
+        assert delay is not None  # no budget: the dispatcher is always started again
         log.info("Restarting the dispatcher in %.1f s", delay)
         self._restart = self.loop.call_later(delay, self._restart_now)
 
     def _restart_now(self) -> None:
         self._restart = None
-        if self.child is None and not self._stopping and self._want:
+        if self._fed is None and not self._stopping and self._want:
             self._start()
 
     def _cancel_restart(self) -> None:
@@ -191,10 +201,16 @@ class DispatcherLink:
         waited for (bounded), then killed, and always reaped."""
         self._stopping = True
         self._cancel_restart()
-        child, self.child = self.child, None
-        self._flush_blocking(deadline=time.monotonic() + min(1.0, timeout))
-        self._close_sock()
-        if child is not None and child.wait(timeout) is None:
+        fed, self._fed = self._fed, None
+        if fed is None:
+            return
+        # At shutdown, give the dispatcher what is still queued, for a bounded time.
+        fed.flush_blocking(deadline=time.monotonic() + min(1.0, timeout))
+        fed.close_input()
+        self._drop_pending(in_flight=fed.abandon())
+        self._carry_figures()
+        child = fed.child
+        if child.wait(timeout) is None:
             child.send_signal(signal.SIGKILL)
             child.wait(None)
 
@@ -203,93 +219,59 @@ class DispatcherLink:
     def send(self, data: bytes, records: int) -> None:
         """Queue one batch of frames; never blocks."""
         self.records_offered += records
-        sock = self.sock
-        view = memoryview(data)
-        if sock is None:
+        fed = self._fed
+        if fed is None:
             if self._want is False:
                 return  # no plugin is active: nothing is owed to anyone
-        elif not self._pending:
-            try:
-                sent = sock.send(view)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                self.records_dropped += records
-                return  # the exit of the child follows; its pidfd reports it
-            if sent == len(data):
-                self.records_sent += records
-                return
-            view = view[sent:]
-        if self._pending_bytes + len(view) > self.max_pending_bytes:
+        elif fed.closed:
+            self.records_dropped += records  # it stopped reading; its exit follows
+            return
+        elif not fed.waiting:
+            # Nothing waits: straight to the socket, which usually takes it all.
+            fed.write(data, (len(data),), records)
+            return
+        if self._pending_bytes + (fed.unsent if fed else 0) + len(data) > self.max_pending_bytes:
             self.records_dropped += records
             return
-        self._pending.append((view, records))
-        self._pending_bytes += len(view)
-        if sock is not None and not self._writing:
-            self._writing = True
-            self.loop.add_writer(sock.fileno(), self._drain)
+        self._pending.append((memoryview(data), records))
+        self._pending_bytes += len(data)
 
-    def _drain(self) -> None:
-        sock = self.sock
-        while self._pending and sock is not None:
-            view, records = self._pending[0]
-            try:
-                sent = sock.send(view)
-            except BlockingIOError:
-                return
-            except OSError:
-                self._drop_pending()
-                return
-            self._pending_bytes -= sent
-            if sent < len(view):
-                self._pending[0] = (view[sent:], records)
-                return
-            self._pending.popleft()
-            self.records_sent += records
-        self._stop_writing()
+    def _next_batch(self) -> Batch | None:
+        if not self._pending:
+            return None
+        view, records = self._pending.popleft()
+        self._pending_bytes -= len(view)
+        return Batch(view, (len(view),), records)
 
-    def _close_sock(self) -> None:
-        """Let go of the socket; the dead dispatcher's figures are carried forward."""
-        self._stop_writing()
-        sock, self.sock = self.sock, None
-        if sock is None:
-            return
-        if not self.loop.is_closed():
-            self.loop.remove_reader(sock.fileno())
+    def _sent(self, records: int) -> None:
+        self.records_sent += records
+
+    def _broken(self, exc: OSError) -> None:
+        """The dispatcher's input refused a send: nothing more reaches it (its exit, which
+        follows, is reported through its pidfd)."""
+        fed = self._fed
+        self._drop_pending(in_flight=0 if fed is None else fed.abandon())
+
+    def _drop_pending(self, *, count: bool = True, in_flight: int = 0) -> None:
+        if count:
+            self.records_dropped += in_flight + sum(records for _view, records in self._pending)
+        self._pending.clear()
+        self._pending_bytes = 0
+
+    # -- the dispatcher's figures ------------------------------------------------------------
+
+    def _read_figures(self, data: bytes) -> None:
+        self._figures_in += data
+        for report in parse_figures(self._figures_in):
+            self._reported = report
+
+    def _carry_figures(self) -> None:
+        """The dispatcher is gone: its counters are carried forward, its queues are not."""
         self._carried = self.plugin_figures
         for figures in self._carried.values():
             figures.pop("queued", None)
         self._reported = {}
         self._figures_in.clear()
-        sock.close()
-
-    def _stop_writing(self) -> None:
-        if self._writing and self.sock is not None:
-            self.loop.remove_writer(self.sock.fileno())
-        self._writing = False
-
-    def _drop_pending(self, *, count: bool = True) -> None:
-        self._stop_writing()
-        if count:
-            self.records_dropped += sum(records for _view, records in self._pending)
-        self._pending.clear()
-        self._pending_bytes = 0
-
-    def _flush_blocking(self, deadline: float) -> None:
-        """At shutdown, give the dispatcher what is still queued, for a bounded time."""
-        sock = self.sock
-        if sock is None:
-            return
-        self._stop_writing()
-        sock.settimeout(max(0.0, deadline - time.monotonic()))
-        try:
-            while self._pending:
-                view, records = self._pending.popleft()
-                sock.sendall(view)
-                self.records_sent += records
-        except OSError:
-            pass
-        self._drop_pending()
 
     @property
     def plugin_figures(self) -> dict[str, dict[str, int]]:
@@ -302,32 +284,19 @@ class DispatcherLink:
                     mine[key] = value if key == "queued" else mine.get(key, 0) + value
         return out
 
-    def _read_figures(self) -> None:
-        sock = self.sock
-        if sock is None:
-            return
-        try:
-            data = sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self.loop.remove_reader(sock.fileno())  # its exit follows, through the pidfd
-            return
-        self._figures_in += data
-        for report in parse_figures(self._figures_in):
-            self._reported = report
-
     @property
     def records_pending(self) -> int:
-        return sum(records for _view, records in self._pending)
+        """Records offered and neither sent nor dropped yet."""
+        fed = self._fed
+        in_flight = 0 if fed is None else fed.in_flight
+        return in_flight + sum(records for _view, records in self._pending)
 
     def state(self) -> dict[str, str]:
+        fed = self._fed
         return {
-            "dispatcher pid": str(self.child.pid) if self.child else "none",
+            "dispatcher pid": str(fed.pid) if fed else "none",
             "dispatcher starts": str(self.starts),
             "records sent to the dispatcher": str(self.records_sent),
             "records not sent to the dispatcher (dropped)": str(self.records_dropped),
-            "dispatcher backlog bytes": str(self._pending_bytes),
+            "dispatcher backlog bytes": str(self._pending_bytes + (fed.unsent if fed else 0)),
         }

@@ -22,6 +22,8 @@ have accepted in a surprising way, or reports more):
   temporary and only logs it, so skipping the lookup never changes what is accepted, and it
   keeps DNS stalls out of SIGHUP handling;
 * `kernel_link` is an auditpy keyword; the C daemon rejects a file that uses it;
+* `nats_collector` (auditpy only) names the NATS file of a JetStream collector; that file
+  is parsed and checked along with auditd.conf, its problems named with its own lines;
 * ``transport = TLS`` with ``tls_cert_file``, ``tls_key_file``, ``tls_ca_file`` and
   ``tls_verify_client`` is auditpy's own network encryption (certificates, Python's ssl),
   not the 4.2 PSK scheme; ``transport = KRB5`` is refused when a listener would use it,
@@ -147,6 +149,9 @@ class AuditdConfig:
     metrics_listen: str | None = None
     #: auditpy only: the mode of a `unix:` metrics socket.
     metrics_socket_mode: int = 0o600
+    #: auditpy only.  The NATS file (audisp-nats.conf syntax) of a JetStream collector:
+    #: with it, pyauditd also writes the records of a shared pull consumer to its log.
+    nats_collector: str | None = None
 
     def resolved_paths(self, cwd: str) -> AuditdConfig:
         """Anchor relative paths at `cwd`.
@@ -171,6 +176,7 @@ _PATH_ATTRIBUTES: Final = (
     "tls_cert_file",
     "tls_key_file",
     "tls_ca_file",
+    "nats_collector",
 )
 
 
@@ -535,10 +541,11 @@ _KEYWORDS: Final[Mapping[str, _Keyword]] = {
     "report_interval": _Keyword(_number("report_interval", 0, INT_MAX)),
     "metrics_listen": _Keyword(_metrics_listen),
     "metrics_socket_mode": _Keyword(_metrics_socket_mode),
+    "nats_collector": _Keyword(_text("nats_collector")),
 }
 
-#: The public keyword list, in the order of the man page (plus auditpy's kernel_link and
-#: tls_* keywords).
+#: The public keyword list, in the order of the man page (plus auditpy's kernel_link,
+#: tls_*, report_interval, metrics_* and nats_collector keywords).
 KEYWORDS: Final = tuple(_KEYWORDS)
 
 
@@ -812,6 +819,23 @@ def _check_transport(parse: _Parse, config: AuditdConfig) -> None:
             parse.error(parse.where.get("tls_cert_file", line), problem)
 
 
+def _check_nats(parse: _Parse, config: AuditdConfig) -> None:
+    """The collector's NATS file is checked with auditd.conf, so that --check and a reload
+    report its problems (with its own file and line) before anything changes."""
+    if config.nats_collector is None:
+        return
+    from auditpy.config.nats_conf import COLLECTOR, load_nats_conf
+
+    try:
+        parsed = load_nats_conf(config.nats_collector, COLLECTOR)
+    except ConfigError as exc:
+        parse.errors.extend(exc.errors)
+        parse.error(parse.where.get("nats_collector"),
+                    f"nats_collector: {config.nats_collector!r} cannot be used")
+        return
+    parse.warnings.extend(parsed.warnings)
+
+
 def load_auditd_conf(
     path: str = DEFAULT_CONFIG_FILE, *, allow_symlink: bool = False, base_dir: str = "/"
 ) -> tuple[AuditdConfig, list[ConfigProblem]]:
@@ -840,6 +864,7 @@ def load_auditd_conf(
     config = AuditdConfig(**parse.state).resolved_paths(base_dir)
     _check_file_system(parse, config)
     _check_transport(parse, config)
+    _check_nats(parse, config)
     if parse.errors:
         raise ConfigError(parse.errors)
     return config, parse.warnings

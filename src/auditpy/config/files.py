@@ -59,6 +59,8 @@ class UntrustedFile(ValueError):
 class ConfigFile:
     path: str
     data: bytes
+    #: st_mode when it was read (a file holding a secret must also be closed to reading)
+    mode: int = 0
 
     @property
     def text(self) -> str:
@@ -103,7 +105,7 @@ def read_config_file(
                 raise UntrustedFile([f"is larger than {MAX_CONFIG_BYTES} bytes"])
     finally:
         os.close(fd)
-    return ConfigFile(path, b"".join(chunks))
+    return ConfigFile(path, b"".join(chunks), info.st_mode)
 
 
 def exec_helper_problems(path: str) -> list[str]:

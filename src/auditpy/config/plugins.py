@@ -55,13 +55,19 @@ AUDISPD_CONF: Final = "audispd.conf"
 
 AF_UNIX: Final = "af_unix"
 SYSLOG: Final = "syslog"
+NATS: Final = "nats"
+JSON: Final = "json"
 #: Values of ``path`` that name a builtin instead of a program (2.x spellings and short).
 BUILTIN_PATHS: Final = {
     "builtin_af_unix": AF_UNIX,
     "af_unix": AF_UNIX,
     "builtin_syslog": SYSLOG,
     "syslog": SYSLOG,
+    "builtin_nats": NATS,
+    "builtin_json": JSON,
 }
+#: The publisher's configuration when builtin_nats is given no argument.
+DEFAULT_NATS_CONF: Final = "/etc/audit/audisp-nats.conf"
 
 DEFAULT_AF_UNIX_MODE: Final = 0o640
 DEFAULT_AF_UNIX_PATH: Final = "/var/run/audispd_events"
@@ -109,7 +115,7 @@ class PluginConfig:
     #: an absolute program path, or the builtin's canonical name when `builtin` is set
     path: str | None = None
     type: str = "always"
-    #: AF_UNIX or SYSLOG for a builtin, None for a program
+    #: AF_UNIX, SYSLOG or NATS for a builtin, None for a program
     builtin: str | None = None
     args: tuple[str, ...] = ()
     format: str = "string"
@@ -253,6 +259,29 @@ def parse_syslog_args(args: Iterable[str]) -> SyslogArgs:
     )
 
 
+def parse_nats_args(args: Iterable[str]) -> str:
+    """builtin_nats takes the path of its configuration file (audisp-nats.conf syntax)."""
+    items = list(args)
+    if not items:
+        return DEFAULT_NATS_CONF
+    if len(items) > 1:
+        raise ValueError(f"nats: one argument expected (a configuration file), got {len(items)}")
+    if not items[0].startswith("/"):
+        raise ValueError(f"nats: configuration file {items[0]!r} is not an absolute path")
+    return items[0]
+
+
+def parse_json_args(args: Iterable[str]) -> str | None:
+    """builtin_json takes the path of its configuration file (jsonout.py), or nothing for
+    the defaults."""
+    given = list(args)
+    if len(given) > 1:
+        raise ValueError("json: one argument at most: the path of its configuration file")
+    if given and not given[0].startswith("/"):
+        raise ValueError(f"json: configuration file {given[0]!r} is not an absolute path")
+    return given[0] if given else None
+
+
 # --------------------------------------------------------------------------------------
 # Plugin files (pure)
 
@@ -317,7 +346,8 @@ def parse_plugin_conf(
     if config.type == "builtin" and config.builtin is None and "path" in where:
         error(
             where.get("type"),
-            "type = builtin needs path = builtin_af_unix or builtin_syslog",
+            "type = builtin needs path = builtin_af_unix, builtin_syslog, builtin_nats or "
+            "builtin_json",
         )
     if config.active and config.path is None and "path" not in refused:
         error(where.get("active"), "the plugin is active but has no path")
@@ -326,6 +356,10 @@ def parse_plugin_conf(
         try:
             if config.builtin == AF_UNIX:
                 parse_af_unix_args(config.args)
+            elif config.builtin == NATS:
+                parse_nats_args(config.args)
+            elif config.builtin == JSON:
+                parse_json_args(config.args)
             else:
                 parse_syslog_args(config.args)
         except ValueError as exc:
@@ -352,7 +386,10 @@ def _plugin_value(keyword: str, tokens: list[str]) -> object:
         return _choice(keyword, value, ("string", "binary"))
     # path
     if fold(value) not in BUILTIN_PATHS and not value.startswith("/"):
-        raise ValueError(f"path {value!r} is neither absolute nor builtin_af_unix / builtin_syslog")
+        raise ValueError(
+            f"path {value!r} is neither absolute nor builtin_af_unix / builtin_syslog / "
+            "builtin_nats / builtin_json"
+        )
     return value
 
 

@@ -50,6 +50,7 @@ from auditpy.proto.interp_tables import (
     UNAME_TO_MACHINE,
 )
 from auditpy.proto.msgtypes import MSG_TYPE_NAMES
+from auditpy.proto.records import MAX_AUDIT_MESSAGE_LENGTH
 from auditpy.proto.syscalls import SYSCALL_NAMES
 
 __all__ = ["FORMAT_BUF_LEN", "INTERP_SEPARATOR", "MIN_SPACE_LEFT", "Enricher"]
@@ -57,7 +58,7 @@ __all__ = ["FORMAT_BUF_LEN", "INTERP_SEPARATOR", "MIN_SPACE_LEFT", "Enricher"]
 #: AUDIT_INTERP_SEPARATOR: the byte between the RAW text and the enrichment.
 INTERP_SEPARATOR: Final = b"\x1d"
 #: auditd's format buffer: MAX_AUDIT_MESSAGE_LENGTH (8970) + _POSIX_HOST_NAME_MAX (255).
-FORMAT_BUF_LEN: Final = 8970 + 255
+FORMAT_BUF_LEN: Final = MAX_AUDIT_MESSAGE_LENGTH + 255
 #: auditd stops appending fields when this little room is left in its buffer.
 MIN_SPACE_LEFT: Final = 24
 #: Field names are cut to NAME_SIZE - 1 characters.

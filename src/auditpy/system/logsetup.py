@@ -3,6 +3,7 @@ otherwise, and stderr again when there is no syslog socket, so nothing is said i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import logging.handlers
 import sys
@@ -41,13 +42,37 @@ def message_handler(program: str, to_stderr: bool, *, stderr_format: str | None 
     tagged = logging.Formatter(f"{program}[%(process)d]: %(message)s")
     if not to_stderr:
         try:
-            handler: logging.Handler = logging.handlers.SysLogHandler(
+            syslog_handler = logging.handlers.SysLogHandler(
                 "/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON
             )
-            handler.setFormatter(tagged)
-            return handler
+            syslog_handler.setFormatter(tagged)
+            # Python 3.11 keeps a closed socket instead of raising when /dev/log is absent.
+            sock = getattr(syslog_handler, "socket", None)
+            if sock is not None and sock.fileno() >= 0:
+                return syslog_handler
+            syslog_handler.close()
         except OSError:
             pass
-    handler = logging.StreamHandler(sys.stderr)
+    handler: logging.Handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(stderr_format) if stderr_format else tagged)
     return handler
+
+
+class PluginLog:
+    """A plugin program's messages: to stderr (the dispatcher keeps it as its own log) and to
+    syslog, as the C plugins' are; a failing sink is ignored, since logging must never stop
+    delivery."""
+
+    def __init__(self, program: str, *, use_syslog: bool = True) -> None:
+        self._program = program
+        self._use_syslog = use_syslog
+        if use_syslog:
+            syslog.openlog(program, syslog.LOG_PID, syslog.LOG_DAEMON)
+
+    def __call__(self, priority: int, message: str) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.write(f"{self._program}: {message}\n")
+            sys.stderr.flush()
+        if self._use_syslog:
+            with contextlib.suppress(OSError, ValueError):
+                syslog.syslog(priority, message)

@@ -17,7 +17,6 @@ sigwaitinfo(2) and hands them to the loop, coalesced the same way.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
 import logging
@@ -27,7 +26,10 @@ import struct
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import asyncio
 
 
 #: What a handler learns about a signal: its number and who sent it (0 when unknown).
@@ -47,13 +49,15 @@ _SIGINFO = struct.Struct("=IiiII")
 _SIGINFO_SIZE = 128
 
 
-def hold_signals(signums: Iterable[int]) -> frozenset[int]:
+def hold_signals(signums: Iterable[int], *, only: bool = False) -> frozenset[int]:
     """Block `signums` in this thread (and every thread it starts); call it first in `main`,
     so a signal that arrives while the program is still starting waits instead of killing it.
+    With `only`, every other signal is unblocked: a program born with all of them blocked
+    (pyaudispd, from pyauditd) must not keep blocking the ones it does not handle.
     SIGCHLD goes back to its default disposition: inherited SIG_IGN would make the kernel
     reap children that their pidfds should report."""
     held = frozenset(signums)
-    signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    signal.pthread_sigmask(signal.SIG_SETMASK if only else signal.SIG_BLOCK, held)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     return held
 
@@ -199,8 +203,14 @@ def write_state_file(path: str, text: str, mode: int = 0o640) -> None:
         raise
 
 
-def set_oom_score_adj(value: int) -> None:
+def set_oom_score_adj(value: int) -> bool:
     """pyauditd makes itself the last process the OOM killer picks (as auditd does); its
-    dispatcher and the plugins must not inherit that, so the dispatcher sets it back."""
-    with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as f:
-        f.write(str(value))
+    dispatcher and the plugins must not inherit that, so the dispatcher sets it back.
+    False if it could not be set (the caller says so once its messages have somewhere to
+    go)."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(str(value))
+    except OSError:
+        return False
+    return True

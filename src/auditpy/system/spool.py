@@ -124,9 +124,17 @@ class DiskQueue:
 
     durable = True
 
-    def __init__(self, path: str, log: Callable[[int, str], None]) -> None:
+    def __init__(
+        self,
+        path: str,
+        log: Callable[[int, str], None],
+        *,
+        max_record: int = MAX_AUDIT_MESSAGE_LENGTH,
+    ) -> None:
         self.path = path
         self._log = log
+        #: a longer record on disk can only be a corrupt length field
+        self._max_record = max_record
         self._items: collections.deque[bytes] = collections.deque()
         self._head = _QUEUE_HEADER.size
         self._tail = _QUEUE_HEADER.size
@@ -205,7 +213,7 @@ class DiskQueue:
             length, crc = record_unpack(data, offset)
             start = offset + _RECORD.size
             stop = start + length
-            if length == 0 or length > MAX_AUDIT_MESSAGE_LENGTH or stop > len(data):
+            if length == 0 or length > self._max_record or stop > len(data):
                 break
             payload = data[start:stop]
             if zlib.crc32(payload) != crc:

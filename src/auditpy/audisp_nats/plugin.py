@@ -1,0 +1,241 @@
+"""pyaudisp-nats: an audit dispatcher plugin publishing every record to a NATS JetStream
+stream (exactly once, in order per node: see `auditpy.nats.publisher`).
+
+It runs under pyaudispd or under the C auditd's dispatcher: records come on stdin, one line
+per record (``format = string``) or in binary dispatcher frames (detected from the first
+byte, as audisp-af_unix does).  The same publisher runs inside pyaudispd as
+``builtin_nats``.
+
+    pyaudisp-nats [-c CONFIG] [--check] [--no-syslog]
+    pyaudisp-nats [-c CONFIG] --create-stream REPLICAS [--duplicate-window SECONDS]
+
+``--create-stream`` creates the configuration's stream (file storage, REPLICAS copies, the
+subjects of ``subject`` with ``{node}`` as a wildcard) unless it exists, and exits.
+
+Signals: SIGTERM/SIGINT exit at once (queued records stay in the queue file); SIGHUP reads
+the configuration again and reconnects with it (the queue settings change only at restart);
+SIGUSR1 logs the counters.  At the end of input it keeps delivering for up to
+`EOF_DRAIN` seconds, then exits; what is left stays queued for the next start.
+
+Exit status: 0 normally, 1 for a configuration or queue file that cannot be used or for
+unreadable input, 2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import select
+import signal
+import stat
+import syslog
+from collections.abc import Sequence
+from typing import Final
+
+from auditpy.config.errors import ConfigError
+from auditpy.config.nats_conf import (
+    DEFAULT_PUBLISHER_CONF,
+    PUBLISHER,
+    NatsConf,
+    load_nats_conf,
+)
+from auditpy.nats import jetstream as jsapi
+from auditpy.nats.client import Client, NatsError, options_for
+from auditpy.nats.publisher import Publisher
+from auditpy.proto import jetstream as js
+from auditpy.proto.dispatch import FrameError
+from auditpy.proto.plugin_input import INPUT_CHUNK, MAX_INPUT_LINE, InputDecoder
+from auditpy.system.logsetup import PluginLog
+from auditpy.system.spool import QueueError
+
+PROG: Final = "pyaudisp-nats"
+#: At the end of the input, how long queued records may take to be delivered.
+EOF_DRAIN: Final = 10.0
+HANDLED_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+
+
+class NatsPlugin:
+    def __init__(self, config_path: str, publisher: Publisher, log: PluginLog,
+                 stdin_fd: int = 0) -> None:
+        self.config_path = config_path
+        self.publisher = publisher
+        self.log = log
+        self.stdin_fd = stdin_fd
+        self.decoder = InputDecoder()
+        self.exit_code = 0
+        self._done: asyncio.Future[int] | None = None
+
+    def _finish(self, code: int, why: str) -> None:
+        if self._done is not None and not self._done.done():
+            self.exit_code = code
+            self.log(syslog.LOG_INFO if code == 0 else syslog.LOG_ERR, why)
+            self._done.set_result(code)
+
+    def _reload(self) -> None:
+        try:
+            parsed = load_nats_conf(self.config_path, PUBLISHER)
+        except ConfigError as exc:
+            for problem in exc.errors:
+                self.log(syslog.LOG_ERR, str(problem))
+            self.log(syslog.LOG_ERR, "SIGHUP: configuration refused; keeping the running one")
+            return
+        try:
+            self.publisher.reconfigure(parsed.config)
+        except (OSError, ValueError) as exc:
+            self.log(syslog.LOG_ERR, f"SIGHUP: cannot load the TLS files ({exc}); keeping "
+                     "the running configuration")
+            return
+        self.log(syslog.LOG_INFO, "SIGHUP: configuration reloaded; reconnecting")
+
+    async def _read_input(self) -> None:
+        loop = asyncio.get_running_loop()
+        fd = self.stdin_fd
+        publisher = self.publisher
+        readable = asyncio.Event()
+        poller = select.poll()
+        try:
+            pollable = not stat.S_ISREG(os.fstat(fd).st_mode)
+            if pollable:
+                loop.add_reader(fd, readable.set)
+                poller.register(fd, select.POLLIN)
+        except (OSError, ValueError):
+            pollable = False
+        try:
+            while True:
+                if pollable:
+                    await readable.wait()
+                    readable.clear()
+                    if not poller.poll(0):
+                        continue
+                else:
+                    await publisher.wait_for_room()
+                try:
+                    data = os.read(fd, INPUT_CHUNK)
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    self._finish(1, f"cannot read stdin: {exc.strerror or exc}")
+                    return
+                if not data:
+                    break
+                try:
+                    records = self.decoder.feed(data)
+                except FrameError as exc:
+                    self._finish(1, f"stdin: {exc}; reading no further input")
+                    return
+                publisher.submit(records)
+        finally:
+            if pollable:
+                with contextlib.suppress(OSError, ValueError):
+                    loop.remove_reader(fd)
+        rest, cut_bytes = self.decoder.finish()
+        publisher.submit(rest)
+        if cut_bytes:
+            self.log(syslog.LOG_WARNING, f"end of input: {cut_bytes} bytes of an incomplete "
+                     "binary record were dropped")
+        if self.decoder.cut_lines:
+            self.log(syslog.LOG_WARNING, f"{self.decoder.cut_lines} input lines longer than "
+                     f"{MAX_INPUT_LINE} bytes were cut")
+        left = 0 if await publisher.drain(EOF_DRAIN) else len(publisher.queue)
+        where = "stay queued for the next start" if publisher.queue.durable else "are lost"
+        self._finish(0, "end of input; every record was delivered; exiting" if not left else
+                     f"end of input; {left} records {where}")
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._done = loop.create_future()
+        loop.add_signal_handler(signal.SIGTERM, self._finish, 0, "SIGTERM: exiting")
+        loop.add_signal_handler(signal.SIGINT, self._finish, 0, "SIGINT: exiting")
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
+        loop.add_signal_handler(
+            signal.SIGUSR1, lambda: self.log(syslog.LOG_INFO, self.publisher.state_line()))
+        # The C dispatcher starts plugins with some signals blocked; ours are handled now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+        tasks = [asyncio.create_task(self.publisher.run(), name="publisher"),
+                 asyncio.create_task(self._read_input(), name="input")]
+        for task in tasks:
+            task.add_done_callback(self._task_done)
+        try:
+            return await self._done
+        finally:
+            await self.publisher.stop()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            left = len(self.publisher.queue)
+            self.log(syslog.LOG_INFO, self.publisher.state_line())
+            self.publisher.close()
+            if left and self.publisher.queue.durable:
+                self.log(syslog.LOG_INFO,
+                         f"{left} records kept in {self.publisher.conf.queue_file}")
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            self._finish(1, f"internal error in the {task.get_name()} task: {exc!r}")
+
+
+async def create_stream(conf: NatsConf, replicas: int, window: float, log: PluginLog) -> int:
+    if not 1 <= replicas <= 5 or window <= 0:
+        log(syslog.LOG_ERR, "--create-stream takes 1..5 replicas and a positive window")
+        return 2
+    subject = conf.subject.replace("{node}", "*")
+    client = Client(options_for(conf, PROG))
+    try:
+        await client.connect()
+        info = await jsapi.ensure_stream(client, js.stream_config(
+            conf.stream, [subject], replicas=replicas, duplicate_window_s=window))
+    except (NatsError, js.JetStreamError) as exc:
+        log(syslog.LOG_ERR, f"cannot create stream {conf.stream}: {exc}")
+        return 1
+    finally:
+        client.close()
+    config = info.get("config")
+    shown = config if isinstance(config, dict) else {}
+    log(syslog.LOG_INFO, f"stream {conf.stream}: subjects {shown.get('subjects')}, "
+        f"{shown.get('num_replicas')} replicas, duplicate window "
+        f"{int(shown.get('duplicate_window', 0) or 0) / 1e9:g} s")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Audit dispatcher plugin publishing records to NATS JetStream.")
+    parser.add_argument("-c", "--config", default=DEFAULT_PUBLISHER_CONF,
+                        help=f"configuration file (default {DEFAULT_PUBLISHER_CONF})")
+    parser.add_argument("--check", action="store_true", help="check the configuration and exit")
+    parser.add_argument("--no-syslog", action="store_true", help="log to stderr only")
+    parser.add_argument("--create-stream", type=int, metavar="REPLICAS",
+                        help="create the stream with REPLICAS copies (1..5) and exit")
+    parser.add_argument("--duplicate-window", type=float, default=120.0, metavar="SECONDS",
+                        help="with --create-stream: how long a Nats-Msg-Id is remembered")
+    args = parser.parse_args(argv)
+    log = PluginLog(PROG, use_syslog=not args.no_syslog)
+    try:
+        parsed = load_nats_conf(args.config, PUBLISHER)
+    except ConfigError as exc:
+        for problem in exc.errors:
+            log(syslog.LOG_ERR, str(problem))
+        return 1
+    for problem in parsed.warnings:
+        log(syslog.LOG_WARNING, str(problem))
+    if args.check:
+        return 0
+    if args.create_stream is not None:
+        return asyncio.run(create_stream(parsed.config, args.create_stream,
+                                         args.duplicate_window, log))
+    try:
+        publisher = Publisher(parsed.config, log, program=PROG)
+        publisher.open()
+    except (QueueError, OSError, ValueError) as exc:
+        log(syslog.LOG_ERR, f"{exc}; exiting")
+        return 1
+    log(syslog.LOG_INFO, f"started: servers {','.join(str(s) for s in parsed.config.servers)}, "
+        f"subject {parsed.config.subject}, queue "
+        f"{parsed.config.queue_file or 'in memory'} ({len(publisher.queue)} records)")
+    plugin = NatsPlugin(args.config, publisher, log)
+    return asyncio.run(plugin.run())

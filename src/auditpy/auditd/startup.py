@@ -1,0 +1,111 @@
+"""What pyauditd needs before it registers with the kernel, and the registration itself,
+kept apart from the daemon's loop (`auditd.daemon`, which brings in asyncio and the rest).
+
+While no daemon is registered, the kernel keeps what it audits only when it was booted with
+audit=1 (up to backlog_limit), and drops it otherwise, without counting. A daemon restarted
+after a crash closes that window by registering first: `register_early` opens the log and
+the kernel link and registers (the C daemon's order) from here, before the rest of the daemon
+is even imported; records then wait in the socket and the kernel's queue. Whatever fails
+here is undone, and `Daemon.start` tries again the ordinary way, which reports it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from auditpy.auditd.logfile import AuditLog, LogFileError, LogSettings
+from auditpy.config.auditd_conf import AuditdConfig, load_auditd_conf
+from auditpy.system.logsetup import syslog_notifier
+from auditpy.system.netlink import KernelConnection
+
+log = logging.getLogger("auditpy")
+
+#: The registered daemon's kernel socket receive buffer (SO_RCVBUFFORCE; the kernel doubles
+#: it for its own accounting). What it holds when the daemon dies is lost with it, while
+#: what the kernel could not hand over waits in the kernel, so it holds what throughput
+#: needs and no more: with reads paced to the rate records come (`Daemon._read_batch`),
+#: 128 KiB to 4 MiB gave the same throughput within noise, and the loss per kill -9 grew
+#: with the size (bench/rcvbuf.py; figures in the reliability issue's notes).
+RCVBUF = 256 << 10
+#: A multicast reader's buffer: the kernel keeps nothing it could not multicast, so a
+#: large buffer is what absorbs a burst.
+MULTICAST_RCVBUF = 16 << 20
+
+
+@dataclass(frozen=True)
+class Options:
+    config_dir: str = "/etc/audit"
+    foreground: bool = False
+    no_fork: bool = False
+    enable: str = "enable"
+    run_dir: str = "/run"
+    allow_symlink: bool = False
+    #: relative paths in auditd.conf are taken from here (the directory pyauditd started in)
+    base_dir: str = "/"
+
+    @property
+    def config_path(self) -> str:
+        return os.path.join(self.config_dir, "auditd.conf")
+
+    @property
+    def pid_file(self) -> str:
+        return os.path.join(self.run_dir, "auditd.pid")
+
+    @property
+    def state_file(self) -> str:
+        return os.path.join(self.run_dir, "auditd.state")
+
+
+def load_config(options: Options) -> tuple[AuditdConfig, list[str]]:
+    """Read and check auditd.conf; raises ConfigError naming the file, line and reason."""
+    config, problems = load_auditd_conf(
+        options.config_path, allow_symlink=options.allow_symlink, base_dir=options.base_dir
+    )
+    return config, [str(p) for p in problems]
+
+
+def log_settings(config: AuditdConfig) -> LogSettings:
+    return LogSettings(
+        log_file=config.log_file,
+        log_gid=config.log_gid,
+        flush=config.flush,
+        freq=config.freq,
+        num_logs=config.num_logs,
+        max_log_file=config.max_log_file,
+        max_log_file_action=config.max_log_file_action,
+    )
+
+
+@dataclass(frozen=True)
+class Registered:
+    """The kernel link this process registered from, and the log it opened first."""
+
+    kernel: KernelConnection
+    log_file: AuditLog | None
+
+
+def register_early(
+    config: AuditdConfig,
+    *,
+    open_kernel: Callable[..., KernelConnection] = KernelConnection,
+) -> Registered | None:
+    """Open the log, open the kernel link and register, or undo all of it and return None
+    (also when this configuration does not register: multicast, local_events = no)."""
+    if config.kernel_link == "MULTICAST" or not config.local_events:
+        return None
+    kernel = open_kernel(multicast=False, rcvbuf=RCVBUF)
+    log_file = None
+    try:
+        if config.write_logs:
+            log_file = AuditLog(log_settings(config), notify=syslog_notifier(log))
+            log_file.open()
+        kernel.register(os.getpid())
+    except (OSError, TimeoutError, LogFileError):
+        if log_file is not None:
+            log_file.close()
+        kernel.close()
+        return None
+    return Registered(kernel, log_file)
