@@ -1,26 +1,41 @@
 """The record path's batch shortcuts give exactly what their record-by-record versions give.
 
 pyauditd handles a read's records with C loops over whole columns (join_lines, serials_of,
-SerialWatch.feed_batch, frames_v0, AuditLog.write_data, the recvmmsg reader's common case);
+SerialWatch.feed_batch, batch frames to pyaudispd, AuditLog.write_data, the recvmmsg
+reader's common case), and pyaudispd queues and encodes them whole (Columns, chunks);
 each falls back to the per-record code when a batch needs care. These properties pin the
 two together on any input, the hostile corners included.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import itertools
 import os
 import socket
 import struct
+import sys
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from auditpy.audispd.runner import Columns, ExternalPlugin, Record, RunnerContext, State
 from auditpy.auditd.ledger import SerialWatch, serial_of, serials_of
 from auditpy.auditd.logfile import AuditLog, LogEvent, LogSettings
-from auditpy.proto.dispatch import PROTOCOL_V0, frame, frames_v0
+from auditpy.config.plugins import PluginConfig
+from auditpy.proto.dispatch import (
+    BATCH,
+    HEADER,
+    PROTOCOL_V0,
+    PROTOCOL_V1,
+    FrameError,
+    frame,
+    pack_batch,
+    unpack_stream,
+)
 from auditpy.proto.records import AUDIT_EOE, LINE_PAYLOAD_LIMIT, LineFormatter
 from auditpy.system.mmsg import RecordBatchReader
 
@@ -109,12 +124,94 @@ def test_feed_batch_takes_a_run_of_serials_with_repeats_at_once() -> None:
     assert watch.highest == 13 and watch.pending == 0
 
 
-@given(st.lists(st.tuples(TYPES, PAYLOADS), max_size=20))
-def test_frames_v0_is_each_frame(records: list[tuple[int, bytes]]) -> None:
-    types = [t for t, _p in records]
-    payloads = [p for _t, p in records]
-    assert frames_v0(types, payloads) == b"".join(
-        frame(PROTOCOL_V0, t, p) for t, p in records)
+FRAMES = st.lists(
+    st.tuples(st.booleans(), st.sampled_from([PROTOCOL_V0, PROTOCOL_V1]),
+              st.lists(st.tuples(TYPES, st.binary(max_size=60)), max_size=6)),
+    max_size=6,
+)
+
+
+@given(FRAMES, st.lists(st.integers(1, 200), max_size=10))
+def test_unpack_stream_gives_the_records_of_batch_and_single_frames_in_order(
+    frames: list[tuple[bool, int, list[tuple[int, bytes]]]], cuts: list[int],
+) -> None:
+    """However the stream is cut into reads, the records come out in order, each with
+    its version, batches and single frames alike."""
+    stream = b"".join(
+        pack_batch(version, [t for t, _p in records], [p for _t, p in records]) if batch
+        else b"".join(frame(version, t, p) for t, p in records)
+        for batch, version, records in frames
+    )
+    expected = [(version, t, p) for _b, version, records in frames for t, p in records]
+    buffer = bytearray()
+    got = []
+    at = 0
+    for cut in [*cuts, len(stream)]:
+        buffer += stream[at : at + cut]
+        at += cut
+        for version, types, payloads in unpack_stream(buffer):
+            got += [(version, t, p) for t, p in zip(types, payloads, strict=True)]
+    buffer += stream[at:]
+    for version, types, payloads in unpack_stream(buffer):
+        got += [(version, t, p) for t, p in zip(types, payloads, strict=True)]
+    assert got == expected and not buffer
+
+
+def test_a_batch_whose_sizes_do_not_add_up_is_refused() -> None:
+    good = pack_batch(PROTOCOL_V0, [1300, 1320], [b"abc", b"de"])
+    bad = bytearray(good)
+    bad[16 + 8 : 16 + 12] = (4).to_bytes(4, sys.byteorder)  # the first size, one too many
+    with pytest.raises(FrameError):
+        unpack_stream(bad)
+    with pytest.raises(FrameError):  # more records announced than the size can hold
+        unpack_stream(bytearray(HEADER.pack(BATCH | PROTOCOL_V0, 16, 1000, 8)))
+
+
+@given(st.sampled_from([PROTOCOL_V0, PROTOCOL_V1]), st.sampled_from([b"", b"node=h "]),
+       st.lists(st.tuples(TYPES, st.binary(max_size=60) | st.just(b"a\nb")), max_size=12),
+       st.sampled_from(["string", "binary"]))
+def test_columns_encode_as_each_record_would(
+    version: int, node: bytes, records: list[tuple[int, bytes]], fmt: str
+) -> None:
+    columns = Columns(version, [t for t, _p in records], [p for _t, p in records], node)
+    encoded = [Record(version, t, p, node).encode(fmt) for t, p in records]
+    data, ends = columns.encoded(fmt)
+    assert data == b"".join(encoded)
+    assert ends == list(itertools.accumulate(map(len, encoded)))
+    assert columns.encoded(fmt) is columns.encoded(fmt)  # made once, shared
+
+
+def test_a_chunk_in_the_queue_is_sent_and_counted_record_by_record() -> None:
+    """A plugin's queue mixing single records and a read taken whole: batches, partial
+    sends, what a successor inherits."""
+    loop = asyncio.new_event_loop()
+    try:
+        plugin = ExternalPlugin(
+            PluginConfig(name="p", file="p.conf", active=True, path="/bin/cat", format="string"),
+            RunnerContext(loop, q_depth=10),
+        )
+        plugin.state = State.RUNNING
+        plugin.offer(Record(PROTOCOL_V0, 1300, b"one"))
+        columns = Columns(PROTOCOL_V0, [1300, 1327, 1320], [b"a", b"bb", b"c "])
+        assert plugin.room(3) and not plugin.room(10)
+        plugin.take(columns)
+        assert plugin.depth == 4
+        first = plugin._next_batch()
+        assert first is not None and bytes(first.data) == b"type=SYSCALL msg=one\n"
+        plugin._sent(1)
+        chunk = plugin._next_batch()
+        assert chunk is not None and bytes(chunk.data) == columns.encoded("string")[0]
+        plugin._sent(1)  # the socket took the first line of the chunk, then the plugin died
+        rest = plugin._next_batch()  # the next process gets the rest, whole records
+        assert rest is not None
+        assert bytes(rest.data) == b"type=PROCTITLE msg=bb\ntype=EOE msg=c \n"
+        assert list(rest.ends) == [22, 38]
+        assert plugin.depth == 2 and plugin.delivered == 2
+        leftover = plugin._take_queue()
+        assert [(r.msg_type, r.payload) for r in leftover] == [(1327, b"bb"), (1320, b"c ")]
+        assert plugin.depth == 0
+    finally:
+        loop.close()
 
 
 def _log(tmp_path: Path) -> AuditLog:

@@ -72,6 +72,7 @@ from auditpy.audispd.runner import (
     BACKOFF_MAX,
     STABLE_AFTER,
     STOP_TIMEOUT,
+    Columns,
     ExternalPlugin,
     PluginRunner,
     Record,
@@ -382,14 +383,31 @@ class Dispatcher:
             return
         self._inbuf += data
         try:
-            frames = wire.unpack_frames(self._inbuf)
+            runs = wire.unpack_stream(self._inbuf)
         except wire.FrameError as exc:
             log.error("%s; the input cannot be resynchronised, exiting", exc)
             self.finish(1)
             return
+        for version, types, payloads in runs:
+            self.dispatch_columns(version, types, payloads)
+
+    def dispatch_columns(self, version: int, types: list[int], payloads: list[bytes]) -> None:
+        """Queue a read's records (one protocol version) for every plugin: whole, when every
+        plugin can take them so (`PluginRunner.room`), else one by one (`dispatch`), which
+        applies the full-queue rules record by record."""
+        runners = list(self.plugins.values())
+        count = len(types)
+        if count and runners and not self.suspended and all(r.room(count) for r in runners):
+            columns = Columns(version, types, payloads, self.node)
+            self.records_in += count
+            for runner in runners:
+                runner.take(columns)
+            for runner in runners:
+                runner.flush()
+            return
         node = self.node
-        self.dispatch([Record(version, msg_type, payload, node) for version, msg_type, payload
-                       in frames])
+        self.dispatch([Record(version, msg_type, payload, node)
+                       for msg_type, payload in zip(types, payloads, strict=True)])
 
     def dispatch(self, records: list[Record]) -> None:
         """Queue one read's records for every plugin, then start sending (one send per

@@ -55,7 +55,7 @@ from auditpy.auditd.startup import (
 )
 from auditpy.config.auditd_conf import AuditdConfig, changed_keys, metrics_address
 from auditpy.config.errors import ConfigError
-from auditpy.proto.dispatch import HEADER, PROTOCOL_V0, PROTOCOL_V1, frames_v0
+from auditpy.proto.dispatch import HEADER, PROTOCOL_V0, PROTOCOL_V1, pack_batch
 from auditpy.proto.netlink import STATUS_ENABLED, AuditStatus, SignalInfo
 from auditpy.proto.records import (
     AUDIT_EOE,
@@ -579,7 +579,7 @@ class Daemon:
             self._write_data(data, count, counters.kernel)
             if accepting:
                 assert link is not None
-                link.send(frames_v0(types, payloads), len(types))
+                link.send(pack_batch(PROTOCOL_V0, types, payloads), len(types))
         else:
             assert link is not None
             events = list(zip(types, payloads, strict=True))
