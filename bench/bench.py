@@ -598,7 +598,7 @@ def table(results: list[Result], events: int, exec_events: int, rounds: int) -> 
         "it. lost: the kernel's lost counter over the run, in records (an event is 3 "
         "records). CPU: daemon, dispatcher and plugins together. Events each plugin got: the "
         "fewest any working plugin (a cat) received in any round. RSS: peak of the daemon "
-        "(and of pyaudispd).",
+        f"(and of pyaudispd); {sys.executable} alone: {interpreter_rss()}.",
     ]
     if any(res.scenario.json for res in results):
         lines += [
@@ -610,6 +610,18 @@ def table(results: list[Result], events: int, exec_events: int, rounds: int) -> 
             "tree, so 10 x CPU s/100k is µs per event.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def interpreter_rss() -> str:
+    """What the interpreter holds before any auditpy import (the floor of the py RSS
+    columns), with and without site (-S: no .pth file runs)."""
+    code = "print(open('/proc/self/status').read().split('VmRSS:')[1].split()[0])"
+    figures = []
+    for flags in ([], ["-S"]):
+        out = subprocess.run([sys.executable, *flags, "-c", code], capture_output=True,
+                             text=True)
+        figures.append(f"{int(out.stdout or 0) / 1024:.1f} MiB" + (" with -S" if flags else ""))
+    return ", ".join(figures)
 
 
 def capped(runs: list[Run]) -> str:
@@ -694,6 +706,9 @@ def main(argv: list[str] | None = None) -> int:
     # A SIGTERM (timeout, Ctrl-C) must still run the finally blocks that stop the daemons,
     # delete the rules and put the kernel settings back.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    # The daemons run this tree's code (not an installed one), with or without site (-S).
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(HERE.parent / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])
     hold_kernel_lock()
     if status().pid:
         print(f"an audit daemon (pid {status().pid}) is registered; stop it first",

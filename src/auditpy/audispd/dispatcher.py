@@ -62,10 +62,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from auditpy.audispd.builtin_af_unix import AfUnixPlugin
-from auditpy.audispd.builtin_json import JsonPlugin
-from auditpy.audispd.builtin_nats import NatsPlugin
-from auditpy.audispd.builtin_syslog import SyslogPlugin
 from auditpy.audispd.plan import ReloadPlan, Running, Step, plan_reload
 from auditpy.audispd.runner import (
     BACKOFF_INITIAL,
@@ -131,13 +127,23 @@ class Options:
 
 
 def make_runner(config: PluginConfig, ctx: RunnerContext) -> PluginRunner:
+    # A builtin's module (the JSON one brings the event assembler, the NATS one a client
+    # and its TLS) is loaded only when a plugin file activates it: memory is per process.
     if config.builtin == AF_UNIX:
+        from auditpy.audispd.builtin_af_unix import AfUnixPlugin
+
         return AfUnixPlugin(config, ctx)
     if config.builtin == SYSLOG:
+        from auditpy.audispd.builtin_syslog import SyslogPlugin
+
         return SyslogPlugin(config, ctx)
     if config.builtin == NATS:
+        from auditpy.audispd.builtin_nats import NatsPlugin
+
         return NatsPlugin(config, ctx)
     if config.builtin == JSON:
+        from auditpy.audispd.builtin_json import JsonPlugin
+
         return JsonPlugin(config, ctx)
     return ExternalPlugin(config, ctx)
 

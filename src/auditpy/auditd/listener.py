@@ -47,7 +47,7 @@ import contextlib
 import errno
 import logging
 import socket
-import ssl
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final, Protocol
@@ -79,8 +79,11 @@ from auditpy.proto.remote import (
     ProtocolError,
     type_name,
 )
+from auditpy.system.aio import asyncio_tls
 
 if TYPE_CHECKING:
+    import ssl
+
     from auditpy.config.auditd_conf import AuditdConfig
 
 log = logging.getLogger("auditpy.remote")
@@ -683,6 +686,7 @@ class RemoteListener:
             raw = client.transport
             assert isinstance(raw, asyncio.WriteTransport)
             client.handshaking = True
+            asyncio_tls()
             transport = await self.loop.start_tls(
                 raw, client, tls, server_side=True,
                 ssl_handshake_timeout=self.settings.handshake_timeout,
@@ -693,11 +697,14 @@ class RemoteListener:
         except Exception as exc:  # every handshake failure is the peer's problem
             stage = "TLS handshake" if client.handshaking else "connection set-up"
             client.handshaking = False
+            # ssl is loaded only with TLS configured (system.aio)
+            tls_module = sys.modules.get("ssl")
             if isinstance(exc, TimeoutError):
                 why = f"{stage} timed out"
-            elif isinstance(exc, ssl.SSLError) and exc.reason:
+            elif tls_module is not None and isinstance(exc, tls_module.SSLError) and exc.reason:
                 why = f"{stage} failed: {exc.reason}"
-            elif isinstance(exc, (ssl.SSLEOFError, ConnectionError)) or not str(exc):
+            elif (tls_module is not None and isinstance(exc, tls_module.SSLEOFError)) or (
+                    isinstance(exc, ConnectionError) or not str(exc)):
                 why = f"{stage} failed: the peer closed the connection"
             else:
                 why = f"{stage} failed: {exc}"
