@@ -286,3 +286,55 @@ def test_reader_common_case_is_the_checked_reading(
     finally:
         for sock in (receiver, sender, forger):
             sock.close()
+
+
+def test_enriched_join_lines_is_format_batch_joined_on_the_c_corpus() -> None:
+    """ENRICHED batches (the corpus of kernel records the C daemon enriched, in batches of
+    several sizes, twice so that the second pass finds its SYSCALL suffixes cached) give
+    what formatting record by record gives."""
+    from auditpy.proto.enrich import Enricher
+
+    from .golden import read_corpus
+
+    records = [(r.msg_type, r.payload) for r in read_corpus(Path(__file__).parent / "data"
+                                                            / "c_auditd")]
+    assert len(records) > 100
+    batched = LineFormatter(enricher=Enricher())
+    single = LineFormatter(enricher=Enricher())
+    fast = 0
+    for size in (1, 7, 64, 1000, 7, 64):
+        for at in range(0, len(records), size):
+            chunk = records[at : at + size]
+            types = [t for t, _p in chunk]
+            payloads = [p for _t, p in chunk]
+            lines = single.format_batch(chunk)
+            calls = []
+            original = batched.format
+            batched.format = lambda t, p, calls=calls, original=original: (  # type: ignore[method-assign]
+                calls.append(t) or original(t, p))
+            assert batched.join_lines(types, payloads) == (b"".join(lines), len(lines))
+            del batched.format
+            fast += not calls and bool(lines)
+    assert fast  # some batches took the batch path
+
+
+def test_enriched_batch_of_usual_syscall_records_takes_the_batch_path() -> None:
+    from auditpy.proto.enrich import Enricher
+
+    body = (b"arch=c000003e syscall=110 success=yes exit=1 a0=%d a1=0 a2=0 a3=0 items=0 "
+            b"ppid=1 pid=%d auid=0 uid=0 gid=0 euid=0 suid=0 fsuid=0 egid=0 sgid=0 fsgid=0 "
+            b"tty=(none) ses=4 comm=\"loadgen\" exe=\"/tmp/loadgen\" key=\"bench\"")
+    enricher = Enricher()
+    types, payloads = [], []
+    for i in range(4):
+        types += [1300, 1327]
+        payloads += [b"audit(1.000:%d): " % i + body % (i, i), b"audit(1.000:%d): proctitle=6C" % i]
+    assert enricher.batch_suffixes(types, payloads, 600) is None  # nothing cached yet
+    formatter = LineFormatter(enricher=enricher)
+    data, count = formatter.join_lines(types, payloads)
+    suffixes = enricher.batch_suffixes(types, payloads, 600)
+    assert suffixes is not None and suffixes[1::2] == [b""] * 4
+    assert all(s.startswith(b"\x1dARCH=x86_64 SYSCALL=getppid") for s in suffixes[0::2])
+    assert enricher.batch_suffixes(types, payloads, 10_000) is None  # a line may be too long
+    assert (data, count) == (b"".join(formatter.format_batch(list(zip(types, payloads,
+                                                                          strict=True)))), 8)

@@ -123,9 +123,6 @@ class LineFormatter:
         checks over the whole batch -- no newline in a payload, none ending in a space, none
         empty or too long -- send a batch that needs any per-record care through `format`.
         """
-        if self.enricher is not None:
-            lines = self.format_batch(list(zip(types, payloads, strict=True)))
-            return b"".join(lines), len(lines)
         if AUDIT_EOE in types:
             keep = list(map(ne, types, repeat(AUDIT_EOE)))
             types = list(compress(types, keep))
@@ -134,9 +131,10 @@ class LineFormatter:
         if not count:
             return b"", 0
         prefixes = self._prefix
-        parts = [b"\n"] * (3 * count)
-        parts[0::3] = map(prefixes.__getitem__, types)
-        parts[1::3] = payloads
+        step = 3 if self.enricher is None else 4
+        parts = [b"\n"] * (step * count)
+        parts[0::step] = map(prefixes.__getitem__, types)
+        parts[1::step] = payloads
         longest = max(map(len, payloads))
         if (
             not all(payloads)
@@ -146,6 +144,13 @@ class LineFormatter:
             or longest + prefixes.longest >= MAX_LINE
         ):
             return b"".join(map(self.format, types, payloads)), count
+        if self.enricher is not None:
+            # ENRICHED: the interpretations of the batch at once, or record by record
+            suffixes = self.enricher.batch_suffixes(
+                list(types), list(payloads), longest + prefixes.longest)
+            if suffixes is None:
+                return b"".join(map(self.format, types, payloads)), count
+            parts[2::step] = suffixes
         return b"".join(parts), count
 
 
