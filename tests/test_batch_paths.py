@@ -338,3 +338,22 @@ def test_enriched_batch_of_usual_syscall_records_takes_the_batch_path() -> None:
     assert enricher.batch_suffixes(types, payloads, 10_000) is None  # a line may be too long
     assert (data, count) == (b"".join(formatter.format_batch(list(zip(types, payloads,
                                                                           strict=True)))), 8)
+
+
+@given(st.lists(st.tuples(st.integers(10**9, 10**10 - 1), st.integers(0, 999),
+                          st.sampled_from([10**7, 10**8 - 1, 2**31]) | st.integers(0, 10**9)),
+                min_size=1, max_size=20),
+       st.sampled_from([b"", b"x", b": "]))
+def test_serials_of_eoe_batches_as_the_regex_reads_them(
+    stamps: list[tuple[int, int, int]], tail: bytes,
+) -> None:
+    """EOE-only batches (one field layout: the struct path) and near misses of it."""
+    payloads = [b"audit(%d.%03d:%d): " % stamp + tail for stamp in stamps]
+    expected = [s for s in map(_serial_at_start, payloads) if s is not None]
+    assert serials_of(payloads) == expected == [serial for _s, _m, serial in stamps]
+
+
+def test_serials_of_a_misplaced_field_is_not_read_from_its_offset() -> None:
+    # ten-digit seconds put the colon at offset 20; nine digits must not pass for it
+    assert serials_of([b"audit(123456789.123:45678): "] * 3) == [45678] * 3
+    assert serials_of([b"audit(1234567890.123:4x678): "]) == []
