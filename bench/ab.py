@@ -9,6 +9,8 @@ by 10-20% between whole benchmark runs. Each TREE is a source tree (a checkout o
     python3 bench/ab.py exec 10000 3 /tmp/before .
 
 prints every run, then the median events/s and CPU seconds per 100,000 events of each.
+With --limit the limit reader (bench/limit.c) runs in each round too, and each median is
+also given as a share of the limit's.
 Same rules as bench.py: root, no daemon registered; kernel settings and rules are put back.
 """
 
@@ -18,7 +20,6 @@ import argparse
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -34,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("events", type=int)
     parser.add_argument("rounds", type=int)
     parser.add_argument("trees", nargs="+", type=Path, metavar="TREE")
+    parser.add_argument("--limit", action="store_true",
+                        help="run the limit reader in every round as well")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     bench.hold_kernel_lock()
@@ -44,15 +47,16 @@ def main(argv: list[str] | None = None) -> int:
     build = Path(tempfile.mkdtemp(prefix="bench-ab-"))
     runs: dict[str, list[bench.Run]] = {}
     try:
-        loadgen = build / "loadgen"
-        subprocess.run(["gcc", "-O2", "-o", str(loadgen), str(bench.HERE / "loadgen.c")],
-                       check=True)
+        loadgen = bench.build_tools(build)
         true_copy = build / "bench-true"
         shutil.copy("/bin/true", true_copy)
         for _ in range(args.rounds):
-            for who in ["C auditd", *map(str, args.trees)]:
+            for who in ["C auditd", *map(str, args.trees), *(["limit"] if args.limit else [])]:
                 if who == "C auditd":
                     run = bench.one_run("c", scenario, args.events, loadgen, true_copy, [], 120)
+                elif who == "limit":
+                    run = bench.one_run("limit", scenario, args.events, loadgen, true_copy, [],
+                                        120)
                 else:
                     src = (Path(who) / "src").resolve()
                     # trees from before the package layout run the daemon as auditpy.cli
@@ -67,10 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(build, ignore_errors=True)
     print()
+    limit = statistics.median(r.rate for r in runs["limit"]) if "limit" in runs else 0.0
     for who, done in runs.items():
         rate = statistics.median(r.rate for r in done)
         cpu = statistics.median(r.cpu_per_100k for r in done)
-        print(f"{who:30} median {rate:10,.0f} events/s  {cpu:6.2f} CPU s/100k")
+        print(f"{who:30} median {rate:10,.0f} events/s  {cpu:6.2f} CPU s/100k"
+              + (f"  {rate / limit:4.0%} of the limit" if limit else ""))
     return 0
 
 

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Benchmark pyauditd side by side with the C auditd on this kernel.
 
-For each scenario both daemons run in turn, several rounds alternating, on one shared
-configuration; the figures are medians, and the ratio is pyauditd / C from the same run.
+For each scenario both daemons and the limit (bench/limit.c: a C reader that registers and
+discards what it reads) run in turn, several rounds alternating, on one shared configuration;
+the figures are medians, and the ratios are pyauditd / C and pyauditd / limit from the same
+run.
 Writes RESULTS.md (a Markdown table) and RESULTS.png (a chart, if matplotlib is installed)
 into --out. Run as root with no audit daemon registered:
 
@@ -45,6 +47,9 @@ from auditpy.system.netlink import AuditSocket
 
 HERE = Path(__file__).resolve().parent
 C_AUDITD = "/sbin/auditd"
+#: What each round runs: the C auditd, pyauditd and the limit (bench/limit.c: a C reader
+#: that registers and discards what it reads, the fastest a daemon could be handed records).
+DAEMONS = ("c", "py", "limit")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -117,7 +122,8 @@ class Run:
 @dataclass
 class Result:
     scenario: Scenario
-    runs: dict[str, list[Run]] = field(default_factory=lambda: {"c": [], "py": []})
+    runs: dict[str, list[Run]] = field(
+        default_factory=lambda: {daemon: [] for daemon in DAEMONS})
 
 
 # -- the kernel -------------------------------------------------------------------------------
@@ -348,6 +354,8 @@ def write_json_config(root: Path, plugins: Path, daemon: str) -> None:
 
 def one_run(daemon: str, scenario: Scenario, events: int, loadgen: Path, true_copy: Path,
             pyauditd: list[str], max_seconds: float) -> Run:
+    if daemon == "limit":
+        return limit_run(scenario, events, loadgen, true_copy, max_seconds)
     root = Path(tempfile.mkdtemp(prefix=f"bench-{daemon}-"))
     try:
         conf = write_config(root, scenario, daemon)
@@ -383,17 +391,9 @@ def one_run(daemon: str, scenario: Scenario, events: int, loadgen: Path, true_co
         shutil.rmtree(root, ignore_errors=True)
 
 
-def measure(proc: subprocess.Popen[bytes], scenario: Scenario, events: int, loadgen: Path,
-            true_copy: Path, root: Path, max_seconds: float) -> Run:
-    if not wait_for(lambda: status().pid == proc.pid or proc.poll() is not None, 15):
-        raise RuntimeError(f"daemon {proc.args} did not register")
-    if proc.poll() is not None:
-        raise RuntimeError(f"daemon exited: {(root / 'daemon.err').read_text()}")
-    if scenario.plugins or scenario.json:
-        wait_for(lambda: len(tree(proc.pid)) >= 1 + scenario.plugins + scenario.stuck
-                 + scenario.json, 10)
-        time.sleep(0.3)
-    log = root / "log" / "audit.log"
+def workload(scenario: Scenario, events: int, loadgen: Path,
+             true_copy: Path) -> tuple[str, list[str], list[str]]:
+    """The rule key, the rule and the load generator's command line of a scenario."""
     if scenario.workload == "exec":
         key = "bench-exec"
         rule_args = ["always,exit", "-F", "arch=b64", "-S", "execve", "-F", f"exe={true_copy}",
@@ -404,9 +404,28 @@ def measure(proc: subprocess.Popen[bytes], scenario: Scenario, events: int, load
         rule_args = ["always,exit", "-F", "arch=b64", "-S", "getppid", "-F", f"exe={loadgen}",
                      "-k", key]
         command = [str(loadgen), "getppid", str(events)]
-    counter = LogCounter(log, key)
+    return key, rule_args, command
+
+
+def measure(proc: subprocess.Popen[bytes], scenario: Scenario, events: int, loadgen: Path,
+            true_copy: Path, root: Path, max_seconds: float,
+            counter: LogCounter | CountFile | None = None) -> Run:
+    """One run against a registered reader; `counter` (the limit's) replaces the log's."""
+    if not wait_for(lambda: status().pid == proc.pid or proc.poll() is not None, 15):
+        raise RuntimeError(f"daemon {proc.args} did not register")
+    if proc.poll() is not None:
+        raise RuntimeError(f"daemon exited: {(root / 'daemon.err').read_text()}")
+    limit = counter is not None
+    plugins = 0 if limit else scenario.plugins
+    json = 0 if limit else scenario.json
+    if plugins or json:
+        wait_for(lambda: len(tree(proc.pid)) >= 1 + plugins + scenario.stuck + json, 10)
+        time.sleep(0.3)
+    key, rule_args, command = workload(scenario, events, loadgen, true_copy)
+    if counter is None:
+        counter = LogCounter(root / "log" / "audit.log", key)
     # A syscall event's key is followed by ARGV in both JSON outputs (CONFIG_CHANGE's is not)
-    json_counter = JsonCounter(json_output(root), key) if scenario.json else None
+    json_counter = JsonCounter(json_output(root), key) if json else None
     with rule(rule_args):
         counter.poll()
         base = counter.count
@@ -442,7 +461,8 @@ def measure(proc: subprocess.Popen[bytes], scenario: Scenario, events: int, load
             if generator.poll() is None:
                 generator.kill()
             generator.wait()
-        delivered = wait_for_plugins(root, scenario, key, counter.count - base)
+        delivered = (wait_for_plugins(root, scenario, key, counter.count - base)
+                     if plugins else None)
         if json_counter is not None:
             delivered = json_counter.poll()
         pids = tree(proc.pid)
@@ -454,6 +474,63 @@ def measure(proc: subprocess.Popen[bytes], scenario: Scenario, events: int, load
         lost = status().lost - lost_before
     logged = counter.count - base
     return Run(logged, end - start, cpu, rss, dispatcher_rss, lost, capped, delivered)
+
+
+class CountFile:
+    """The limit reader's progress (bench/limit.c): a 64-bit count of the key's SYSCALL
+    records in a shared file, polled like a log (LogCounter's interface)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.count = 0
+
+    def poll(self) -> int:
+        with contextlib.suppress(OSError, ValueError):
+            self.count = int.from_bytes(self.path.read_bytes()[:8], sys.byteorder)
+        return self.count
+
+
+def limit_run(scenario: Scenario, events: int, loadgen: Path, true_copy: Path,
+              max_seconds: float) -> Run:
+    """A run of the limit reader, in the same conditions as a daemon's: kernel settings,
+    rule, load, and the same polling of its progress."""
+    key, _rule, _command = workload(scenario, events, loadgen, true_copy)
+    root = Path(tempfile.mkdtemp(prefix="bench-limit-"))
+    try:
+        counter = CountFile(root / "count")
+        argv = [str(loadgen.with_name("limit")), key, str(counter.path)]
+        with kernel_settings(0 if scenario.lossy else None), \
+                open(root / "daemon.err", "wb") as errors:
+            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=errors)
+            try:
+                return measure(proc, scenario, events, loadgen, true_copy, root, max_seconds,
+                               counter)
+            finally:
+                stop_reader(proc)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def stop_reader(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (the reader unregisters), and wait until the kernel has no daemon of ours."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    wait_for(lambda: status().pid != proc.pid, 10)
+
+
+def build_tools(build: Path) -> Path:
+    """Compile the load generator, the limit reader and the latency probe into `build`; the
+    load generator's path (the others are next to it)."""
+    loadgen = build / "loadgen"
+    for name in ("loadgen", "limit", "latprobe"):
+        subprocess.run(["gcc", "-O2", "-Wall", "-o", str(build / name), str(HERE / f"{name}.c")],
+                       check=True)
+    return loadgen
 
 
 def wait_for_plugins(root: Path, scenario: Scenario, key: str, logged: int) -> int | None:
@@ -487,25 +564,25 @@ def table(results: list[Result], events: int, exec_events: int, rounds: int) -> 
         f"{platform.python_version()}; {events} events per run ({exec_events} for exec), "
         f"median of {rounds} rounds, C auditd = Debian {c_version()}.",
         "",
-        "| scenario | C events/s | pyauditd events/s | ratio | C CPU s/100k | "
-        "py CPU s/100k | C logged / lost | py logged / lost | C / py events each plugin got "
+        "| scenario | C events/s | pyauditd events/s | limit events/s | py / C | py / limit "
+        "| C CPU s/100k | py CPU s/100k | limit CPU s/100k | C logged / lost "
+        "| py logged / lost | limit read / lost | C / py events each plugin got "
         "| C RSS MiB | py RSS MiB (+ dispatcher) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for res in results:
-        c, py = res.runs["c"], res.runs["py"]
+        c, py, limit = res.runs["c"], res.runs["py"], res.runs["limit"]
         c_rate, py_rate = median([r.rate for r in c]), median([r.rate for r in py])
-        ratio = py_rate / c_rate if c_rate else 0.0
+        limit_rate = median([r.rate for r in limit])
         disp = median([r.dispatcher_rss_kib for r in py]) / 1024
-        c_cap = " (capped)" if any(r.capped for r in c) else ""
-        py_cap = " (capped)" if any(r.capped for r in py) else ""
         lines.append(
-            f"| {res.scenario.title} | {c_rate:,.0f}{c_cap} | {py_rate:,.0f}{py_cap} | "
-            f"{ratio:.2f} | "
+            f"| {res.scenario.title} | {c_rate:,.0f}{capped(c)} | {py_rate:,.0f}{capped(py)} | "
+            f"{limit_rate:,.0f}{capped(limit)} | {share(py_rate, c_rate)} | "
+            f"{share(py_rate, limit_rate, percent=True)} | "
             f"{median([r.cpu_per_100k for r in c]):.2f} | "
             f"{median([r.cpu_per_100k for r in py]):.2f} | "
-            f"{median([r.events for r in c]):,.0f} / {median([r.lost for r in c]):,.0f} | "
-            f"{median([r.events for r in py]):,.0f} / {median([r.lost for r in py]):,.0f} | "
+            f"{median([r.cpu_per_100k for r in limit]):.2f} | "
+            f"{logged_lost(c)} | {logged_lost(py)} | {logged_lost(limit)} | "
             f"{delivered(c)} / {delivered(py)} | "
             f"{median([r.rss_kib for r in c]) / 1024:.1f} | "
             f"{median([r.rss_kib for r in py]) / 1024:.1f}"
@@ -514,10 +591,14 @@ def table(results: list[Result], events: int, exec_events: int, rounds: int) -> 
     lines += [
         "",
         "events/s: from the first call until every event is on disk (lossless), or until the "
-        "log stops growing (burst); \"capped\": --max-seconds passed first. lost: the "
-        "kernel's lost counter over the run, in records (an event is 3 records). CPU: daemon, "
-        "dispatcher and plugins together. Events each plugin got: the fewest any working "
-        "plugin (a cat) received in any round. RSS: peak of the daemon (and of pyaudispd).",
+        "log stops growing (burst); \"capped\": --max-seconds passed first. limit: "
+        "bench/limit.c, a C reader that registers, reads with recvmmsg 128 records at a time "
+        "and discards them (no log, no plugins): the fastest the kernel hands records over; "
+        "its events/s count until it has read every event. py / limit: pyauditd's share of "
+        "it. lost: the kernel's lost counter over the run, in records (an event is 3 "
+        "records). CPU: daemon, dispatcher and plugins together. Events each plugin got: the "
+        "fewest any working plugin (a cat) received in any round. RSS: peak of the daemon "
+        f"(and of pyaudispd); {sys.executable} alone: {interpreter_rss()}.",
     ]
     if any(res.scenario.json for res in results):
         lines += [
@@ -529,6 +610,35 @@ def table(results: list[Result], events: int, exec_events: int, rounds: int) -> 
             "tree, so 10 x CPU s/100k is µs per event.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def interpreter_rss() -> str:
+    """What the interpreter holds before any auditpy import (the floor of the py RSS
+    columns), with and without site (-S: no .pth file runs)."""
+    code = "print(open('/proc/self/status').read().split('VmRSS:')[1].split()[0])"
+    figures = []
+    for flags in ([], ["-S"]):
+        out = subprocess.run([sys.executable, *flags, "-c", code], capture_output=True,
+                             text=True)
+        figures.append(f"{int(out.stdout or 0) / 1024:.1f} MiB" + (" with -S" if flags else ""))
+    return ", ".join(figures)
+
+
+def capped(runs: list[Run]) -> str:
+    return " (capped)" if any(r.capped for r in runs) else ""
+
+
+def share(value: float, of: float, *, percent: bool = False) -> str:
+    if not of:
+        return "-"
+    return f"{value / of:.0%}" if percent else f"{value / of:.2f}"
+
+
+def logged_lost(runs: list[Run]) -> str:
+    if not runs:
+        return "-"
+    return (f"{median([r.events for r in runs]):,.0f} / "
+            f"{median([r.lost for r in runs]):,.0f}")
 
 
 def delivered(runs: list[Run]) -> str:
@@ -551,19 +661,29 @@ def chart(results: list[Result], path: Path) -> bool:
     except ImportError:
         return False
     names = [r.scenario.title for r in results]
-    c = [median([x.rate for x in r.runs["c"]]) for r in results]
-    py = [median([x.rate for x in r.runs["py"]]) for r in results]
     fig, ax = plt.subplots(figsize=(10, 4.5))
     xs = range(len(names))
-    ax.bar([x - 0.2 for x in xs], c, width=0.4, label="C auditd")
-    ax.bar([x + 0.2 for x in xs], py, width=0.4, label="pyauditd")
+    for i, (daemon, label) in enumerate(
+            [("c", "C auditd"), ("py", "pyauditd"), ("limit", "limit (C reader, discards)")]):
+        rates = [median([x.rate for x in r.runs[daemon]]) for r in results]
+        ax.bar([x + (i - 1) * 0.27 for x in xs], rates, width=0.27, label=label)
     ax.set_xticks(list(xs), names, rotation=15, ha="right", fontsize=8)
     ax.set_ylabel("events/s logged")
-    ax.set_title("pyauditd vs C auditd (median)")
+    ax.set_title("pyauditd vs C auditd and the limit (median)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return True
+
+
+def run_latency(args: argparse.Namespace, loadgen: Path) -> str:
+    """bench/latency.py's table, with the rates and durations of --latency-*."""
+    import latency
+
+    rates = [float(r) for r in args.latency_rates.split(",")]
+    seconds = [float(s) for s in args.latency_seconds.split(",")]
+    results = latency.run_all(rates, seconds, 1, loadgen, args.pyauditd.split())
+    return latency.table(results, 1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -571,7 +691,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--exec-events", type=int, default=5_000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--scenarios", default=",".join([*SCENARIOS, "latency"]),
+                        help="scenarios of the table; `latency` runs bench/latency.py too")
+    parser.add_argument("--latency-rates", default="100,10000")
+    parser.add_argument("--latency-seconds", default="10,2")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--pyauditd", default=f"{sys.executable} -m auditpy.auditd")
     parser.add_argument("--max-seconds", type=float, default=60.0,
@@ -583,6 +706,9 @@ def main(argv: list[str] | None = None) -> int:
     # A SIGTERM (timeout, Ctrl-C) must still run the finally blocks that stop the daemons,
     # delete the rules and put the kernel settings back.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    # The daemons run this tree's code (not an installed one), with or without site (-S).
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(HERE.parent / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])
     hold_kernel_lock()
     if status().pid:
         print(f"an audit daemon (pid {status().pid}) is registered; stop it first",
@@ -594,22 +720,25 @@ def main(argv: list[str] | None = None) -> int:
     compileall.compile_dir(Path(auditpy.__file__).parent, quiet=1)
     build = Path(tempfile.mkdtemp(prefix="bench-build-"))
     try:
-        loadgen = build / "loadgen"
-        subprocess.run(["gcc", "-O2", "-o", str(loadgen), str(HERE / "loadgen.c")], check=True)
+        loadgen = build_tools(build)
         true_copy = build / "bench-true"
         shutil.copy("/bin/true", true_copy)
         results = []
-        for name in args.scenarios.split(","):
+        names = args.scenarios.split(",")
+        for name in names:
+            if name == "latency":
+                continue
             scenario = SCENARIOS[name]
             result = Result(scenario)
             count = args.exec_events if scenario.workload == "exec" else args.events
             for round_ in range(args.rounds):
-                order = ("c", "py") if round_ % 2 == 0 else ("py", "c")
-                for daemon in order:
+                # each goes first, second and last in turn
+                turn = round_ % len(DAEMONS)
+                for daemon in DAEMONS[turn:] + DAEMONS[:turn]:
                     run = one_run(daemon, scenario, count, loadgen, true_copy,
                                   args.pyauditd.split(), args.max_seconds)
                     result.runs[daemon].append(run)
-                    print(f"{scenario.name:9} round {round_ + 1} {daemon:2}: "
+                    print(f"{scenario.name:9} round {round_ + 1} {daemon:5}: "
                           f"{run.rate:10,.0f} events/s  {run.events:8,} logged  "
                           f"{run.lost:8,} lost  cpu {run.cpu:6.2f}s  rss {run.rss_kib // 1024} MiB"
                           + ("  (capped)" if run.capped else "")
@@ -617,10 +746,13 @@ def main(argv: list[str] | None = None) -> int:
                              else ""),
                           flush=True)
             results.append(result)
+        latency_text = (run_latency(args, loadgen) if "latency" in names else "")
     finally:
         shutil.rmtree(build, ignore_errors=True)
     args.out.mkdir(parents=True, exist_ok=True)
     text = table(results, args.events, args.exec_events, args.rounds)
+    if latency_text:
+        text += "\n" + latency_text
     (args.out / "RESULTS.md").write_text(text)
     print()
     print(text)

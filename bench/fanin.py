@@ -3,11 +3,12 @@
 
 N simulated audisp-remote clients (default 20) connect over loopback and send records in the
 managed format as fast as they can, each waiting for the ACK of one record before sending the
-next -- what audisp-remote does.  The server is pyauditd, then the C auditd, with the same
+next -- what audisp-remote does.  The server is pyauditd, the C auditd, with the same
 auditd.conf (``local_events = no``: neither registers with the kernel; a pure network log
-server), several rounds alternating which goes first.  Reported per server: events/s
-(wall clock, all clients) and the server's CPU seconds, with the pyauditd / C ratios, and a
-check that every record reached the log exactly once.
+server), and the limit (bench/limit_server.c: a C server that ACKs every frame and writes
+nothing), several rounds rotating which goes first.  Reported per server: events/s (wall
+clock, all clients) and the server's CPU seconds, with the pyauditd / C and pyauditd /
+limit ratios, and a check that every record reached the log exactly once.
 
 The clients are driven from one process with non-blocking sockets (several on a big
 machine), so that on a small machine they leave the CPU to the server rather than compete
@@ -46,7 +47,8 @@ from auditpy.proto.remote import HEADER, MAGIC, TYPE_ACK, TYPE_MESSAGE
 HERE = Path(__file__).resolve().parent
 C_AUDITD = "/sbin/auditd"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-SERVERS = ("pyauditd", "auditd")
+#: The limit: bench/limit_server.c, a C server that ACKs every frame and writes nothing.
+SERVERS = ("pyauditd", "auditd", "limit")
 
 
 @dataclass
@@ -181,15 +183,28 @@ def write_config(root: Path, port: int, clients: int) -> Path:
     return conf_dir
 
 
-def start_server(kind: str, root: Path, conf_dir: Path, port: int) -> subprocess.Popen[bytes]:
+def build_limit_server(build: Path) -> Path:
+    binary = build / "limit_server"
+    subprocess.run(["gcc", "-O2", "-Wall", "-o", str(binary), str(HERE / "limit_server.c")],
+                   check=True)
+    return binary
+
+
+def start_server(kind: str, root: Path, conf_dir: Path, port: int,
+                 limit_server: Path | None = None) -> subprocess.Popen[bytes]:
     if kind == "pyauditd":
         argv = [sys.executable, "-m", "auditpy.auditd", "-n", "-s", "nochange", "-c",
                 str(conf_dir), "--run-dir", str(root / "run")]
+    elif kind == "limit":
+        assert limit_server is not None
+        argv = [str(limit_server), str(port)]
     else:
         argv = [C_AUDITD, "-n", "-c", str(conf_dir)]
     env = dict(os.environ, PYTHONPATH=str(HERE.parent / "src"))
-    with open(root / "server.err", "ab") as errors:
-        proc = subprocess.Popen(argv, stderr=errors, stdout=subprocess.DEVNULL, env=env)
+    # the limit server says at exit how many frames it received
+    with open(root / "server.err", "ab") as errors, \
+            open(root / "server.out" if kind == "limit" else os.devnull, "wb") as out:
+        proc = subprocess.Popen(argv, stderr=errors, stdout=out, env=env)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -224,17 +239,20 @@ def server_version(kind: str) -> str:
         from auditpy import AUDIT_VERSION
 
         return AUDIT_VERSION
+    if kind == "limit":
+        return "bench/limit_server.c"
     out = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "auditd"],
                          capture_output=True, text=True)
     return f"auditd {out.stdout.strip() or '?'}"
 
 
-def run_round(kind: str, round_no: int, clients: int, events: int, drivers: int) -> Round:
+def run_round(kind: str, round_no: int, clients: int, events: int, drivers: int,
+              limit_server: Path | None = None) -> Round:
     with tempfile.TemporaryDirectory(prefix=f"fanin-{kind}-") as tmp:
         root = Path(tmp)
         port = free_port()
         conf_dir = write_config(root, port, clients)
-        proc = start_server(kind, root, conf_dir, port)
+        proc = start_server(kind, root, conf_dir, port, limit_server)
         try:
             ctx = multiprocessing.get_context("fork")
             ready = ctx.Barrier(drivers + 1)
@@ -261,8 +279,12 @@ def run_round(kind: str, round_no: int, clients: int, events: int, drivers: int)
         errors = sum(int(o[1]) for o in outcomes)  # type: ignore[index]
         if errors:
             raise RuntimeError(f"{kind}: {errors} replies were not the expected ACK")
-        log_text = (root / "log" / "audit.log").read_bytes()
-        logged = log_text.count(f"text=fanin-{round_no}-".encode())
+        if kind == "limit":  # it writes nothing: what it received
+            out = (root / "server.out").read_text().split()
+            logged = int(out[1]) if len(out) == 2 and out[0] == "frames" else 0
+        else:
+            log_text = (root / "log" / "audit.log").read_bytes()
+            logged = log_text.count(f"text=fanin-{round_no}-".encode())
     return Round(kind, round_no, clients * events, seconds, cpu_after - cpu_before, logged,
                  server_version(kind))
 
@@ -282,7 +304,7 @@ def report(rounds: list[Round], args: argparse.Namespace, command: str) -> str:
         "",
         f"{args.clients} clients on loopback, {args.events} records each per round, every "
         "record waits for its ACK (like audisp-remote); the server has `local_events = no`, "
-        "log_format RAW, flush INCREMENTAL_ASYNC (freq 50). Same auditd.conf for both.",
+        "log_format RAW, flush INCREMENTAL_ASYNC (freq 50). Same auditd.conf for both daemons.",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Linux {platform.release()}, "
         f"Python {platform.python_version()}. Command: `{command}`",
@@ -296,24 +318,27 @@ def report(rounds: list[Round], args: argparse.Namespace, command: str) -> str:
             f"| {r.round_no} | {r.server} | {r.events} | {r.seconds:.2f} | {r.rate:,.0f} | "
             f"{r.cpu:.2f} | {r.cpu_us:.1f} | {r.logged} |"
         )
-    lines += ["", "Medians:", "", "| | " + " | ".join(kinds)
-              + (" | pyauditd / C |" if len(kinds) == 2 else " |"),
-              "|---|" + "---|" * (len(kinds) + (1 if len(kinds) == 2 else 0))]
+    ratios = [(f"pyauditd / {'C' if k == 'auditd' else k}", k) for k in ("auditd", "limit")
+              if k in kinds and "pyauditd" in kinds]
+    lines += ["", "Medians:", "",
+              "| | " + " | ".join(kinds) + "".join(f" | {label}" for label, _k in ratios) + " |",
+              "|---|" + "---|" * (len(kinds) + len(ratios))]
     for label, attr, fmt in (("events/s", "rate", "{:,.0f}"),
                              ("server CPU seconds", "cpu", "{:.2f}"),
                              ("server CPU µs per event", "cpu_us", "{:.1f}")):
         cells = [fmt.format(med(k, attr)) for k in kinds]
-        if len(kinds) == 2:
-            c_value = med("auditd", attr)
-            ratio = med("pyauditd", attr) / c_value if c_value else float("nan")
-            cells.append(f"{ratio:.2f}")
+        for _label, other in ratios:
+            value = med(other, attr)
+            cells.append(f"{med('pyauditd', attr) / value:.2f}" if value else "-")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     versions = sorted({f"{r.server}: {r.version}" for r in rounds})
     lines += [
         "", "Versions: " + ", ".join(versions) + ".", "",
         "Notes: the clients are driven from one process with non-blocking sockets (one record "
         "in flight per client), so on a small machine they compete little with the server; "
-        "\"in log\" counts the round's records found in the server's log after it stopped. "
+        "\"in log\" counts the round's records found in the server's log after it stopped "
+        "(for the limit, the frames it received). The limit is bench/limit_server.c: one C "
+        "thread with epoll that ACKs every frame and writes nothing. "
         "pyauditd answers a record once the batch it arrived in has been written with "
         "write(2) (records from all clients that arrive in one loop iteration share one "
         "write); the C daemon answers after fprintf() into its stdio buffer.", "",
@@ -328,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--drivers", type=int, default=0,
                         help="client processes (default: 1 on a machine with <= 4 CPUs)")
-    parser.add_argument("--servers", default="pyauditd,auditd")
+    parser.add_argument("--servers", default="pyauditd,auditd,limit")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
@@ -343,10 +368,13 @@ def main(argv: list[str] | None = None) -> int:
     drivers = max(1, min(drivers, args.clients))
     command = "python3 bench/fanin.py " + " ".join(argv if argv is not None else sys.argv[1:])
     rounds: list[Round] = []
+    build = Path(tempfile.mkdtemp(prefix="fanin-build-"))
+    limit_server = build_limit_server(build) if "limit" in kinds else None
     for round_no in range(1, args.rounds + 1):
-        order = kinds if round_no % 2 else list(reversed(kinds))
-        for kind in order:
-            result = run_round(kind, round_no, args.clients, args.events, drivers)
+        turn = (round_no - 1) % len(kinds)  # each server goes first, second, ... in turn
+        for kind in kinds[turn:] + kinds[:turn]:
+            result = run_round(kind, round_no, args.clients, args.events, drivers,
+                               limit_server)
             rounds.append(result)
             print(f"round {round_no} {kind:8s}: {result.rate:10,.0f} events/s  "
                   f"CPU {result.cpu:6.2f} s  ({result.cpu_us:.1f} µs/event)  "
@@ -354,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
             if result.logged != result.events:
                 print(f"  WARNING: {kind} logged {result.logged} of {result.events}",
                       file=sys.stderr)
+    shutil.rmtree(build, ignore_errors=True)
     text = report(rounds, args, command.strip())
     print()
     print(text)

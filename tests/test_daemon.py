@@ -77,6 +77,10 @@ class FakeKernel:
             self._theirs.send(b"x")  # still readable, as a socket with more datagrams is
         return out, 0
 
+    def recv_columns(self, limit: int) -> tuple[list[int], list[bytes], int]:
+        records, enobufs = self.recv_records(limit)
+        return [t for t, _p in records], [p for _t, p in records], enobufs
+
     def state(self) -> dict[str, str]:
         return {"kernel reads": "fake"}
 

@@ -149,3 +149,23 @@ def test_header_length_constant_matches_netlink() -> None:
     from auditpy.proto.netlink import NLMSG_HDRLEN as NETLINK_HDRLEN
 
     assert NLMSG_HDRLEN == NETLINK_HDRLEN
+
+
+def test_a_payload_longer_than_the_compact_slot_continues_in_its_overflow_slot() -> None:
+    """Payloads up to FIRST_SLOT bytes sit in compact slots; a longer one goes on in a slot
+    of its own and comes out whole, in order with the others."""
+    receiver, sender = _netlink(NETLINK_USERSOCK), _netlink(NETLINK_USERSOCK)
+    try:
+        port = receiver.getsockname()[0]
+        reader = RecordBatchReader(receiver.fileno(), 8, 8970, sender=sender.getsockname()[0])
+        long_ = bytes(range(256)).replace(b"\0", b"a") * 30  # 7680 bytes, no NUL
+        bodies = [b"short", long_, b"x" * mmsg.FIRST_SLOT, long_[:mmsg.FIRST_SLOT + 1] + b"\0"]
+        for i, body in enumerate(bodies):
+            sender.sendto(struct.pack("=IHHII", 0, 1300 + i, 0, 0, 0) + body, (port, 0))
+        got = _drain(reader)
+        assert got == [[(1300, b"short"), (1301, long_), (1302, b"x" * mmsg.FIRST_SLOT),
+                        (1303, long_[:mmsg.FIRST_SLOT + 1])]]
+        assert reader.truncated == 0 and reader.rejected == 0
+    finally:
+        receiver.close()
+        sender.close()

@@ -101,4 +101,4 @@ def test_the_kernel_record_limit_is_defined_once() -> None:
         for node in ast.walk(ast.parse(path.read_text()))
         if isinstance(node, ast.Constant) and node.value in (8970, 8938)
     ]
-    assert places == ["proto/records.py:19"], places
+    assert [place.split(":")[0] for place in places] == ["proto/records.py"], places

@@ -3,6 +3,7 @@ timing belongs to the benchmark, not to the test suite)."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 from auditpy.proto.netlink import AuditStatus
 
 from ..conftest import needs
-from .conftest import auditctl, get_status
+from .conftest import auditctl, get_status, wait_for
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench.py"
 
@@ -23,7 +24,8 @@ def test_benchmark_runs_and_writes_its_table(kernel_state: AuditStatus, tmp_path
     shm_before = set(Path("/dev/shm").glob("bench-*"))
     proc = subprocess.run(
         [sys.executable, str(BENCH), "--events", "300", "--exec-events", "20", "--rounds", "1",
-         "--scenarios", "raw,plugin1,exec", "--out", str(tmp_path)],
+         "--scenarios", "raw,plugin1,exec,latency", "--latency-rates", "200",
+         "--latency-seconds", "0.5", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
@@ -31,9 +33,26 @@ def test_benchmark_runs_and_writes_its_table(kernel_state: AuditStatus, tmp_path
     rows = [ln for ln in table.splitlines() if ln.startswith("| lossless, RAW")
             or ln.startswith("| fork/exec")]
     assert len(rows) == 3
-    assert all("| 300 / 0 | 300 / 0 |" in row for row in rows[:2])  # all logged by both
+    header = next(ln for ln in table.splitlines() if ln.startswith("| scenario"))
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert columns[1:4] == ["C events/s", "pyauditd events/s", "limit events/s"]
+    for row in rows[:2]:
+        cells = dict(zip(columns, (c.strip() for c in row.strip("|").split("|")), strict=True))
+        # all logged by both daemons, and all read by the limit reader
+        assert cells["C logged / lost"] == cells["py logged / lost"] == "300 / 0"
+        assert cells["limit read / lost"] == "300 / 0"
+        assert cells["py / limit"].endswith("%")
+        assert float(cells["limit events/s"].replace(",", "")) > 0
     assert "| 300 / 300 |" in rows[1]  # the plugin of each daemon got every event
     assert "| - / - |" in rows[0]
+    # the latency table: each reader, every event timed, none missing
+    latency = [ln for ln in table.splitlines() if ln.startswith("| 200 |")]
+    assert [ln.split("|")[2:4] for ln in latency] == [
+        [" C auditd ", " no plugin "], [" pyauditd ", " no plugin "],
+        [" C auditd ", " 1 plugin "], [" pyauditd ", " 1 plugin "],
+        [" limit (C reader) ", " - "]]
+    assert all(ln.endswith("| 100 (0 / -) |") for ln in latency[:2] + latency[4:])
+    assert all(ln.endswith("| 100 (0 / 0) |") for ln in latency[2:4])
     assert set(Path("/dev/shm").glob("bench-*")) == shm_before  # plugin outputs removed
     after = get_status()
     assert after.backlog_limit == kernel_state.backlog_limit
@@ -45,13 +64,50 @@ def test_benchmark_runs_and_writes_its_table(kernel_state: AuditStatus, tmp_path
 def test_build_comparison_runs(kernel_state: AuditStatus) -> None:
     repo = BENCH.parents[1]
     proc = subprocess.run(
-        [sys.executable, str(BENCH.with_name("ab.py")), "raw", "200", "1", str(repo)],
+        [sys.executable, str(BENCH.with_name("ab.py")), "raw", "200", "1", str(repo), "--limit"],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     medians = [ln for ln in proc.stdout.splitlines() if " median " in ln]
-    assert [ln.split()[0] for ln in medians] == ["C", str(repo)]
+    assert [ln.split()[0] for ln in medians] == ["C", str(repo), "limit"]
+    assert all("of the limit" in ln for ln in medians)
     assert get_status().pid == 0
+
+
+def test_limit_reader_unregisters_when_stopped(kernel_state: AuditStatus,
+                                               tmp_path: Path) -> None:
+    """The limit reader gives the registration back on SIGTERM, so a benchmark interrupted
+    between runs leaves no daemon registered."""
+    binary = tmp_path / "limit"
+    subprocess.run(["gcc", "-O2", "-o", str(binary), str(BENCH.with_name("limit.c"))],
+                   check=True)
+    proc = subprocess.Popen([str(binary), "nothing", str(tmp_path / "count")],
+                            stderr=subprocess.PIPE)
+    try:
+        assert wait_for(lambda: get_status().pid == proc.pid or proc.poll() is not None, 15)
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert get_status().pid == 0
+    assert b"0 with key nothing" in err
+
+
+def test_fanin_runs_with_its_limit(tmp_path: Path) -> None:
+    """bench/fanin.py with pyauditd, the C auditd and the limit server on a tiny workload
+    (no kernel involved: the servers have local_events = no)."""
+    proc = subprocess.run(
+        [sys.executable, str(BENCH.with_name("fanin.py")), "--clients", "3", "--events", "40",
+         "--rounds", "1", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "FANIN.md").read_text()
+    rounds = [ln for ln in text.splitlines() if ln.startswith("| 1 |")]
+    assert sorted(ln.split("|")[2].strip() for ln in rounds) == ["auditd", "limit", "pyauditd"]
+    assert all(ln.rstrip(" |").endswith("| 120") for ln in rounds)  # every record arrived
+    assert "| | pyauditd | auditd | limit | pyauditd / C | pyauditd / limit |" in text
 
 
 def test_json_scenarios_run(kernel_state: AuditStatus, tmp_path: Path) -> None:

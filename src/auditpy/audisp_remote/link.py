@@ -24,6 +24,7 @@ from typing import Protocol
 
 from auditpy.config.files import reason
 from auditpy.config.remote_conf import RemoteConfig
+from auditpy.system.aio import asyncio_tls
 
 
 class ConnectError(Exception):
@@ -173,6 +174,7 @@ async def _start(
     loop = asyncio.get_running_loop()
     link = Link(owner)
     if tls is not None:
+        asyncio_tls()
         await loop.create_connection(
             lambda: link,
             sock=sock,

@@ -2,6 +2,10 @@
 
 import sys
 
-from auditpy.audispd.main import main
+from auditpy.system.aio import asyncio_without_ssl
+
+asyncio_without_ssl()  # before the dispatcher's modules import asyncio (system.aio)
+
+from auditpy.audispd.main import main  # noqa: E402
 
 sys.exit(main())

@@ -62,16 +62,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from auditpy.audispd.builtin_af_unix import AfUnixPlugin
-from auditpy.audispd.builtin_json import JsonPlugin
-from auditpy.audispd.builtin_nats import NatsPlugin
-from auditpy.audispd.builtin_syslog import SyslogPlugin
 from auditpy.audispd.plan import ReloadPlan, Running, Step, plan_reload
 from auditpy.audispd.runner import (
     BACKOFF_INITIAL,
     BACKOFF_MAX,
     STABLE_AFTER,
     STOP_TIMEOUT,
+    Columns,
     ExternalPlugin,
     PluginRunner,
     Record,
@@ -133,13 +130,23 @@ class Options:
 
 
 def make_runner(config: PluginConfig, ctx: RunnerContext) -> PluginRunner:
+    # A builtin's module (the JSON one brings the event assembler, the NATS one a client
+    # and its TLS) is loaded only when a plugin file activates it: memory is per process.
     if config.builtin == AF_UNIX:
+        from auditpy.audispd.builtin_af_unix import AfUnixPlugin
+
         return AfUnixPlugin(config, ctx)
     if config.builtin == SYSLOG:
+        from auditpy.audispd.builtin_syslog import SyslogPlugin
+
         return SyslogPlugin(config, ctx)
     if config.builtin == NATS:
+        from auditpy.audispd.builtin_nats import NatsPlugin
+
         return NatsPlugin(config, ctx)
     if config.builtin == JSON:
+        from auditpy.audispd.builtin_json import JsonPlugin
+
         return JsonPlugin(config, ctx)
     return ExternalPlugin(config, ctx)
 
@@ -392,14 +399,31 @@ class Dispatcher:
             return
         self._inbuf += data
         try:
-            frames = wire.unpack_frames(self._inbuf)
+            runs = wire.unpack_stream(self._inbuf)
         except wire.FrameError as exc:
             log.error("%s; the input cannot be resynchronised, exiting", exc)
             self.finish(1)
             return
+        for version, types, payloads in runs:
+            self.dispatch_columns(version, types, payloads)
+
+    def dispatch_columns(self, version: int, types: list[int], payloads: list[bytes]) -> None:
+        """Queue a read's records (one protocol version) for every plugin: whole, when every
+        plugin can take them so (`PluginRunner.room`), else one by one (`dispatch`), which
+        applies the full-queue rules record by record."""
+        runners = list(self.plugins.values())
+        count = len(types)
+        if count and runners and not self.suspended and all(r.room(count) for r in runners):
+            columns = Columns(version, types, payloads, self.node)
+            self.records_in += count
+            for runner in runners:
+                runner.take(columns)
+            for runner in runners:
+                runner.flush()
+            return
         node = self.node
-        self.dispatch([Record(version, msg_type, payload, node) for version, msg_type, payload
-                       in frames])
+        self.dispatch([Record(version, msg_type, payload, node)
+                       for msg_type, payload in zip(types, payloads, strict=True)])
 
     def dispatch(self, records: list[Record]) -> None:
         """Queue one read's records for every plugin, then start sending (one send per

@@ -31,6 +31,8 @@ import enum
 import logging
 import signal
 from dataclasses import dataclass
+from itertools import accumulate, repeat
+from operator import add, sub
 
 from auditpy.config.files import check_plugin_program
 from auditpy.config.plugins import PluginConfig
@@ -94,6 +96,134 @@ class Record:
 
     def encode(self, fmt: str) -> bytes:
         return self.frame() if fmt == "binary" else self.line()
+
+
+class Columns:
+    """One read's records for the plugins that queue them whole (`PluginRunner.take`):
+    each encoding is made once, by C loops over the columns, and shared by every plugin
+    of that format; it is what `Record.encode` makes of each record, back to back, with
+    the offset where each ends."""
+
+    __slots__ = ("_encoded", "node", "payloads", "types", "version")
+
+    def __init__(
+        self, version: int, types: list[int], payloads: list[bytes], node: bytes = b""
+    ) -> None:
+        self.version = version
+        self.types = types
+        self.payloads = payloads
+        self.node = node
+        self._encoded: dict[str, tuple[bytes, list[int]]] = {}
+
+    def __len__(self) -> int:
+        return len(self.types)
+
+    def encoded(self, fmt: str) -> tuple[bytes, list[int]]:
+        done = self._encoded.get(fmt)
+        if done is None:
+            if not self.types:
+                done = (b"", [])
+            else:
+                done = self._binary() if fmt == "binary" else self._string()
+            self._encoded[fmt] = done
+        return done
+
+    def records(self, first: int = 0) -> list[Record]:
+        version, node = self.version, self.node
+        return [Record(version, t, p, node)
+                for t, p in zip(self.types[first:], self.payloads[first:], strict=True)]
+
+    def _string(self) -> tuple[bytes, list[int]]:
+        payloads = self.payloads
+        if b"\n" in b"".join(payloads):  # a line of its own made of each (string_line)
+            lines = [record.line() for record in self.records()]
+            return b"".join(lines), list(accumulate(map(len, lines)))
+        count = len(payloads)
+        if self.version != wire.PROTOCOL_V0:
+            return (b"\n".join(payloads) + b"\n",
+                    list(accumulate(map(add, map(len, payloads), repeat(1, count)))))
+        prefixes = _v0_prefixes(self.node)
+        parts = [b"\n"] * (3 * count)
+        parts[0::3] = map(prefixes.__getitem__, self.types)
+        parts[1::3] = payloads
+        sizes = map(add, map(prefixes.sizes.__getitem__, self.types), map(len, payloads))
+        return b"".join(parts), list(accumulate(sizes))
+
+    def _binary(self) -> tuple[bytes, list[int]]:
+        payloads = self.payloads
+        count = len(payloads)
+        sizes = list(map(len, payloads))
+        headers = map(wire.HEADER.pack, repeat(self.version, count),
+                      repeat(wire.HEADER_LEN, count), self.types, sizes)
+        parts = [b""] * (2 * count)
+        parts[0::2] = headers
+        parts[1::2] = payloads
+        return (b"".join(parts),
+                list(accumulate(map(add, sizes, repeat(wire.HEADER_LEN, count)))))
+
+
+class _V0Prefixes(dict[int, bytes]):
+    """``node=NAME type=TYPE msg=`` of V0 string lines by type; `sizes` holds each one's
+    length plus the newline."""
+
+    def __init__(self, node: bytes) -> None:
+        super().__init__()
+        self.node = node
+        self.sizes = _PrefixSizes(self)
+
+    def __missing__(self, msg_type: int) -> bytes:
+        prefix = self.node + wire.string_line(wire.PROTOCOL_V0, msg_type, b"")[:-1]
+        if len(self) < 4096:
+            self[msg_type] = prefix
+        return prefix
+
+
+class _PrefixSizes(dict[int, int]):
+    def __init__(self, prefixes: _V0Prefixes) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def __missing__(self, msg_type: int) -> int:
+        size = len(self.prefixes[msg_type]) + 1
+        if len(self) < 4096:
+            self[msg_type] = size
+        return size
+
+
+_PREFIXES: dict[bytes, _V0Prefixes] = {}
+
+
+def _v0_prefixes(node: bytes) -> _V0Prefixes:
+    prefixes = _PREFIXES.get(node)
+    if prefixes is None:
+        if len(_PREFIXES) > 8:  # one node name at a time, and a few reloads
+            _PREFIXES.clear()
+        prefixes = _PREFIXES[node] = _V0Prefixes(node)
+    return prefixes
+
+
+class _Chunk:
+    """A read's records in a plugin's queue, encoded for it; `first` of them are sent."""
+
+    __slots__ = ("columns", "data", "ends", "first")
+
+    def __init__(self, columns: Columns, data: bytes, ends: list[int]) -> None:
+        self.columns = columns
+        self.data = data
+        self.ends = ends
+        self.first = 0
+
+    @property
+    def count(self) -> int:
+        return len(self.ends) - self.first
+
+    def batch(self) -> Batch:
+        first = self.first
+        if not first:
+            return Batch(self.data, self.ends)
+        base = self.ends[first - 1]
+        ends = self.ends[first:]
+        return Batch(memoryview(self.data)[base:], list(map(sub, ends, repeat(base, len(ends)))))
 
 
 @dataclass
@@ -185,6 +315,15 @@ class PluginRunner:
         """Start sending what `offer` queued; called once per read of the dispatcher's
         input, so that one send carries many records."""
 
+    def room(self, count: int) -> bool:
+        """Whether `take` would queue `count` more records whole (not: offer them one by
+        one, which applies the full-queue rules record by record)."""
+        return False
+
+    def take(self, columns: Columns) -> None:
+        """Queue a read's records whole (only after `room` said yes)."""
+        raise NotImplementedError
+
     def hup(self) -> None:
         """The plugin's configuration is unchanged after a reload."""
         log.info("plugin %s unchanged", self.name)
@@ -227,9 +366,12 @@ class ExternalPlugin(PluginRunner):
     def __init__(self, config: PluginConfig, ctx: RunnerContext) -> None:
         self.backoff = Backoff(ctx.backoff_initial, ctx.backoff_max, ctx.stable_after)
         super().__init__(config, ctx)
-        #: records not yet completely in the plugin's socket, oldest first (at most q_depth);
-        #: the head ones may be in the batch being written
-        self.queue: collections.deque[Record] = collections.deque()
+        #: records not yet completely in the plugin's socket, oldest first (at most q_depth):
+        #: one by one, or a read's records whole (`take`); the head ones may be in the batch
+        #: being written
+        self.queue: collections.deque[Record | _Chunk] = collections.deque()
+        #: how many records the queue holds
+        self.queued = 0
         #: the running process, None between runs
         self.fed: FedChild | None = None
         self._exited: asyncio.Future[None] | None = None
@@ -257,7 +399,7 @@ class ExternalPlugin(PluginRunner):
 
     @property
     def depth(self) -> int:
-        return len(self.queue)
+        return self.queued
 
     def describe(self) -> str:
         return " ".join(self.config.argv)
@@ -470,15 +612,31 @@ class ExternalPlugin(PluginRunner):
         ):
             self.dropped += 1
             return True
-        if len(self.queue) >= self.ctx.q_depth:
+        if self.queued >= self.ctx.q_depth:
             self.flush()  # full only if the plugin's socket takes no more either
-            if len(self.queue) >= self.ctx.q_depth:
+            if self.queued >= self.ctx.q_depth:
                 self.dropped += 1
                 return False
         self.queue.append(record)
-        if len(self.queue) > self.max_depth:
-            self.max_depth = len(self.queue)
+        self.queued += 1
+        if self.queued > self.max_depth:
+            self.max_depth = self.queued
         return True
+
+    def room(self, count: int) -> bool:
+        state = self.state
+        return (state is State.RUNNING or state is State.BACKOFF or state is State.PENDING) \
+            and self.queued + count <= self.ctx.q_depth
+
+    def take(self, columns: Columns) -> None:
+        # A read's records as one queue entry, encoded by C loops: no per-record work here
+        # or when they are sent (py-spy: Record, offer and the batching loop were most of
+        # pyaudispd's time with one plugin).
+        data, ends = columns.encoded(self.config.format)
+        self.queue.append(_Chunk(columns, data, ends))
+        self.queued += len(ends)
+        if self.queued > self.max_depth:
+            self.max_depth = self.queued
 
     def flush(self) -> None:
         # A send per offered record was a system call per record per plugin (py-spy: half
@@ -488,11 +646,12 @@ class ExternalPlugin(PluginRunner):
             fed.pump()
 
     def adopt(self, records: list[Record]) -> None:
-        room = max(0, self.ctx.q_depth - len(self.queue))
+        room = max(0, self.ctx.q_depth - self.queued)
         keep = records[:room]
         self.dropped += len(records) - len(keep)
         self.queue.extendleft(reversed(keep))
-        self.max_depth = max(self.max_depth, len(self.queue))
+        self.queued += len(keep)
+        self.max_depth = max(self.max_depth, self.queued)
 
     def _next_batch(self) -> Batch | None:
         """The next records as one buffer (one send for many small records), with where
@@ -501,11 +660,16 @@ class ExternalPlugin(PluginRunner):
         queue = self.queue
         if not queue:
             return None
+        head = queue[0]
+        if isinstance(head, _Chunk):
+            return head.batch()
         encode = Record.frame if self.config.format == "binary" else Record.line
         parts: list[bytes] = []
         ends: list[int] = []
         total = 0
         for record in queue:
+            if isinstance(record, _Chunk):
+                break
             data = encode(record)
             if parts and (total + len(data) > BATCH_BYTES or len(parts) >= BATCH_RECORDS):
                 break
@@ -516,12 +680,23 @@ class ExternalPlugin(PluginRunner):
 
     def _sent(self, count: int) -> None:
         queue = self.queue
-        if count == len(queue):
-            queue.clear()
-        else:
-            for _ in range(count):
-                queue.popleft()
         self.delivered += count
+        if count == self.queued:
+            queue.clear()
+            self.queued = 0
+            return
+        self.queued -= count
+        while count:
+            head = queue[0]
+            if isinstance(head, _Chunk):
+                taken = min(count, head.count)
+                head.first += taken
+                count -= taken
+                if not head.count:
+                    queue.popleft()
+            else:
+                queue.popleft()
+                count -= 1
 
     def _on_drained(self) -> None:
         if self._drained is not None and not self._drained.done():
@@ -546,8 +721,14 @@ class ExternalPlugin(PluginRunner):
             )
 
     def _take_queue(self) -> list[Record]:
-        records = list(self.queue)
+        records: list[Record] = []
+        for entry in self.queue:
+            if isinstance(entry, _Chunk):
+                records += entry.columns.records(entry.first)
+            else:
+                records.append(entry)
         self.queue.clear()
+        self.queued = 0
         return records
 
     def _leftover(self, keep: bool) -> list[Record]:
@@ -558,5 +739,5 @@ class ExternalPlugin(PluginRunner):
         return []
 
     def _discard_queue(self) -> None:
-        self.dropped += len(self.queue)
+        self.dropped += self.queued
         self._take_queue()

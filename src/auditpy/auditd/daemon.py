@@ -23,8 +23,10 @@ import resource
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import fields
+from itertools import compress
+from operator import not_
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from auditpy import AUDIT_VERSION
@@ -39,7 +41,7 @@ from auditpy.auditd.ledger import (
     Cause,
     LossReporter,
     SerialWatch,
-    serial_of,
+    serials_of,
 )
 from auditpy.auditd.logfile import AuditLog, LogEvent, LogFileError
 from auditpy.auditd.signals import HANDLED_SIGNALS
@@ -53,7 +55,7 @@ from auditpy.auditd.startup import (
 )
 from auditpy.config.auditd_conf import AuditdConfig, changed_keys, metrics_address
 from auditpy.config.errors import ConfigError
-from auditpy.proto.dispatch import HEADER, PROTOCOL_V0, PROTOCOL_V1
+from auditpy.proto.dispatch import HEADER, PROTOCOL_V0, PROTOCOL_V1, pack_batch
 from auditpy.proto.netlink import STATUS_ENABLED, AuditStatus, SignalInfo
 from auditpy.proto.records import (
     AUDIT_EOE,
@@ -120,7 +122,10 @@ class KernelLink(Protocol):
 
     def fileno(self) -> int: ...
 
-    def recv_records(self, limit: int) -> tuple[list[tuple[int, bytes]], int]: ...
+    def recv_columns(self, limit: int) -> tuple[list[int], list[bytes], int]:
+        """Up to about `limit` records, without blocking: their types, their payloads, and
+        how many ENOBUFS errors were seen."""
+        ...
 
     def state(self) -> dict[str, str]: ...
 
@@ -210,6 +215,18 @@ def make_formatter(config: AuditdConfig) -> LineFormatter:
 
         enricher = Enricher()
     return LineFormatter(node=node_name(config.name_format, config.name), enricher=enricher)
+
+
+def interpreter_flags() -> list[str]:
+    """The dispatcher runs as this interpreter runs: isolated (-I), without site (-S, which
+    leaves out whatever site-packages' .pth files load: 5 MiB on the benchmark machine),
+    optimised, ..."""
+    flags = sys.flags
+    out = ["-I"] if flags.isolated else (
+        (["-E"] if flags.ignore_environment else []) + (["-s"] if flags.no_user_site else []))
+    out += ["-S"] if flags.no_site else []
+    out += ["-O"] * flags.optimize
+    return out
 
 
 class Daemon:
@@ -530,16 +547,16 @@ class Daemon:
         now = time.monotonic()
         elapsed = now - self._last_read
         self._last_read = now
-        records, enobufs = self.kernel.recv_records(RECV_BATCH)
+        types, payloads, enobufs = self.kernel.recv_columns(RECV_BATCH)
         # Records read are written before anything that may take time (syslog, below): what
         # the daemon holds in memory dies with it if it is killed.
-        if records:
-            self._handle(records)
-        self._track_settling(len(records) < RECV_BATCH)
+        count = len(types)
+        if count:
+            self._handle(types, payloads)
+        self._track_settling(count < RECV_BATCH)
         if enobufs:
             self.counters.enobufs += enobufs
             log.warning("Kernel socket overrun (ENOBUFS), %d in all", self.counters.enobufs)
-        count = len(records)
         if not 0 < count < SMALL_BATCH or self._stop.done():
             return 0.0
         return min(COALESCE_SECONDS, PAUSE_RECORDS * elapsed / count)
@@ -549,23 +566,35 @@ class Daemon:
         if self.kernel is None:
             return
         while True:
-            records, _ = self.kernel.recv_records(RECV_BATCH)
-            if not records:
+            types, payloads, _ = self.kernel.recv_columns(RECV_BATCH)
+            if not types:
                 return
-            self._handle(records)
+            self._handle(types, payloads)
 
-    def _handle(self, records: list[tuple[int, bytes]]) -> None:
-        events = [r for r in records if r[0] not in NOT_EVENTS]
-        if not events:
-            return
+    def _handle(self, types: list[int], payloads: list[bytes]) -> None:
+        if not NOT_EVENTS.isdisjoint(types):
+            events = [(t, p) for t, p in zip(types, payloads, strict=True)
+                      if t not in NOT_EVENTS]
+            if not events:
+                return
+            types = [t for t, _p in events]
+            payloads = [p for _t, p in events]
         counters = self.counters
-        counters.received += len(events)
+        counters.received += len(types)
         link = self.dispatcher
-        if link is None or not link.accepting:
-            lines = self.formatter.format_batch(events)
-            counters.eoe += len(events) - len(lines)
-            self._write(lines, counters.kernel)
+        accepting = link is not None and link.accepting
+        if not accepting or self._dispatch_v0:
+            # The log's lines, and the kernel's text as V0 frames, each made for the whole
+            # batch by C loops (see LineFormatter.join_lines).
+            data, count = self.formatter.join_lines(types, payloads)
+            counters.eoe += len(types) - count
+            self._write_data(data, count, counters.kernel)
+            if accepting:
+                assert link is not None
+                link.send(pack_batch(PROTOCOL_V0, types, payloads), len(types))
         else:
+            assert link is not None
+            events = list(zip(types, payloads, strict=True))
             fmt = self.formatter.format
             lines = [fmt(t, p) for t, p in events]
             logged = [ln for (t, _p), ln in zip(events, lines, strict=True) if t != AUDIT_EOE]
@@ -573,12 +602,15 @@ class Daemon:
             self._write(logged, counters.kernel)
             link.send(self._frames(events, lines), len(events))
         # After the write: a gap found here may be said in syslog and the log.
-        self._watch_serials(events)
+        self._watch_serial_batch(types, payloads)
 
-    def _watch_serials(self, events: list[tuple[int, bytes]]) -> None:
-        """Feed the serial watch one serial per event (see ledger.SYSCALL_COMPANIONS)."""
-        serials = [serial_of(p) for t, p in events if t not in SYSCALL_COMPANIONS]
-        lost = self.serials_seen.feed(s for s in serials if s is not None)
+    def _watch_serial_batch(self, types: Sequence[int], payloads: Sequence[bytes]) -> None:
+        """Feed the serial watch about one serial per event (see ledger.SYSCALL_COMPANIONS),
+        picked and parsed by C loops."""
+        picked = compress(payloads, map(not_, map(SYSCALL_COMPANIONS.__contains__, types)))
+        self._serials_lost(self.serials_seen.feed_batch(serials_of(picked)))
+
+    def _serials_lost(self, lost: int) -> None:
         if lost:
             self.counters.serial_gaps += lost
             if self.config.kernel_link == "MULTICAST":
@@ -603,7 +635,8 @@ class Daemon:
         return self.config.log_format == "RAW" and not self.formatter.node_prefix
 
     def _dispatcher_argv(self) -> list[str]:
-        argv = [sys.executable, "-m", "auditpy.audispd", "-c", self.options.config_dir,
+        argv = [sys.executable, *interpreter_flags(), "-m", "auditpy.audispd",
+                "-c", self.options.config_dir,
                 "--base-dir", self.options.base_dir, "--run-dir", self.options.run_dir]
         return argv + (["-f"] if self.options.foreground or self.options.no_fork else [])
 
@@ -624,15 +657,25 @@ class Daemon:
 
     def _write(self, lines: list[bytes], count: LogCount) -> LogEvent:
         """The one way lines reach the log, each source counted on its own (`count`)."""
+        if self.log_file is None or not lines:
+            return self._write_data(b"", len(lines), count)
+        return self._written(self.log_file.write(lines), len(lines), count)
+
+    def _write_data(self, data: bytes, lines: int, count: LogCount) -> LogEvent:
+        """`_write` for lines joined (LineFormatter.join_lines)."""
         log_file = self.log_file
         if log_file is None:
-            count.not_logged += len(lines)  # write_logs = no: records are only dispatched
+            count.not_logged += lines  # write_logs = no: records are only dispatched
             return LogEvent.NONE
         if not lines:
             return LogEvent.NONE
-        events = log_file.write(lines)
+        return self._written(log_file.write_data(data, lines), lines, count)
+
+    def _written(self, events: LogEvent, lines: int, count: LogCount) -> LogEvent:
+        log_file = self.log_file
+        assert log_file is not None
         if not events:
-            count.written += len(lines)
+            count.written += lines
             if self._write_failing:
                 self._write_failing = False
                 self.space.write_ok()
@@ -641,7 +684,7 @@ class Daemon:
         # Only the records of the batch that are not on disk, whole: the log file takes a
         # partly written batch back to its last complete record.
         unwritten = log_file.last_unwritten if failed else 0
-        count.written += len(lines) - unwritten
+        count.written += lines - unwritten
         if unwritten:
             cause = (Cause.LOG_DISK_FULL if events & LogEvent.DISK_FULL
                      else Cause.LOG_WRITE_ERROR if events & LogEvent.DISK_ERROR

@@ -46,9 +46,10 @@ import asyncio
 import contextlib
 import errno
 import logging
+import select
 import socket
-import ssl
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final, Protocol
 
@@ -79,8 +80,11 @@ from auditpy.proto.remote import (
     ProtocolError,
     type_name,
 )
+from auditpy.system.aio import asyncio_tls
 
 if TYPE_CHECKING:
+    import ssl
+
     from auditpy.config.auditd_conf import AuditdConfig
 
 log = logging.getLogger("auditpy.remote")
@@ -132,6 +136,8 @@ def reply_for(events: LogEvent, *, space_low: bool) -> Reply:
     """The reply to records after a write that reported `events`, as the C daemon chooses:
     not written because logging is suspended, ENOSPC, another write error, written while
     below space_left, or plain success."""
+    if not events:  # the usual write: no flag tests (each is a Python call on an IntFlag)
+        return DISKLOW if space_low else ACK
     if events & LogEvent.NOT_OPEN:
         return SUSPENDED
     if events & LogEvent.DISK_FULL:
@@ -305,6 +311,19 @@ class _Client(asyncio.BufferedProtocol):
         if not self.accepted:  # TLS data can arrive before the handshake task resumes
             self.listener.accepted(self)
         self.last_rx = self._now()
+        if not self.reader.buffered and not self.replies and nbytes >= HEADER_SIZE:
+            # The usual read: one whole record frame from a client waiting for its reply.
+            raw = self._raw
+            magic, hver, _mver, msg_type, length, seq = HEADER.unpack_from(raw)
+            if (nbytes == HEADER_SIZE + length and magic == MAGIC and msg_type == TYPE_MESSAGE
+                    and hver in SUPPORTED_HEADER_VERSIONS and length <= MAX_PAYLOAD):
+                payload = bytes(raw[HEADER_SIZE : nbytes])
+                if payload.endswith(b"\n"):
+                    payload = payload[:-1]
+                if payload and b"\n" not in payload and b"\0" not in payload:
+                    self.replies.append((seq, True))
+                    self.listener.submit(self, [payload + b"\n"])
+                    return
         items, done = self._whole_frames(nbytes) if not self.reader.buffered else ([], 0)
         fault = None
         if done < nbytes:
@@ -454,6 +473,202 @@ class _Client(asyncio.BufferedProtocol):
 
 
 # --------------------------------------------------------------------------------------
+# Plain TCP connections
+
+
+class _PlainTransport(asyncio.Transport):
+    """A plain TCP connection, served from the listener's own epoll (`_PlainSockets`): one
+    loop callback takes every client with something to read, where asyncio's transports
+    cost a callback, a read-ready wrapper and a write path of their own per client and
+    wakeup (py-spy, bench/fanin.py: most of the server's Python time). Only what `_Client`
+    uses: write with a bound on unsent output (pause_writing), close (after what is
+    unsent), abort, and connection_lost called soon after, as asyncio calls it."""
+
+    def __init__(self, owner: _PlainSockets, sock: socket.socket,
+                 protocol: asyncio.BufferedProtocol) -> None:
+        super().__init__({"socket": sock, "peername": sock.getpeername()})
+        self._owner = owner
+        self._sock: socket.socket | None = sock
+        self._fd = sock.fileno()
+        self._protocol = protocol
+        self._out = bytearray()
+        self._high = 64 * 1024
+        self._low = 16 * 1024
+        self._paused = False  # protocol told to pause writing
+        self._reading = True
+        self._closing = False
+        sock.setblocking(False)
+        owner.add(self)
+
+    # -- the epoll's events ---------------------------------------------------------------
+
+    @property
+    def events(self) -> int:
+        """What the epoll is to report: input while reading, room while output waits."""
+        return (select.EPOLLIN if self._reading and not self._closing else 0) | (
+            select.EPOLLOUT if self._out else 0)
+
+    def on_event(self, events: int) -> None:
+        if self._out and events & (select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP):
+            self._flush()  # on an error the send says which
+        if self._sock is None or not self._reading or self._closing or not events & (
+                select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP):
+            return
+        buffer = self._protocol.get_buffer(-1)
+        try:
+            n = self._sock.recv_into(buffer)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._lost(exc)
+            return
+        if n:
+            self._protocol.buffer_updated(n)
+        elif not self._closing:
+            self._protocol.eof_received()
+            self.close()
+
+    # -- asyncio.Transport --------------------------------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        sock = self._sock
+        if sock is None or self._closing:
+            return
+        if not self._out:
+            try:
+                sent = sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self._lost(exc)
+                return
+            if sent == len(data):
+                return
+            data = memoryview(data)[sent:]
+        self._out += data
+        self._owner.update(self)
+        if len(self._out) > self._high and not self._paused:
+            self._paused = True
+            self._protocol.pause_writing()
+
+    def _flush(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        try:
+            sent = sock.send(self._out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._lost(exc)
+            return
+        del self._out[:sent]
+        if self._out:
+            return
+        self._owner.update(self)
+        if self._closing:
+            self._finish(None)
+        elif self._paused and len(self._out) <= self._low:
+            self._paused = False
+            self._protocol.resume_writing()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._high = 64 * 1024 if high is None else high
+        self._low = self._high // 4 if low is None else low
+
+    def get_write_buffer_size(self) -> int:
+        return len(self._out)
+
+    def is_closing(self) -> bool:
+        return self._closing or self._sock is None
+
+    def close(self) -> None:
+        if self._closing or self._sock is None:
+            return
+        self._closing = True
+        self._reading = False
+        if self._out:
+            self._owner.update(self)  # only the output now
+        else:
+            self._finish(None)
+
+    def abort(self) -> None:
+        if self._sock is not None:
+            self._closing = True
+            self._finish(None)
+
+    def is_reading(self) -> bool:
+        return self._reading and not self._closing
+
+    def pause_reading(self) -> None:
+        self._reading = False
+        self._owner.update(self)
+
+    def resume_reading(self) -> None:
+        if not self._closing:
+            self._reading = True
+            self._owner.update(self)
+
+    def _lost(self, exc: Exception) -> None:
+        self._closing = True
+        self._finish(exc)
+
+    def _finish(self, exc: Exception | None) -> None:
+        sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        self._owner.remove(self)
+        self._out.clear()
+        sock.close()
+        self._owner.loop.call_soon(self._protocol.connection_lost, exc)
+
+
+class _PlainSockets:
+    """The listener's epoll of plain TCP connections, watched by the loop as one reader;
+    `after` runs once every ready connection has been read (the batch write and replies
+    then go out in the same wakeup, not one loop iteration later)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, after: Callable[[], None]) -> None:
+        self.loop = loop
+        self._after = after
+        self._epoll: select.epoll | None = None
+        self._by_fd: dict[int, _PlainTransport] = {}
+
+    def add(self, transport: _PlainTransport) -> None:
+        if self._epoll is None:
+            self._epoll = select.epoll()
+            self.loop.add_reader(self._epoll.fileno(), self._ready)
+        self._epoll.register(transport._fd, select.EPOLLIN)
+        self._by_fd[transport._fd] = transport
+
+    def update(self, transport: _PlainTransport) -> None:
+        """The transport's interest changed (output waits or not, reading or not)."""
+        if self._epoll is not None and transport._fd in self._by_fd:
+            self._epoll.modify(transport._fd, transport.events)
+
+    def remove(self, transport: _PlainTransport) -> None:
+        if self._by_fd.pop(transport._fd, None) is not None and self._epoll is not None:
+            with contextlib.suppress(OSError):
+                self._epoll.unregister(transport._fd)
+        if not self._by_fd and self._epoll is not None:
+            if not self.loop.is_closed():
+                self.loop.remove_reader(self._epoll.fileno())
+            self._epoll.close()
+            self._epoll = None
+
+    def _ready(self) -> None:
+        epoll = self._epoll
+        if epoll is None:
+            return
+        by_fd = self._by_fd
+        for fd, events in epoll.poll(0, 256):
+            transport = by_fd.get(fd)
+            if transport is not None:
+                transport.on_event(events)
+        self._after()
+
+
+# --------------------------------------------------------------------------------------
 # The listener
 
 
@@ -477,6 +692,7 @@ class RemoteListener:
         self._sweeper: asyncio.TimerHandle | None = None
         self._paused_accept: asyncio.TimerHandle | None = None
         self._closing: set[_Client] = set()
+        self._plain = _PlainSockets(loop, self._flush_now)
         #: no client can have been idle evict_min_idle before this time (see _make_room)
         self._none_idle_until = 0.0
         self.running = False
@@ -639,6 +855,9 @@ class RemoteListener:
         client = _Client(self, sock, ip, port)
         self.clients.add(client)
         self._per_addr[ip] = self._per_addr.get(ip, 0) + 1
+        if self.settings.tls is None:
+            client.connection_made(_PlainTransport(self._plain, sock, client))
+            return
         task = self.loop.create_task(self._setup(client, sock))
         self._setups.add(task)
         task.add_done_callback(self._setups.discard)
@@ -683,6 +902,7 @@ class RemoteListener:
             raw = client.transport
             assert isinstance(raw, asyncio.WriteTransport)
             client.handshaking = True
+            asyncio_tls()
             transport = await self.loop.start_tls(
                 raw, client, tls, server_side=True,
                 ssl_handshake_timeout=self.settings.handshake_timeout,
@@ -693,11 +913,14 @@ class RemoteListener:
         except Exception as exc:  # every handshake failure is the peer's problem
             stage = "TLS handshake" if client.handshaking else "connection set-up"
             client.handshaking = False
+            # ssl is loaded only with TLS configured (system.aio)
+            tls_module = sys.modules.get("ssl")
             if isinstance(exc, TimeoutError):
                 why = f"{stage} timed out"
-            elif isinstance(exc, ssl.SSLError) and exc.reason:
+            elif tls_module is not None and isinstance(exc, tls_module.SSLError) and exc.reason:
                 why = f"{stage} failed: {exc.reason}"
-            elif isinstance(exc, (ssl.SSLEOFError, ConnectionError)) or not str(exc):
+            elif (tls_module is not None and isinstance(exc, tls_module.SSLEOFError)) or (
+                    isinstance(exc, ConnectionError) or not str(exc)):
                 why = f"{stage} failed: the peer closed the connection"
             else:
                 why = f"{stage} failed: {exc}"
@@ -765,6 +988,13 @@ class RemoteListener:
     def submit_more(self, lines: list[bytes]) -> None:
         """More records of a client that already waits for this batch."""
         self._lines += lines
+
+    def _flush_now(self) -> None:
+        """What the plain connections read this wakeup: written and answered at once."""
+        handle = self._flush_handle
+        if handle is not None:
+            handle.cancel()
+            self.flush()
 
     def flush(self) -> None:
         self._flush_handle = None

@@ -65,6 +65,11 @@ def _chmod_nofollow(path: str, mode: int) -> None:
     os.chmod(path, mode)
 
 
+def _split_lines(data: bytes) -> list[bytes]:
+    """Joined log lines back into lines (the rare paths account for each record)."""
+    return [line + b"\n" for line in data.split(b"\n")[:-1]]
+
+
 @dataclass(frozen=True, slots=True)
 class LogSettings:
     """The part of auditd.conf the log file needs; the daemon maps its config onto it so this
@@ -766,16 +771,35 @@ class AuditLog:
         count = len(lines)
         if count == 0:
             return LogEvent.NONE
-        data = lines[0] if count == 1 else b"".join(lines)
+        return self._append(fd, lines[0] if count == 1 else b"".join(lines), count, lines)
+
+    def write_data(self, data: bytes, count: int) -> LogEvent:
+        """`write` for lines already joined: `count` of them, each ending in its only
+        b"\\n" (as `LineFormatter` makes them), taken apart again only on the rare
+        paths that account for each record."""
+        fd = self._fd
+        if fd < 0:
+            return self._not_open(count)
+        if self._consecutive_errors:
+            return self._write_after_error(_split_lines(data))
+        if count == 0:
+            return LogEvent.NONE
+        return self._append(fd, data, count, None)
+
+    def _append(
+        self, fd: int, data: bytes, count: int, lines: Sequence[bytes] | None
+    ) -> LogEvent:
         total = len(data)
         try:
             done = os.write(fd, data)
         except OSError as exc:
-            return self._cut_short(fd, lines, 0, exc)
+            return self._cut_short(fd, _split_lines(data) if lines is None else lines, 0, exc)
         if done != total:
             done, exc2 = self._write_rest(fd, data, done)
             if exc2 is not None:
-                return self._cut_short(fd, lines, done, exc2)
+                return self._cut_short(
+                    fd, _split_lines(data) if lines is None else lines, done, exc2
+                )
         self._size += total
         self._bytes += total
         self._records += count

@@ -30,6 +30,7 @@ from auditpy.config.nats_conf import NatsConf, tls_context
 from auditpy.config.tls import client_context
 from auditpy.proto import nats as wire
 from auditpy.proto.nats import Info, Msg, ServerUrl
+from auditpy.system.aio import asyncio_tls
 
 log = logging.getLogger("auditpy.nats")
 
@@ -340,6 +341,7 @@ class Client:
                         or server.tls):
                     raise ConnectError("the server does not offer TLS")
                 context = options.tls or ssl.create_default_context()
+                asyncio_tls()
                 tls_transport = await loop.start_tls(
                     transport, conn, context,
                     server_hostname=options.tls_server_name or server.host,

@@ -5,6 +5,9 @@ Pure functions and tables; the per-record hot path is `LineFormatter.format`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from itertools import compress, repeat
+from operator import itemgetter, ne
 from typing import TYPE_CHECKING
 
 from auditpy.proto.msgtypes import MSG_TYPE_NAMES
@@ -85,18 +88,14 @@ class LineFormatter:
         self.node_prefix = f"node={node} ".encode() if node else b""
         self.limit = LINE_PAYLOAD_LIMIT if not node else LINE_PAYLOAD_LIMIT + 64
         self.enricher = enricher
-        self._prefix: dict[int, bytes] = {}
+        self._prefix = _Prefixes(self.node_prefix)
 
     def prefix(self, msg_type: int) -> bytes:
-        prefix = self._prefix.get(msg_type)
-        if prefix is None:
-            prefix = self.node_prefix + f"type={type_name(msg_type)} msg=".encode()
-            self._prefix[msg_type] = prefix
-        return prefix
+        return self._prefix[msg_type]
 
     def format(self, msg_type: int, payload: bytes) -> bytes:
         """The log line for one record, with its newline."""
-        prefix = self._prefix.get(msg_type) or self.prefix(msg_type)
+        prefix = self._prefix[msg_type]
         if b"\n" in payload or payload[-1:] == b" " or len(payload) > self.limit:
             payload = clean_payload(payload, self.limit)
         if not payload:
@@ -115,3 +114,62 @@ class LineFormatter:
         """Lines for the records that go to disk (EOE never does)."""
         fmt = self.format
         return [fmt(t, p) for t, p in records if t != AUDIT_EOE]
+
+    def join_lines(self, types: Sequence[int], payloads: Sequence[bytes]) -> tuple[bytes, int]:
+        """The lines of the records that go to disk (EOE never does), joined, and how many.
+
+        What `format_batch` would give, joined, at a third of its cost on the common batch:
+        it is put together by C loops (prefix lookups, slice assignments, one join), and
+        checks over the whole batch -- no newline in a payload, none ending in a space, none
+        empty or too long -- send a batch that needs any per-record care through `format`.
+        """
+        if AUDIT_EOE in types:
+            keep = list(map(ne, types, repeat(AUDIT_EOE)))
+            types = list(compress(types, keep))
+            payloads = list(compress(payloads, keep))
+        count = len(payloads)
+        if not count:
+            return b"", 0
+        prefixes = self._prefix
+        step = 3 if self.enricher is None else 4
+        parts = [b"\n"] * (step * count)
+        parts[0::step] = map(prefixes.__getitem__, types)
+        parts[1::step] = payloads
+        longest = max(map(len, payloads))
+        if (
+            not all(payloads)
+            or b"\n" in b"".join(payloads)
+            or _SPACE in map(_last, payloads)
+            or longest > self.limit
+            or longest + prefixes.longest >= MAX_LINE
+        ):
+            return b"".join(map(self.format, types, payloads)), count
+        if self.enricher is not None:
+            # ENRICHED: the interpretations of the batch at once, or record by record
+            suffixes = self.enricher.batch_suffixes(
+                list(types), list(payloads), longest + prefixes.longest)
+            if suffixes is None:
+                return b"".join(map(self.format, types, payloads)), count
+            parts[2::step] = suffixes
+        return b"".join(parts), count
+
+
+_SPACE = ord(" ")
+_last = itemgetter(-1)
+
+
+class _Prefixes(dict[int, bytes]):
+    """``node=NAME type=TYPE msg=`` by record type, made on first use; `longest` is the
+    longest made so far (whether a line could reach MAX_LINE)."""
+
+    def __init__(self, node_prefix: bytes) -> None:
+        super().__init__()
+        self.node_prefix = node_prefix
+        self.longest = 0
+
+    def __missing__(self, msg_type: int) -> bytes:
+        prefix = self.node_prefix + f"type={type_name(msg_type)} msg=".encode()
+        if len(self) < 4096:  # record types are 16-bit, but a bound costs nothing
+            self[msg_type] = prefix
+        self.longest = max(self.longest, len(prefix))
+        return prefix

@@ -275,6 +275,11 @@ class AuditSocket:
         Only the kernel's datagrams count; anything another process managed to send is
         dropped.
         """
+        types, payloads, enobufs = self.recv_columns(limit)
+        return list(zip(types, payloads, strict=True)), enobufs
+
+    def recv_columns(self, limit: int) -> tuple[list[int], list[bytes], int]:
+        """`recv_records` as two lists, types and payloads (the daemon works on columns)."""
         if not self._batch_tried:
             self._batch_tried = True
             self._batch = RecordBatchReader.create(
@@ -282,14 +287,16 @@ class AuditSocket:
             )
         batch = self._batch
         if batch is None:
-            return self._recv_one_by_one(limit)
-        records: list[tuple[int, bytes]] = []
+            records, enobufs = self._recv_one_by_one(limit)
+            return [t for t, _p in records], [p for _t, p in records], enobufs
+        types: list[int] = []
+        payloads: list[bytes] = []
         enobufs = 0
         flags = socket.MSG_DONTWAIT
         read = 0
         while read < limit:
             try:
-                got, count = batch.receive(flags)
+                got_types, got_payloads, count = batch.receive_columns(flags)
             except BlockingIOError:
                 break
             except OSError as exc:
@@ -300,11 +307,12 @@ class AuditSocket:
                 if exc.errno == errno.EINTR:
                     continue
                 raise
-            records += got
+            types += got_types
+            payloads += got_payloads
             read += count
             if count < batch.slots:
                 break  # drained: no need for a call that only says EAGAIN
-        return records, enobufs
+        return types, payloads, enobufs
 
     def _recv_one_by_one(self, limit: int) -> tuple[list[tuple[int, bytes]], int]:
         """recv_records for multicast sockets and where recvmmsg cannot be used."""
@@ -373,6 +381,9 @@ class KernelConnection:
 
     def recv_records(self, limit: int) -> tuple[list[tuple[int, bytes]], int]:
         return self.events.recv_records(limit)
+
+    def recv_columns(self, limit: int) -> tuple[list[int], list[bytes], int]:
+        return self.events.recv_columns(limit)
 
     def state(self) -> dict[str, str]:
         return {

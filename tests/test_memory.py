@@ -1,0 +1,169 @@
+"""What each process loads: no ssl without TLS (system.aio), TLS still working once asked for,
+builtins only when configured, and the syslog handler that replaces logging.handlers.
+
+No figure is checked (memory depends on the interpreter and the machine; bench/bench.py
+reports it): what is checked is which libraries and modules are there.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from auditpy.system.logsetup import DevLogHandler
+
+from .conftest import free_port, listening, make_pki, wait_for
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def _run(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, **env})
+
+
+def test_asyncio_without_ssl_and_tls_after_all(tmp_path: Path) -> None:
+    """asyncio imported without ssl; asyncio_tls gives it ssl, and a TLS connection over
+    loopback then works both ways (server start_tls, client create_connection)."""
+    make_pki(tmp_path)
+    result = _run(f"""
+        import sys
+        from auditpy.system.aio import asyncio_tls, asyncio_without_ssl
+        asyncio_without_ssl()
+        import asyncio
+        assert "ssl" not in sys.modules, "ssl loaded"
+        ssl = asyncio_tls()
+        server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server_ctx.load_cert_chain("{tmp_path}/server.pem", "{tmp_path}/server.key")
+        client_ctx = ssl.create_default_context(cafile="{tmp_path}/ca.pem")
+
+        async def main():
+            async def echo(reader, writer):
+                writer.write(await reader.readline())
+                await writer.drain()
+                writer.close()
+            server = await asyncio.start_server(echo, "127.0.0.1", 0, ssl=server_ctx)
+            port = server.sockets[0].getsockname()[1]
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=client_ctx, server_hostname="localhost")
+            writer.write(b"over tls\\n")
+            line = await reader.readline()
+            writer.close()
+            server.close()
+            return line
+        print(asyncio.run(main()).decode().strip())
+    """, PYTHONPATH=str(SRC))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "over tls"
+
+
+def test_asyncio_already_with_ssl_is_left_alone() -> None:
+    result = _run("""
+        import ssl, sys
+        from auditpy.system.aio import asyncio_tls, asyncio_without_ssl
+        asyncio_without_ssl()
+        import asyncio.sslproto
+        assert asyncio.sslproto.ssl is ssl and asyncio_tls() is ssl
+    """, PYTHONPATH=str(SRC))
+    assert result.returncode == 0, result.stderr
+
+
+def _libraries(pid: int) -> set[str]:
+    with open(f"/proc/{pid}/maps") as f:
+        return {Path(line.split()[-1]).name for line in f if "/" in line}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="pyauditd runs as root")
+def test_daemon_and_dispatcher_load_no_ssl_without_tls(tmp_path: Path) -> None:
+    """pyauditd (listening on plain TCP) and its pyaudispd (a plugin program): neither maps
+    libssl, and the dispatcher loads none of the builtins it was not asked for."""
+    conf = tmp_path / "etc"
+    (conf / "plugins.d").mkdir(parents=True)
+    (tmp_path / "log").mkdir(mode=0o700)
+    (tmp_path / "run").mkdir()
+    port = free_port()
+    (conf / "auditd.conf").write_text(
+        f"local_events = no\nlog_file = {tmp_path}/log/audit.log\n"
+        f"plugin_dir = {conf}/plugins.d\nspace_left = 2\nadmin_space_left = 1\n"
+        f"tcp_listen_port = {port}\n")
+    (conf / "plugins.d" / "cat.conf").write_text(
+        "active = yes\ndirection = out\npath = /bin/cat\ntype = always\nformat = string\n")
+    for path in (conf / "auditd.conf", conf / "plugins.d" / "cat.conf"):
+        path.chmod(0o640)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "auditpy.auditd", "-n", "-s", "nochange", "-c", str(conf),
+         "--run-dir", str(tmp_path / "run")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+    )
+    try:
+        wait_for(lambda: listening(port), 30, "the listener")
+
+        def dispatcher() -> int | None:
+            with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+                kids = [int(pid) for pid in f.read().split()]
+            return next((k for k in kids if b"audispd" in Path(f"/proc/{k}/cmdline")
+                         .read_bytes()), None)
+
+        child = wait_for(dispatcher, 30, "the dispatcher")
+        wait_for(lambda: any("cat" in Path(f"/proc/{k}/comm").read_text() for k in
+                             Path(f"/proc/{child}/task/{child}/children").read_text().split()),
+                 30, "the plugin")
+        log = tmp_path / "log" / "audit.log"
+        with socket.create_connection(("127.0.0.1", port)):  # the plain TCP path runs
+            wait_for(lambda: b"type=DAEMON_ACCEPT" in log.read_bytes(), 30, "the accept")
+        for pid in (proc.pid, child):
+            libraries = _libraries(pid)
+            assert not [lib for lib in libraries if lib.startswith(("libssl", "_ssl"))], pid
+    finally:
+        proc.terminate()
+        _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+
+
+def test_the_dispatcher_imports_builtins_only_when_configured() -> None:
+    result = _run("""
+        import sys
+        from auditpy.audispd.dispatcher import make_runner
+        assert not [m for m in sys.modules if m.startswith(
+            ("auditpy.audispd.builtin_", "auditpy.nats", "auditpy.jsonout", "auditpy.events"))]
+    """, PYTHONPATH=str(SRC))
+    assert result.returncode == 0, result.stderr
+
+
+def test_devlog_handler_sends_as_syslog_handler_did(tmp_path: Path) -> None:
+    import logging
+    import syslog
+
+    path = str(tmp_path / "log.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(path)
+    handler = DevLogHandler(path)
+    handler.setFormatter(logging.Formatter("prog[1]: %(message)s"))
+    logger = logging.getLogger("test_devlog")
+    logger.propagate = False
+    logger.addHandler(handler)
+    try:
+        logger.error("one é")
+        assert server.recv(1024) == (
+            f"<{syslog.LOG_DAEMON | syslog.LOG_ERR}>prog[1]: one é\0".encode())
+        # the syslog daemon restarts: a new socket at the same path
+        server.close()
+        os.unlink(path)
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        server.bind(path)
+        logger.warning("two")
+        assert server.recv(1024) == f"<{syslog.LOG_DAEMON | syslog.LOG_WARNING}>prog[1]: two\0" \
+            .encode()
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+        server.close()
+    with pytest.raises(OSError):
+        DevLogHandler(str(tmp_path / "absent"))
