@@ -318,8 +318,11 @@ def test_builtin_nats_in_pyaudispd(nats: Cluster, tmp_path: Path) -> None:
             d.send(record(i, "h7"))
         d.send(b"audit(1700000100.000:9): op=raw", msg_type=1005, version=0)
         assert wait_until(lambda: stored_count(nats.urls) >= 2001, 30), d.log()
+        # The stream stores a message before the plugin reads its acknowledgement.
+        assert wait_until(
+            lambda: d.state()["plugin nats.conf"]["records stored in the stream"] == "2001",
+            30, 0.2), d.state()
         state = d.state()["plugin nats.conf"]
-        assert state["records stored in the stream"] == "2001"
         assert state["records dropped (queue full)"] == "0"
     finally:
         assert d.stop() == 0, d.log()

@@ -161,8 +161,9 @@ def test_a_lossy_burst_balances_per_cause(
     kernel_state: AuditStatus, daemon_dir: DaemonDir, load_generator: Path
 ) -> None:
     """backlog_wait_time 0 and a small backlog_limit: the kernel drops records; a stuck
-    plugin with a small queue drops others. At the end every record generated is on disk,
-    an EOE (dispatched, never logged) or lost by the kernel, exactly; every record offered
+    plugin with a small queue drops others. At the end every event that did not arrive
+    whole is covered by the kernel's lost count, and that count is no more than the records
+    missing (on disk, or an EOE dispatched but never logged); every record offered
     to the plugin is delivered, dropped or queued; and the ledger's kernel figures are
     auditctl -s's."""
     set_status(AuditStatus(mask=STATUS_BACKLOG_LIMIT | STATUS_BACKLOG_WAIT_TIME,
@@ -223,13 +224,25 @@ def test_a_lossy_burst_balances_per_cause(
     received = delta("auditpy_records_received_total")
     kernel_lost = delta('auditpy_records_lost_total{cause="kernel"}')
     assert kernel_lost > 0, "the burst lost nothing: the test shows nothing"
-    # An event the kernel cannot queue whole costs one lost record (it gives up at the
-    # first record it cannot queue, after queuing those before it); one it queues whole
-    # arrives whole: SYSCALL, PROCTITLE and its EOE.
-    logged = sum(1 for ln in daemon_dir.lines()
-                 if ln.startswith("type=SYSCALL") and 'key="pytest-ledger-burst"' in ln)
-    assert logged + kernel_lost == events
     eoe = delta("auditpy_eoe_records_total")
+    # Each burst event is SYSCALL, PROCTITLE and EOE. The kernel counts a record lost when
+    # its backlog refuses it (a refused SYSCALL ends the event there: PROCTITLE and EOE are
+    # never made) or when its retry queue overflows (any of the three, after admission).
+    # So every event whose SYSCALL is missing cost at least one lost record, and so did
+    # every PROCTITLE missing beside an arrived SYSCALL; and no more records were lost
+    # than are missing.
+    serials: set[str] = set()
+    proctitles: list[str] = []
+    for ln in daemon_dir.lines():
+        stamp = ln.partition("msg=audit(")[2].partition(")")[0]
+        if ln.startswith("type=SYSCALL") and 'key="pytest-ledger-burst"' in ln:
+            serials.add(stamp)
+        elif ln.startswith("type=PROCTITLE"):
+            proctitles.append(stamp)
+    matched = sum(1 for stamp in proctitles if stamp in serials)
+    at_least = (events - len(serials)) + (len(serials) - matched)
+    at_most = 3 * events - len(serials) - len(proctitles) - eoe
+    assert at_least <= kernel_lost <= at_most, (len(serials), matched, len(proctitles), eoe)
     written = delta('auditpy_records_written_total{source="kernel"}')
     assert written + eoe == received
     for cause in ("log_suspended", "log_disk_full", "log_write_error"):
