@@ -357,3 +357,29 @@ def test_serials_of_a_misplaced_field_is_not_read_from_its_offset() -> None:
     # ten-digit seconds put the colon at offset 20; nine digits must not pass for it
     assert serials_of([b"audit(123456789.123:45678): "] * 3) == [45678] * 3
     assert serials_of([b"audit(1234567890.123:4x678): "]) == []
+
+
+@given(st.lists(st.integers(0, 8), min_size=1, max_size=12), st.integers(1, 12))
+def test_reads_taken_whole_or_one_by_one_keep_offered_equal_to_the_rest(
+    reads: list[int], q_depth: int
+) -> None:
+    """Whichever way the dispatcher queues a read (whole while there is room, else record
+    by record with the full-queue rules), every record offered is queued or dropped."""
+    from auditpy.audispd.dispatcher import Dispatcher, Options
+
+    loop = asyncio.new_event_loop()
+    try:
+        d = Dispatcher(loop, Options())
+        plugin = ExternalPlugin(
+            PluginConfig(name="p", file="p.conf", active=True, path="/bin/cat", format="string"),
+            RunnerContext(loop, q_depth=q_depth),
+        )
+        plugin.state = State.RUNNING
+        d.plugins["p"] = plugin
+        for count in reads:
+            d.dispatch_columns(PROTOCOL_V1, [1300] * count, [b"x=%d" % i for i in range(count)])
+        figures = d.figures()["p"]
+        assert figures["offered"] == sum(reads)
+        assert figures["offered"] == figures["delivered"] + figures["dropped"] + figures["queued"]
+    finally:
+        loop.close()

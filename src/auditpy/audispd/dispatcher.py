@@ -417,6 +417,7 @@ class Dispatcher:
             columns = Columns(version, types, payloads, self.node)
             self.records_in += count
             for runner in runners:
+                runner.offered += count
                 runner.take(columns)
             for runner in runners:
                 runner.flush()
