@@ -25,11 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import os
-import select
 import signal
-import stat
 import syslog
 from collections.abc import Sequence
 from typing import Final
@@ -49,6 +45,7 @@ from auditpy.proto.dispatch import FrameError
 from auditpy.proto.plugin_input import INPUT_CHUNK, MAX_INPUT_LINE, InputDecoder
 from auditpy.system.logsetup import PluginLog
 from auditpy.system.spool import QueueError
+from auditpy.system.stdin import StdinReader
 
 PROG: Final = "pyaudisp-nats"
 #: At the end of the input, how long queued records may take to be delivered.
@@ -90,31 +87,14 @@ class NatsPlugin:
         self.log(syslog.LOG_INFO, "SIGHUP: configuration reloaded; reconnecting")
 
     async def _read_input(self) -> None:
-        loop = asyncio.get_running_loop()
-        fd = self.stdin_fd
         publisher = self.publisher
-        readable = asyncio.Event()
-        poller = select.poll()
-        try:
-            pollable = not stat.S_ISREG(os.fstat(fd).st_mode)
-            if pollable:
-                loop.add_reader(fd, readable.set)
-                poller.register(fd, select.POLLIN)
-        except (OSError, ValueError):
-            pollable = False
+        reader = StdinReader(asyncio.get_running_loop(), self.stdin_fd, INPUT_CHUNK)
         try:
             while True:
-                if pollable:
-                    await readable.wait()
-                    readable.clear()
-                    if not poller.poll(0):
-                        continue
-                else:
+                if not reader.pollable:
                     await publisher.wait_for_room()
                 try:
-                    data = os.read(fd, INPUT_CHUNK)
-                except BlockingIOError:
-                    continue
+                    data = await reader.read()
                 except OSError as exc:
                     self._finish(1, f"cannot read stdin: {exc.strerror or exc}")
                     return
@@ -127,9 +107,7 @@ class NatsPlugin:
                     return
                 publisher.submit(records)
         finally:
-            if pollable:
-                with contextlib.suppress(OSError, ValueError):
-                    loop.remove_reader(fd)
+            reader.close()
         rest, cut_bytes = self.decoder.finish()
         publisher.submit(rest)
         if cut_bytes:

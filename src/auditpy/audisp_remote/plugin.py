@@ -45,10 +45,8 @@ import collections
 import contextlib
 import dataclasses
 import os
-import select
 import signal
 import ssl
-import stat
 import syslog
 import time
 from collections.abc import Callable, Coroutine
@@ -86,6 +84,7 @@ from auditpy.proto.remote import MAX_PAYLOAD
 from auditpy.system.children import INIT_PATH, ChildHandle, spawn_helper
 from auditpy.system.service import Signal, SignalReader
 from auditpy.system.spool import DiskQueue, MemoryQueue, QueueError, RecordQueue
+from auditpy.system.stdin import StdinReader
 
 #: `main` stays importable from here for the ``pyaudisp-remote`` console script.
 __all__ = ["RemotePlugin", "main"]
@@ -428,37 +427,16 @@ class RemotePlugin:
     # ---- input
 
     async def _read_input(self) -> None:
-        loop = asyncio.get_running_loop()
-        fd = self.stdin_fd
-        readable = asyncio.Event()
-        # The loop's readiness can be stale (its callback may run after we already read),
-        # and stdin stays blocking (its flags are shared with whoever else holds it), so
-        # every read is preceded by a zero-timeout poll.
-        poller = select.poll()
-        pollable = True
-        try:
-            pollable = not stat.S_ISREG(os.fstat(fd).st_mode)
-            if pollable:
-                loop.add_reader(fd, readable.set)
-                poller.register(fd, select.POLLIN)
-        except (OSError, ValueError):
-            pollable = False  # e.g. /dev/null or a file that epoll refuses: read directly
+        reader = StdinReader(asyncio.get_running_loop(), self.stdin_fd, INPUT_CHUNK)
         #: A regular file is read only as fast as the queue drains: records beyond the
         #: queue's room wait here instead of overflowing.
         backlog: collections.deque[bytes] = collections.deque()
         try:
             while self.exit_code is None:
-                if pollable:
-                    await readable.wait()
-                    readable.clear()
-                    if not poller.poll(0):
-                        continue
-                elif not await self._feed_backlog(backlog):
+                if not reader.pollable and not await self._feed_backlog(backlog):
                     break
                 try:
-                    data = os.read(fd, INPUT_CHUNK)
-                except BlockingIOError:
-                    continue
+                    data = await reader.read()
                 except OSError as exc:
                     self.log(syslog.LOG_ERR, f"cannot read stdin: {reason(exc)}")
                     break
@@ -470,15 +448,13 @@ class RemotePlugin:
                     self.log(syslog.LOG_ERR, f"stdin: {exc}; reading no further input")
                     self._bad_input = True
                     break
-                if pollable:
+                if reader.pollable:
                     self._enqueue(records)
                 else:
                     backlog.extend(records)
                     await asyncio.sleep(0)
         finally:
-            if pollable:
-                with contextlib.suppress(OSError, ValueError):
-                    loop.remove_reader(fd)
+            reader.close()
         records, cut = self._decoder.finish()
         backlog.extend(records)
         if not await self._feed_backlog(backlog):
