@@ -40,12 +40,12 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from auditpy.auditd.listener import ACK, Reply
 from auditpy.config.nats_conf import COLLECTOR, NatsConf, load_nats_conf
 from auditpy.nats import jetstream as jsapi
-from auditpy.nats.client import Client, ConnectError, NatsError, options_for
+from auditpy.nats.client import Client, ConnectError, NatsError, Stop, options_for
 from auditpy.proto import jetstream as js
 from auditpy.proto import nats as wire
 from auditpy.proto.nats import Msg
@@ -179,7 +179,7 @@ class NatsCollector:
         self.index = LogIndex(self._index_paths)
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self._stop_event = asyncio.Event()
+        self._stop = Stop()
         self._inbox = ""
         self._received: list[_Pending] = []
         self._received_at = 0.0
@@ -234,7 +234,7 @@ class NatsCollector:
             self._process_handle.cancel()
         self._process()
         self._stopping = True
-        self._stop_event.set()
+        self._stop.set()
         if self._resume is not None:
             self._resume.cancel()
 
@@ -282,7 +282,7 @@ class NatsCollector:
                 log.exception("NATS collector: internal error; reconnecting")
                 self._connection_lost("internal error")
                 client.close("internal error")
-                await self._sleep(RETRY[1])
+                await self._stop.sleep(RETRY[1])
         await self._finish()
 
     async def _connected_once(self) -> None:
@@ -303,7 +303,7 @@ class NatsCollector:
                             self.conf.consumer, self.conf.stream, exc)
                 client.close("consumer not usable")
             self._delay = min(self._delay * 2, RETRY[1])
-            await self._sleep(self._delay)
+            await self._stop.sleep(self._delay)
             return
         self._delay = RETRY[0] / 2
         log.info("NATS collector connected to %s", server)
@@ -311,15 +311,10 @@ class NatsCollector:
         self._pulls.clear()
         self._confirm_again()
         self._pull()
-        stop = asyncio.ensure_future(self._stop_event.wait())
-        waiters: list[asyncio.Future[Any]] = [lost, stop]
-        try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-        if lost.done():
-            self._connection_lost(lost.result())
-            await self._sleep(RETRY[0])
+        reason = await self._stop.until_lost(lost)
+        if reason is not None:
+            self._connection_lost(reason)
+            await self._stop.sleep(RETRY[0])
 
     async def _finish(self) -> None:
         """Removed collector: confirm the last acknowledgements, close."""
@@ -328,10 +323,6 @@ class NatsCollector:
             with contextlib.suppress(NatsError, TimeoutError):
                 await client.flush(2.0)
             await client.drain_and_close(1.0)
-
-    async def _sleep(self, delay: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop_event.wait(), delay)
 
     def _connection_lost(self, reason: str) -> None:
         log.warning("NATS collector: %s", reason)

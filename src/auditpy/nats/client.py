@@ -24,6 +24,7 @@ import random
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from auditpy import AUDIT_VERSION
 from auditpy.config.nats_conf import NatsConf, tls_context
@@ -550,3 +551,32 @@ def boot_id(path: str = "/proc/sys/kernel/random/boot_id") -> bytes:
             return f.read().strip().replace(b"-", b"")
     except OSError:
         return os.urandom(16).hex().encode()
+
+
+class Stop:
+    """The stop of a long-lived client owner (the publisher, the collector): once set, it
+    ends the waits of its reconnect loop at once, so a stop never waits out a back-off."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    async def sleep(self, delay: float) -> None:
+        """Until `delay` has passed or the stop came."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), delay)
+
+    async def until_lost(self, lost: asyncio.Future[str]) -> str | None:
+        """Until the connection is lost (its reason) or the stop came (None)."""
+        stop = asyncio.ensure_future(self._event.wait())
+        waiters: list[asyncio.Future[Any]] = [lost, stop]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        return lost.result() if lost.done() else None

@@ -43,11 +43,11 @@ import socket
 import syslog
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Final
+from typing import Final
 
 from auditpy.config.nats_conf import NatsConf
 from auditpy.nats import jetstream as jsapi
-from auditpy.nats.client import Client, ConnectError, NatsError, boot_id, options_for
+from auditpy.nats.client import Client, ConnectError, NatsError, Stop, boot_id, options_for
 from auditpy.proto import jetstream as js
 from auditpy.proto import nats as wire
 from auditpy.proto.nats import Msg
@@ -236,7 +236,7 @@ class Publisher:
         self._stopping = False
         #: the head check runs: nothing may be sent meanwhile
         self._checking = False
-        self._stop_event = asyncio.Event()
+        self._stop = Stop()
         self._space = asyncio.Event()
         self._limited: dict[str, float] = {}
         self._overflow_pending = 0
@@ -641,14 +641,14 @@ class Publisher:
         never the publisher."""
         self._loop = asyncio.get_running_loop()
         self._attach(self.client)
-        while not self._stop_event.is_set():
+        while not self._stop.is_set():
             try:
                 await self._connected_once()
             except Exception as exc:
                 self.log(syslog.LOG_ERR, f"internal error, reconnecting: {exc!r}")
                 self._reset_inflight()
                 self.client.close("internal error")
-                await self._sleep(RETRY[1])
+                await self._stop.sleep(RETRY[1])
 
     async def _connected_once(self) -> None:
         client = self.client
@@ -658,7 +658,7 @@ class Publisher:
             self._limited_log("connect", syslog.LOG_WARNING,
                               f"cannot connect to NATS: {exc}", 30.0)
             self._connect_delay = min(self._connect_delay * 2, 5.0)
-            await self._sleep(self._connect_delay)
+            await self._stop.sleep(self._connect_delay)
             return
         self._connect_delay = RETRY[0] / 2
         self.log(syslog.LOG_INFO, f"connected to {server}")
@@ -668,20 +668,11 @@ class Publisher:
         with contextlib.suppress(NatsError):
             await self._skip_stored()
         self._fill()
-        stop = asyncio.ensure_future(self._stop_event.wait())
-        waiters: list[asyncio.Future[Any]] = [lost, stop]
-        try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-        if lost.done():
+        reason = await self._stop.until_lost(lost)
+        if reason is not None:
             self._reset_inflight()
-            self._limited_log("lost", syslog.LOG_WARNING, lost.result(), 10.0)
-            await self._sleep(RETRY[0])
-
-    async def _sleep(self, delay: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop_event.wait(), delay)
+            self._limited_log("lost", syslog.LOG_WARNING, reason, 10.0)
+            await self._stop.sleep(RETRY[0])
 
     async def wait_for_room(self) -> None:
         """For a reader that may wait (a regular file as input): until the queue has room."""
@@ -701,7 +692,7 @@ class Publisher:
     async def stop(self) -> None:
         """Stop sending; what is not acknowledged stays queued (on disk) for the next run."""
         self._stopping = True
-        self._stop_event.set()
+        self._stop.set()
         if self.client.connected:
             await self.client.drain_and_close(1.0)
         self._reset_inflight()
