@@ -15,6 +15,7 @@ reported (file:line) and the previous one stays in force.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 
 from auditpy.audispd.runner import PluginRunner, Record, RunnerContext, State
@@ -45,7 +46,7 @@ class JsonPlugin(PluginRunner):
             log.error("plugin %s: %s", self.name, exc)
             return None
         if path is None:
-            return JsonConfig()
+            return JsonConfig(end_of_event_timeout=self.ctx.end_of_event_timeout)
         try:
             config, warnings = load_json_conf(path)
         except ConfigError as exc:
@@ -54,6 +55,9 @@ class JsonPlugin(PluginRunner):
             return None
         for warning in warnings:
             log.warning("plugin %s: %s", self.name, warning)
+        if config.end_of_event_timeout is None:
+            config = dataclasses.replace(
+                config, end_of_event_timeout=self.ctx.end_of_event_timeout)
         return config
 
     def start(self) -> None:

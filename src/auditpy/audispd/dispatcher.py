@@ -732,6 +732,8 @@ class Dispatcher:
         self.settings = settings
         self.ctx.q_depth = settings.q_depth
         self.ctx.max_restarts = settings.max_restarts
+        # An event closed at once would be cut before its next read's records arrive.
+        self.ctx.end_of_event_timeout = float(max(1, settings.end_of_event_timeout))
         if first or settings.priority_boost != old.priority_boost:
             apply_priority(settings.priority_boost)
         if node is not None:

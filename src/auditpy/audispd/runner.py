@@ -236,6 +236,8 @@ class RunnerContext:
     backoff_initial: float = BACKOFF_INITIAL
     backoff_max: float = BACKOFF_MAX
     stable_after: float = STABLE_AFTER
+    #: auditd.conf's, for plugins that assemble events (builtin_json)
+    end_of_event_timeout: float = 2.0
     #: set when the dispatcher stops: nothing is (re)started any more
     shutting_down: bool = False
 

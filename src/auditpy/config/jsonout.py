@@ -15,7 +15,8 @@ generations                 rotated files kept (``.1`` ... ``.N``); default 5
 mode                        file mode, octal; default 0600
 group                       group owning the file (name or number); default root's
 line_prefix                 text before every line, e.g. ``"@cee: "`` for rsyslog
-end_of_event_timeout        seconds before an event without its EOE is written; default 2
+end_of_event_timeout        seconds before an event without its EOE is written; default
+                            auditd.conf's under pyaudispd (at least 1), else 2
 translate_universal         ARCH, SYSCALL and SADDR (laurel translate.universal); default no
 translate_userdb            uid/gid names (laurel translate.user-db); default no
 execve_argv                 ``array``, ``string`` or ``both``; default array
@@ -51,12 +52,16 @@ from auditpy.config.files import UntrustedFile, read_config_file, reason
 from auditpy.config.lines import fold
 from auditpy.proto.msgtypes import MSG_TYPE_NAMES
 
-__all__ = ["DEFAULT_OUTPUT", "JsonConfig", "load_json_conf", "parse_json_conf"]
+__all__ = [
+    "DEFAULT_EVENT_TIMEOUT", "DEFAULT_OUTPUT", "JsonConfig", "load_json_conf", "parse_json_conf",
+]
 
 DEFAULT_OUTPUT: Final = "/var/log/audit/audit.json"
 DEFAULT_SIZE: Final = 10 * 1024 * 1024
 DEFAULT_GENERATIONS: Final = 5
 DEFAULT_ENV: Final = ("LD_PRELOAD", "LD_LIBRARY_PATH")
+#: end_of_event_timeout when neither the JSON file nor a dispatcher's auditd.conf sets it
+DEFAULT_EVENT_TIMEOUT: Final = 2.0
 MAX_LINE_BYTES: Final = 4096
 _NAME_TO_TYPE: Final = {name: num for num, name in MSG_TYPE_NAMES.items()}
 
@@ -69,7 +74,8 @@ class JsonConfig:
     mode: int = 0o600
     group: int | None = None
     line_prefix: str = ""
-    end_of_event_timeout: float = 2.0
+    #: None: not set in the file (the dispatcher's auditd.conf value, else the default)
+    end_of_event_timeout: float | None = None
     translate_universal: bool = False
     translate_userdb: bool = False
     argv_array: bool = True
@@ -88,6 +94,11 @@ class JsonConfig:
     process_table_size: int = 16384
     #: where it was read from ("" for defaults)
     source: str = field(default="", compare=False)
+
+    @property
+    def event_timeout(self) -> float:
+        return (DEFAULT_EVENT_TIMEOUT if self.end_of_event_timeout is None
+                else self.end_of_event_timeout)
 
     @property
     def output_kind(self) -> str:

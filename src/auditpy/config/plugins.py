@@ -422,6 +422,8 @@ class DispatcherSettings:
     name_format: str = "NONE"
     name: str | None = None
     plugin_dir: str = DEFAULT_PLUGIN_DIR
+    #: auditd.conf's; the builtin JSON plugin's default (audispd.conf has no such key)
+    end_of_event_timeout: int = 2
 
 
 _SETTINGS_KEYWORDS: Final = (
@@ -552,6 +554,7 @@ def load_dispatcher_settings(
         name_format=auditd.name_format,
         name=auditd.name,
         plugin_dir=auditd.plugin_dir,
+        end_of_event_timeout=auditd.end_of_event_timeout,
     )
     warnings = [str(problem) for problem in auditd_warnings]
     path = os.path.join(config_dir, AUDISPD_CONF)

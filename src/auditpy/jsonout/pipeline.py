@@ -97,7 +97,7 @@ class JsonPipeline:
         self.clock = clock
         #: with `manual_clock` the caller sets the assembler's time once per batch of
         #: records (``assembler.set_time``) instead of a clock call per record
-        self.assembler = Assembler(config.end_of_event_timeout, clock, manual=manual_clock)
+        self.assembler = Assembler(config.event_timeout, clock, manual=manual_clock)
         self.table = ProcessTable(
             config.process_table_size,
             label_rules(config),
@@ -127,7 +127,7 @@ class JsonPipeline:
         )
         self.filter = EventFilter(config.filter_keys, config.filter_labels, config.filter_types)
         self.prefix = config.line_prefix.encode("utf-8", "surrogateescape")
-        self.assembler.timeout = config.end_of_event_timeout
+        self.assembler.timeout = config.event_timeout
         self.table.rules = label_rules(config)
         self.table.capacity = config.process_table_size
         self.renderer = LineRenderer(self.encoder)
