@@ -44,6 +44,7 @@ from auditpy.auditd.ledger import (
     serials_of,
 )
 from auditpy.auditd.logfile import AuditLog, LogEvent, LogFileError
+from auditpy.auditd.network import DaemonHooks, NetworkIntake
 from auditpy.auditd.signals import HANDLED_SIGNALS
 from auditpy.auditd.startup import (
     MULTICAST_RCVBUF,
@@ -77,8 +78,6 @@ from auditpy.system.node import node_name
 from auditpy.system.service import Signal, SignalReader, write_state_file
 
 if TYPE_CHECKING:
-    from auditpy.auditd.collector import NatsCollector
-    from auditpy.auditd.listener import RemoteListener, Reply
     from auditpy.auditd.metrics import MetricsServer
 
 # What only some configurations use (the network listener, the metrics endpoint, ENRICHED,
@@ -267,10 +266,15 @@ class Daemon:
         self._size_action_done = False
         self._stop: asyncio.Future[int] = self.loop.create_future()
         self._stopping = False
-        #: the tcp_listen_port listener (remote_server), None when not listening
-        self.remote: RemoteListener | None = None
-        #: the JetStream collector (nats_collector), None when not collecting
-        self.collector: NatsCollector | None = None
+        #: the tcp_listen_port listener and the NATS collector
+        self.network = NetworkIntake(self.loop, self.counters, DaemonHooks(
+            config=lambda: self.config,
+            dispatcher=lambda: self.dispatcher,
+            logging=lambda: self.log_file is not None,
+            write=self._write,
+            daemon_record=self._daemon_record,
+            space_low=lambda: self.space.space_warning,
+        ))
         self.operations = Operations(self.loop)
         self._signals: SignalReader | None = None
         #: kernel requests, which may sleep while the kernel's queue is full
@@ -347,11 +351,7 @@ class Daemon:
             DAEMON_START, daemon_records.start_text(AUDIT_VERSION, self.config.log_format)
         )
         try:
-            self._remote_start()
-            if self.config.nats_collector is not None:
-                from auditpy.auditd.collector import collector_from_config
-
-                self.collector = collector_from_config(self.loop, self.config, self)
+            self.network.start()
         except (OSError, ValueError) as exc:
             self._abort("network-init", exc)
             raise
@@ -392,9 +392,7 @@ class Daemon:
         if self._signals is not None:
             self._signals.close()
             self._signals = None
-        self._remote_close()
-        if self.collector is not None:
-            self.collector.close()
+        self.network.close()
         if self.dispatcher is not None:
             self.dispatcher.stop()
             self.dispatcher = None
@@ -892,10 +890,7 @@ class Daemon:
                 log.error("Could not unregister from the kernel: %s", exc)
         self._drain_kernel()
         self._unwatch_kernel()
-        if self.remote is not None:
-            self.remote.stop()  # ENDING to every client before DAEMON_END, as auditd
-        if self.collector is not None:
-            self.collector.stop()  # writes what it holds before DAEMON_END
+        self.network.stop()
         self._daemon_record(DAEMON_END, daemon_records.end_text(sender))
         log.info("The audit daemon is exiting.")
         if not self._stop.done():
@@ -957,12 +952,7 @@ class Daemon:
             log.error("Configuration not applied, the old one stays in force: %s", exc)
             self._daemon_record(DAEMON_CONFIG, daemon_records.config_text(sender, ok=False))
             return
-        self._remote_reconfigure(old)
-        if self.collector is not None or self.config.nats_collector is not None:
-            from auditpy.auditd.collector import reconfigure_collector
-
-            self.collector = reconfigure_collector(
-                self.collector, self.loop, self.config, self)
+        self.network.reconfigure(old)
         # Logged, never dispatched, like the C daemon's.
         self._daemon_record(
             DAEMON_CONFIG,
@@ -1037,8 +1027,7 @@ class Daemon:
                 if status else "never asked",
                 **(self.kernel.state() if self.kernel else {}),
                 **(self.dispatcher.state() if self.dispatcher else {}),
-                **self._remote_state(),
-                **(self.collector.state() if self.collector is not None else {}),
+                **self.network.state(),
             },
         )
         path = self.options.state_file
@@ -1046,88 +1035,6 @@ class Daemon:
             write_state_file(path, text, 0o640)
         except OSError as exc:
             log.error("Cannot write the state report %s: %s", path, exc)
-
-    # -- the network listener (tcp_listen_port; remote_server) ----------------------------------
-
-    def _remote_start(self) -> None:
-        """Listen when tcp_listen_port is set; raises OSError or ValueError (TLS files)."""
-        if self.config.tcp_listen_port is None:
-            return
-        from auditpy.auditd.listener import ListenerSettings, RemoteListener
-
-        listener = RemoteListener(self.loop, ListenerSettings.from_config(self.config), self)
-        listener.start()
-        self.remote = listener
-
-    def _remote_close(self) -> None:
-        """Shutdown: ENDING to the clients (if _terminate has not already), then let the
-        loop finish the closes (TLS close_notify) for up to a second."""
-        listener, self.remote = self.remote, None
-        if listener is None or self.loop.is_closed():
-            return
-        listener.stop()
-        if not self.loop.is_running():
-            self.loop.run_until_complete(listener.wait_closed(1.0))
-
-    def _remote_reconfigure(self, old: AuditdConfig) -> None:
-        """SIGHUP: a listener can be turned on or off; a new port, queue or transport
-        restarts it (clients get ENDING and reconnect); other tcp_* and tls_* settings
-        apply to new connections without dropping anyone."""
-        new = self.config
-        listener = self.remote
-        if new.tcp_listen_port is None:
-            if listener is not None:
-                log.info("tcp_listen_port removed: no longer listening")
-                listener.stop("the listener is turned off")
-                self.remote = None
-            return
-        from auditpy.auditd.listener import RESTART_KEYS, ListenerSettings, RemoteListener
-
-        try:
-            settings = ListenerSettings.from_config(new)
-        except (OSError, ValueError) as exc:
-            log.error("Network listener settings not applied: %s", exc)
-            return
-        if listener is not None and not changed_keys(old, new) & RESTART_KEYS:
-            listener.update(settings)
-            return
-        if listener is not None:
-            listener.stop("the listener is restarting")
-            self.remote = None
-        replacement = RemoteListener(self.loop, settings, self)
-        try:
-            replacement.start()
-        except OSError as exc:
-            log.error("Cannot listen for network connections: %s", exc)
-            return
-        self.remote = replacement
-
-    def remote_records(self, lines: list[bytes]) -> Reply:
-        """Records from network clients (RemoteSink): written verbatim (the client's node=,
-        no enrichment), dispatched with distribute_network, and the reply for them."""
-        from auditpy.auditd.listener import ACK, dispatch_frames, reply_for  # loaded: listening
-
-        count = len(lines)
-        self.counters.network_records += count
-        link = self.dispatcher
-        if self.config.distribute_network and link is not None:
-            link.send(dispatch_frames(lines), count)
-        if self.log_file is None:
-            self.counters.network.not_logged += count
-            return ACK  # write_logs = no: acknowledged, as auditd does
-        events = self._write(lines, self.counters.network)
-        return reply_for(events, space_low=self.space.space_warning)
-
-    def remote_daemon_record(self, msg_type: int, text: str) -> None:
-        """DAEMON_ACCEPT / DAEMON_CLOSE from the listener (RemoteSink)."""
-        self._daemon_record(msg_type, text)
-
-    def _remote_state(self) -> dict[str, str]:
-        state = {"listening for network connections": "no"}
-        if self.remote is not None:
-            state = self.remote.state()
-        state["network records received"] = str(self.counters.network_records)
-        return state
 
     def _log_state(self) -> dict[str, str]:
         lf = self.log_file
