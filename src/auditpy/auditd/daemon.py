@@ -39,7 +39,6 @@ from auditpy.auditd.dispatch_link import DispatcherLink
 from auditpy.auditd.ledger import (
     SYSCALL_COMPANIONS,
     Cause,
-    LossReporter,
     SerialWatch,
     serials_of,
 )
@@ -54,6 +53,7 @@ from auditpy.auditd.startup import (
     load_config,
     log_settings,
 )
+from auditpy.auditd.ticker import LossTicker
 from auditpy.config.auditd_conf import AuditdConfig, changed_keys, metrics_address
 from auditpy.config.errors import ConfigError
 from auditpy.proto.dispatch import HEADER, PROTOCOL_V0, PROTOCOL_V1, pack_batch
@@ -289,16 +289,9 @@ class Daemon:
         self._settle_timer: asyncio.TimerHandle | None = None
         #: the last signal of each number, whose sender a DAEMON_* record names
         self._last_signal: dict[int, Signal] = {}
-        #: the kernel's status when last asked, and when (the state report's figures)
-        self._kernel_status: tuple[AuditStatus, float] | None = None
-        #: the kernel's lost counter when first asked, and its backlog's high-water mark
-        self._kernel_lost_at_start: int | None = None
-        self._kernel_lost_seen = 0
-        self.kernel_backlog_max = 0
         self.serials_seen = SerialWatch()
-        self.losses = LossReporter()
-        self._dispatcher_dropped_seen = 0
-        self._plugin_dropped_seen: dict[str, int] = {}
+        self.ledger = LossTicker(self._say_loss)
+        self.losses = self.ledger.losses
         self._ticker: asyncio.Task[None] | None = None
         self._next_report = 0.0
         #: the Prometheus endpoint (metrics_listen), None when not serving
@@ -613,7 +606,7 @@ class Daemon:
             self.counters.serial_gaps += lost
             if self.config.kernel_link == "MULTICAST":
                 # The kernel counts nothing it could not multicast: gaps are the only sign.
-                self._losses(Cause.SERIAL_GAP.value, lost)
+                self.ledger.note(Cause.SERIAL_GAP.value, lost)
 
     def _frames(self, events: list[tuple[int, bytes]], lines: list[bytes]) -> bytes:
         """The batch in the dispatcher protocol: kernel text (V0) for RAW lines without a
@@ -689,7 +682,7 @@ class Daemon:
                      else Cause.LOG_SUSPENDED).value
             count.not_written[cause] = count.not_written.get(cause, 0) + unwritten
             if count is not self.counters.own:  # what the loss report itself loses is not
-                self._losses(cause, unwritten)  # reported again
+                self.ledger.note(cause, unwritten)  # reported again
         self._after_write(events)
         return events
 
@@ -779,13 +772,9 @@ class Daemon:
 
     # -- the loss ledger ----------------------------------------------------------------------
 
-    def _losses(self, cause: str, count: int) -> None:
-        """Say a loss where operators look: the audit log (DAEMON_ERR, which ausearch shows)
-        and syslog; after the first few of a cause, in a summary per interval."""
-        for text in self.losses.note(cause, count):
-            self._say_loss(text)
-
     def _say_loss(self, text: str) -> None:
+        """Say a loss where operators look: the audit log (DAEMON_ERR, which ausearch shows)
+        and syslog; after the first few of a cause, in a summary per interval (`LossTicker`)."""
         log.warning("Audit records lost: %s", text)
         self._daemon_record(DAEMON_ERR, f"{text} res=failed")
 
@@ -796,20 +785,7 @@ class Daemon:
         while True:
             await asyncio.sleep(TICK_SECONDS)
             now = time.monotonic()
-            link = self.dispatcher
-            if link is not None and link.records_dropped > self._dispatcher_dropped_seen:
-                self._losses(Cause.DISPATCHER.value,
-                             link.records_dropped - self._dispatcher_dropped_seen)
-                self._dispatcher_dropped_seen = link.records_dropped
-            if link is not None:
-                for name, figures in link.plugin_figures.items():
-                    dropped = figures.get("dropped", 0)
-                    seen = self._plugin_dropped_seen.get(name, 0)
-                    if dropped > seen:
-                        self._losses(f"{Cause.PLUGIN.value}:{name}", dropped - seen)
-                        self._plugin_dropped_seen[name] = dropped
-            for text in self.losses.tick(now):
-                self._say_loss(text)
+            self.ledger.tick(now, self.dispatcher)
             interval = self.config.report_interval
             if interval and now >= self._next_report:
                 if self._next_report:
@@ -818,18 +794,7 @@ class Daemon:
             if now >= next_poll and self.kernel is not None and self._settled.is_set():
                 next_poll = now + KERNEL_POLL_SECONDS
                 with contextlib.suppress(NetlinkError, TimeoutError):
-                    self._kernel_figures(await self._request(self.kernel.get_status))
-
-    def _kernel_figures(self, status: AuditStatus) -> None:
-        """Take the kernel's counters: its lost records since we started are a cause of
-        loss; its backlog's highest value seen is kept (sampled, not exact)."""
-        self._kernel_status = (status, time.time())
-        self.kernel_backlog_max = max(self.kernel_backlog_max, status.backlog)
-        if self._kernel_lost_at_start is None:
-            self._kernel_lost_at_start = self._kernel_lost_seen = status.lost
-        elif status.lost > self._kernel_lost_seen:
-            self._losses(Cause.KERNEL.value, status.lost - self._kernel_lost_seen)
-            self._kernel_lost_seen = status.lost
+                    self.ledger.kernel_figures(await self._request(self.kernel.get_status))
 
     async def _metrics_start(self) -> None:
         if self.config.metrics_listen is None:
@@ -847,7 +812,7 @@ class Daemon:
 
     @property
     def kernel_status(self) -> AuditStatus | None:
-        return self._kernel_status[0] if self._kernel_status else None
+        return self.ledger.kernel_status
 
     def render_metrics(self) -> str:
         from auditpy.auditd.exposition import metric_families
@@ -1003,9 +968,9 @@ class Daemon:
         kernel = self.kernel
         if kernel is not None and await self._settled_within(SENDER_WAIT):
             with contextlib.suppress(NetlinkError, TimeoutError):
-                self._kernel_figures(await self._request(kernel.get_status))
+                self.ledger.kernel_figures(await self._request(kernel.get_status))
         # Too busy to ask the kernel now: its figures as they were when last asked.
-        status, asked = self._kernel_status or (None, 0.0)
+        status, asked = self.ledger.kernel_asked or (None, 0.0)
         config_items = {
             f.name: f"{value:04o}" if f.name.endswith("_mode") else str(value)
             for f in fields(self.config) for value in [getattr(self.config, f.name)]
