@@ -24,7 +24,6 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import fields
 from itertools import compress
 from operator import not_
 from typing import TYPE_CHECKING, Protocol, TypeVar
@@ -32,7 +31,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 from auditpy import AUDIT_VERSION
 from auditpy.auditd import daemon_records
 from auditpy.auditd.actions import ActionKind, FollowUp, helper_for, run_action
-from auditpy.auditd.counters import Counters, LogCount, state_report
+from auditpy.auditd.counters import Counters, LogCount
 from auditpy.auditd.daemon_records import DaemonSerials, Sender
 from auditpy.auditd.diskspace import SpacePolicy, SpaceSettings, Trigger
 from auditpy.auditd.dispatch_link import DispatcherLink
@@ -44,6 +43,7 @@ from auditpy.auditd.ledger import (
 )
 from auditpy.auditd.logfile import AuditLog, LogEvent, LogFileError
 from auditpy.auditd.network import DaemonHooks, NetworkIntake
+from auditpy.auditd.report import daemon_report
 from auditpy.auditd.signals import HANDLED_SIGNALS
 from auditpy.auditd.startup import (
     MULTICAST_RCVBUF,
@@ -970,55 +970,23 @@ class Daemon:
             with contextlib.suppress(NetlinkError, TimeoutError):
                 self.ledger.kernel_figures(await self._request(kernel.get_status))
         # Too busy to ask the kernel now: its figures as they were when last asked.
-        status, asked = self.ledger.kernel_asked or (None, 0.0)
-        config_items = {
-            f.name: f"{value:04o}" if f.name.endswith("_mode") else str(value)
-            for f in fields(self.config) for value in [getattr(self.config, f.name)]
-        }
-        text = state_report(
-            version=AUDIT_VERSION,
+        text = daemon_report(
             priority=os.getpriority(os.PRIO_PROCESS, 0),
-            writing=self.log_file is not None,
+            config=self.config,
             counters=self.counters,
-            written=self.log_file.records_written if self.log_file else 0,
-            bytes_written=self.log_file.bytes_written if self.log_file else 0,
-            kernel_lost=status.lost if status else None,
-            kernel_backlog=status.backlog if status else None,
-            log_state=self._log_state(),
-            config_items=config_items,
-            ledger=[ln for ln in self.render_metrics().splitlines() if not ln.startswith("#")],
-            extra={
-                "kernel figures as of": time.strftime("%x %X", time.localtime(asked))
-                if status else "never asked",
-                **(self.kernel.state() if self.kernel else {}),
-                **(self.dispatcher.state() if self.dispatcher else {}),
-                **self.network.state(),
-            },
+            log_file=self.log_file,
+            space=self.space,
+            write_failing=self._write_failing,
+            kernel_asked=self.ledger.kernel_asked,
+            metrics=self.render_metrics(),
+            sections=[
+                self.kernel.state() if self.kernel else {},
+                self.dispatcher.state() if self.dispatcher else {},
+                self.network.state(),
+            ],
         )
         path = self.options.state_file
         try:
             write_state_file(path, text, 0o640)
         except OSError as exc:
             log.error("Cannot write the state report %s: %s", path, exc)
-
-    def _log_state(self) -> dict[str, str]:
-        lf = self.log_file
-        if lf is None:
-            return {}
-        st = lf.last_statvfs
-        free = f"{st.f_bavail * st.f_frsize / (1 << 20):.1f} MiB" if st else "unknown"
-        return {
-            "current log file": lf.path,
-            "current log size": f"{lf.size // 1024} KiB",
-            "max log size": f"{self.config.max_log_file * 1024} KiB",
-            "Logging partition free space": free,
-            "space_left setting": f"{self.space.space_left_mib:.0f} MiB",
-            "admin_space_left setting": f"{self.space.admin_space_left_mib:.0f} MiB",
-            "logging suspended": "yes" if lf.suspended or not lf.is_open else "no",
-            "file system space action performed": "yes" if self.space.space_warning else "no",
-            "admin space action performed": "yes" if self.space.admin_space_warning else "no",
-            "disk error detected": "yes" if self._write_failing else "no",
-            "torn records cut at open (a crash in the middle of a write)":
-                f"{lf.torn_tails_repaired} ({lf.torn_bytes_removed} bytes)",
-            "log flush thread restarts": str(lf.flush_thread_restarts),
-        }
