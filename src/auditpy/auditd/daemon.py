@@ -24,7 +24,6 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import fields
 from itertools import compress
 from operator import not_
 from typing import TYPE_CHECKING, Protocol, TypeVar
@@ -32,18 +31,19 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 from auditpy import AUDIT_VERSION
 from auditpy.auditd import daemon_records
 from auditpy.auditd.actions import ActionKind, FollowUp, helper_for, run_action
-from auditpy.auditd.counters import Counters, LogCount, state_report
+from auditpy.auditd.counters import Counters, LogCount
 from auditpy.auditd.daemon_records import DaemonSerials, Sender
 from auditpy.auditd.diskspace import SpacePolicy, SpaceSettings, Trigger
 from auditpy.auditd.dispatch_link import DispatcherLink
 from auditpy.auditd.ledger import (
     SYSCALL_COMPANIONS,
     Cause,
-    LossReporter,
     SerialWatch,
     serials_of,
 )
 from auditpy.auditd.logfile import AuditLog, LogEvent, LogFileError
+from auditpy.auditd.network import DaemonHooks, NetworkIntake
+from auditpy.auditd.report import daemon_report
 from auditpy.auditd.signals import HANDLED_SIGNALS
 from auditpy.auditd.startup import (
     MULTICAST_RCVBUF,
@@ -53,6 +53,7 @@ from auditpy.auditd.startup import (
     load_config,
     log_settings,
 )
+from auditpy.auditd.ticker import LossTicker
 from auditpy.config.auditd_conf import AuditdConfig, changed_keys, metrics_address
 from auditpy.config.errors import ConfigError
 from auditpy.proto.dispatch import HEADER, PROTOCOL_V0, PROTOCOL_V1, pack_batch
@@ -77,8 +78,6 @@ from auditpy.system.node import node_name
 from auditpy.system.service import Signal, SignalReader, write_state_file
 
 if TYPE_CHECKING:
-    from auditpy.auditd.collector import NatsCollector
-    from auditpy.auditd.listener import RemoteListener, Reply
     from auditpy.auditd.metrics import MetricsServer
 
 # What only some configurations use (the network listener, the metrics endpoint, ENRICHED,
@@ -267,10 +266,15 @@ class Daemon:
         self._size_action_done = False
         self._stop: asyncio.Future[int] = self.loop.create_future()
         self._stopping = False
-        #: the tcp_listen_port listener (remote_server), None when not listening
-        self.remote: RemoteListener | None = None
-        #: the JetStream collector (nats_collector), None when not collecting
-        self.collector: NatsCollector | None = None
+        #: the tcp_listen_port listener and the NATS collector
+        self.network = NetworkIntake(self.loop, self.counters, DaemonHooks(
+            config=lambda: self.config,
+            dispatcher=lambda: self.dispatcher,
+            logging=lambda: self.log_file is not None,
+            write=self._write,
+            daemon_record=self._daemon_record,
+            space_low=lambda: self.space.space_warning,
+        ))
         self.operations = Operations(self.loop)
         self._signals: SignalReader | None = None
         #: kernel requests, which may sleep while the kernel's queue is full
@@ -285,16 +289,9 @@ class Daemon:
         self._settle_timer: asyncio.TimerHandle | None = None
         #: the last signal of each number, whose sender a DAEMON_* record names
         self._last_signal: dict[int, Signal] = {}
-        #: the kernel's status when last asked, and when (the state report's figures)
-        self._kernel_status: tuple[AuditStatus, float] | None = None
-        #: the kernel's lost counter when first asked, and its backlog's high-water mark
-        self._kernel_lost_at_start: int | None = None
-        self._kernel_lost_seen = 0
-        self.kernel_backlog_max = 0
         self.serials_seen = SerialWatch()
-        self.losses = LossReporter()
-        self._dispatcher_dropped_seen = 0
-        self._plugin_dropped_seen: dict[str, int] = {}
+        self.ledger = LossTicker(self._say_loss)
+        self.losses = self.ledger.losses
         self._ticker: asyncio.Task[None] | None = None
         self._next_report = 0.0
         #: the Prometheus endpoint (metrics_listen), None when not serving
@@ -347,11 +344,7 @@ class Daemon:
             DAEMON_START, daemon_records.start_text(AUDIT_VERSION, self.config.log_format)
         )
         try:
-            self._remote_start()
-            if self.config.nats_collector is not None:
-                from auditpy.auditd.collector import collector_from_config
-
-                self.collector = collector_from_config(self.loop, self.config, self)
+            self.network.start()
         except (OSError, ValueError) as exc:
             self._abort("network-init", exc)
             raise
@@ -392,9 +385,7 @@ class Daemon:
         if self._signals is not None:
             self._signals.close()
             self._signals = None
-        self._remote_close()
-        if self.collector is not None:
-            self.collector.close()
+        self.network.close()
         if self.dispatcher is not None:
             self.dispatcher.stop()
             self.dispatcher = None
@@ -615,7 +606,7 @@ class Daemon:
             self.counters.serial_gaps += lost
             if self.config.kernel_link == "MULTICAST":
                 # The kernel counts nothing it could not multicast: gaps are the only sign.
-                self._losses(Cause.SERIAL_GAP.value, lost)
+                self.ledger.note(Cause.SERIAL_GAP.value, lost)
 
     def _frames(self, events: list[tuple[int, bytes]], lines: list[bytes]) -> bytes:
         """The batch in the dispatcher protocol: kernel text (V0) for RAW lines without a
@@ -691,7 +682,7 @@ class Daemon:
                      else Cause.LOG_SUSPENDED).value
             count.not_written[cause] = count.not_written.get(cause, 0) + unwritten
             if count is not self.counters.own:  # what the loss report itself loses is not
-                self._losses(cause, unwritten)  # reported again
+                self.ledger.note(cause, unwritten)  # reported again
         self._after_write(events)
         return events
 
@@ -781,13 +772,9 @@ class Daemon:
 
     # -- the loss ledger ----------------------------------------------------------------------
 
-    def _losses(self, cause: str, count: int) -> None:
-        """Say a loss where operators look: the audit log (DAEMON_ERR, which ausearch shows)
-        and syslog; after the first few of a cause, in a summary per interval."""
-        for text in self.losses.note(cause, count):
-            self._say_loss(text)
-
     def _say_loss(self, text: str) -> None:
+        """Say a loss where operators look: the audit log (DAEMON_ERR, which ausearch shows)
+        and syslog; after the first few of a cause, in a summary per interval (`LossTicker`)."""
         log.warning("Audit records lost: %s", text)
         self._daemon_record(DAEMON_ERR, f"{text} res=failed")
 
@@ -798,20 +785,7 @@ class Daemon:
         while True:
             await asyncio.sleep(TICK_SECONDS)
             now = time.monotonic()
-            link = self.dispatcher
-            if link is not None and link.records_dropped > self._dispatcher_dropped_seen:
-                self._losses(Cause.DISPATCHER.value,
-                             link.records_dropped - self._dispatcher_dropped_seen)
-                self._dispatcher_dropped_seen = link.records_dropped
-            if link is not None:
-                for name, figures in link.plugin_figures.items():
-                    dropped = figures.get("dropped", 0)
-                    seen = self._plugin_dropped_seen.get(name, 0)
-                    if dropped > seen:
-                        self._losses(f"{Cause.PLUGIN.value}:{name}", dropped - seen)
-                        self._plugin_dropped_seen[name] = dropped
-            for text in self.losses.tick(now):
-                self._say_loss(text)
+            self.ledger.tick(now, self.dispatcher)
             interval = self.config.report_interval
             if interval and now >= self._next_report:
                 if self._next_report:
@@ -820,18 +794,7 @@ class Daemon:
             if now >= next_poll and self.kernel is not None and self._settled.is_set():
                 next_poll = now + KERNEL_POLL_SECONDS
                 with contextlib.suppress(NetlinkError, TimeoutError):
-                    self._kernel_figures(await self._request(self.kernel.get_status))
-
-    def _kernel_figures(self, status: AuditStatus) -> None:
-        """Take the kernel's counters: its lost records since we started are a cause of
-        loss; its backlog's highest value seen is kept (sampled, not exact)."""
-        self._kernel_status = (status, time.time())
-        self.kernel_backlog_max = max(self.kernel_backlog_max, status.backlog)
-        if self._kernel_lost_at_start is None:
-            self._kernel_lost_at_start = self._kernel_lost_seen = status.lost
-        elif status.lost > self._kernel_lost_seen:
-            self._losses(Cause.KERNEL.value, status.lost - self._kernel_lost_seen)
-            self._kernel_lost_seen = status.lost
+                    self.ledger.kernel_figures(await self._request(self.kernel.get_status))
 
     async def _metrics_start(self) -> None:
         if self.config.metrics_listen is None:
@@ -849,7 +812,7 @@ class Daemon:
 
     @property
     def kernel_status(self) -> AuditStatus | None:
-        return self._kernel_status[0] if self._kernel_status else None
+        return self.ledger.kernel_status
 
     def render_metrics(self) -> str:
         from auditpy.auditd.exposition import metric_families
@@ -892,10 +855,7 @@ class Daemon:
                 log.error("Could not unregister from the kernel: %s", exc)
         self._drain_kernel()
         self._unwatch_kernel()
-        if self.remote is not None:
-            self.remote.stop()  # ENDING to every client before DAEMON_END, as auditd
-        if self.collector is not None:
-            self.collector.stop()  # writes what it holds before DAEMON_END
+        self.network.stop()
         self._daemon_record(DAEMON_END, daemon_records.end_text(sender))
         log.info("The audit daemon is exiting.")
         if not self._stop.done():
@@ -957,12 +917,7 @@ class Daemon:
             log.error("Configuration not applied, the old one stays in force: %s", exc)
             self._daemon_record(DAEMON_CONFIG, daemon_records.config_text(sender, ok=False))
             return
-        self._remote_reconfigure(old)
-        if self.collector is not None or self.config.nats_collector is not None:
-            from auditpy.auditd.collector import reconfigure_collector
-
-            self.collector = reconfigure_collector(
-                self.collector, self.loop, self.config, self)
+        self.network.reconfigure(old)
         # Logged, never dispatched, like the C daemon's.
         self._daemon_record(
             DAEMON_CONFIG,
@@ -1013,140 +968,25 @@ class Daemon:
         kernel = self.kernel
         if kernel is not None and await self._settled_within(SENDER_WAIT):
             with contextlib.suppress(NetlinkError, TimeoutError):
-                self._kernel_figures(await self._request(kernel.get_status))
+                self.ledger.kernel_figures(await self._request(kernel.get_status))
         # Too busy to ask the kernel now: its figures as they were when last asked.
-        status, asked = self._kernel_status or (None, 0.0)
-        config_items = {
-            f.name: f"{value:04o}" if f.name.endswith("_mode") else str(value)
-            for f in fields(self.config) for value in [getattr(self.config, f.name)]
-        }
-        text = state_report(
-            version=AUDIT_VERSION,
+        text = daemon_report(
             priority=os.getpriority(os.PRIO_PROCESS, 0),
-            writing=self.log_file is not None,
+            config=self.config,
             counters=self.counters,
-            written=self.log_file.records_written if self.log_file else 0,
-            bytes_written=self.log_file.bytes_written if self.log_file else 0,
-            kernel_lost=status.lost if status else None,
-            kernel_backlog=status.backlog if status else None,
-            log_state=self._log_state(),
-            config_items=config_items,
-            ledger=[ln for ln in self.render_metrics().splitlines() if not ln.startswith("#")],
-            extra={
-                "kernel figures as of": time.strftime("%x %X", time.localtime(asked))
-                if status else "never asked",
-                **(self.kernel.state() if self.kernel else {}),
-                **(self.dispatcher.state() if self.dispatcher else {}),
-                **self._remote_state(),
-                **(self.collector.state() if self.collector is not None else {}),
-            },
+            log_file=self.log_file,
+            space=self.space,
+            write_failing=self._write_failing,
+            kernel_asked=self.ledger.kernel_asked,
+            metrics=self.render_metrics(),
+            sections=[
+                self.kernel.state() if self.kernel else {},
+                self.dispatcher.state() if self.dispatcher else {},
+                self.network.state(),
+            ],
         )
         path = self.options.state_file
         try:
             write_state_file(path, text, 0o640)
         except OSError as exc:
             log.error("Cannot write the state report %s: %s", path, exc)
-
-    # -- the network listener (tcp_listen_port; remote_server) ----------------------------------
-
-    def _remote_start(self) -> None:
-        """Listen when tcp_listen_port is set; raises OSError or ValueError (TLS files)."""
-        if self.config.tcp_listen_port is None:
-            return
-        from auditpy.auditd.listener import ListenerSettings, RemoteListener
-
-        listener = RemoteListener(self.loop, ListenerSettings.from_config(self.config), self)
-        listener.start()
-        self.remote = listener
-
-    def _remote_close(self) -> None:
-        """Shutdown: ENDING to the clients (if _terminate has not already), then let the
-        loop finish the closes (TLS close_notify) for up to a second."""
-        listener, self.remote = self.remote, None
-        if listener is None or self.loop.is_closed():
-            return
-        listener.stop()
-        if not self.loop.is_running():
-            self.loop.run_until_complete(listener.wait_closed(1.0))
-
-    def _remote_reconfigure(self, old: AuditdConfig) -> None:
-        """SIGHUP: a listener can be turned on or off; a new port, queue or transport
-        restarts it (clients get ENDING and reconnect); other tcp_* and tls_* settings
-        apply to new connections without dropping anyone."""
-        new = self.config
-        listener = self.remote
-        if new.tcp_listen_port is None:
-            if listener is not None:
-                log.info("tcp_listen_port removed: no longer listening")
-                listener.stop("the listener is turned off")
-                self.remote = None
-            return
-        from auditpy.auditd.listener import RESTART_KEYS, ListenerSettings, RemoteListener
-
-        try:
-            settings = ListenerSettings.from_config(new)
-        except (OSError, ValueError) as exc:
-            log.error("Network listener settings not applied: %s", exc)
-            return
-        if listener is not None and not changed_keys(old, new) & RESTART_KEYS:
-            listener.update(settings)
-            return
-        if listener is not None:
-            listener.stop("the listener is restarting")
-            self.remote = None
-        replacement = RemoteListener(self.loop, settings, self)
-        try:
-            replacement.start()
-        except OSError as exc:
-            log.error("Cannot listen for network connections: %s", exc)
-            return
-        self.remote = replacement
-
-    def remote_records(self, lines: list[bytes]) -> Reply:
-        """Records from network clients (RemoteSink): written verbatim (the client's node=,
-        no enrichment), dispatched with distribute_network, and the reply for them."""
-        from auditpy.auditd.listener import ACK, dispatch_frames, reply_for  # loaded: listening
-
-        count = len(lines)
-        self.counters.network_records += count
-        link = self.dispatcher
-        if self.config.distribute_network and link is not None:
-            link.send(dispatch_frames(lines), count)
-        if self.log_file is None:
-            self.counters.network.not_logged += count
-            return ACK  # write_logs = no: acknowledged, as auditd does
-        events = self._write(lines, self.counters.network)
-        return reply_for(events, space_low=self.space.space_warning)
-
-    def remote_daemon_record(self, msg_type: int, text: str) -> None:
-        """DAEMON_ACCEPT / DAEMON_CLOSE from the listener (RemoteSink)."""
-        self._daemon_record(msg_type, text)
-
-    def _remote_state(self) -> dict[str, str]:
-        state = {"listening for network connections": "no"}
-        if self.remote is not None:
-            state = self.remote.state()
-        state["network records received"] = str(self.counters.network_records)
-        return state
-
-    def _log_state(self) -> dict[str, str]:
-        lf = self.log_file
-        if lf is None:
-            return {}
-        st = lf.last_statvfs
-        free = f"{st.f_bavail * st.f_frsize / (1 << 20):.1f} MiB" if st else "unknown"
-        return {
-            "current log file": lf.path,
-            "current log size": f"{lf.size // 1024} KiB",
-            "max log size": f"{self.config.max_log_file * 1024} KiB",
-            "Logging partition free space": free,
-            "space_left setting": f"{self.space.space_left_mib:.0f} MiB",
-            "admin_space_left setting": f"{self.space.admin_space_left_mib:.0f} MiB",
-            "logging suspended": "yes" if lf.suspended or not lf.is_open else "no",
-            "file system space action performed": "yes" if self.space.space_warning else "no",
-            "admin space action performed": "yes" if self.space.admin_space_warning else "no",
-            "disk error detected": "yes" if self._write_failing else "no",
-            "torn records cut at open (a crash in the middle of a write)":
-                f"{lf.torn_tails_repaired} ({lf.torn_bytes_removed} bytes)",
-            "log flush thread restarts": str(lf.flush_thread_restarts),
-        }

@@ -67,7 +67,7 @@ def metric_families(daemon: Daemon) -> list[Family]:
         ]
     families.append(Family("auditpy_kernel_backlog_max", "gauge",
                            "Highest kernel backlog seen (sampled)").add(
-                               daemon.kernel_backlog_max))
+                               daemon.ledger.kernel_backlog_max))
     if daemon.kernel is not None:
         families.append(Family("auditpy_records_cut_total", "counter",
                                "Records longer than 8970 bytes, kept cut").add(
