@@ -119,6 +119,9 @@ def test_b32_names_use_the_i386_table() -> None:
     ("-w relative/path", "The path must start with '/'"),
     ("-a always,exit -S open -C uid=gid", "-C incompatible comparison uid"),
     ("-e 3", "Enable must be 0, 1, or 2 was 3"),
+    ("-a always,io_uring -S execve", "io_uring operation name unknown: execve"),
+    ("-a always,io_uring -S openat -F perm=w",
+     "perm can only be used with exit filter list"),
     ("-a always,exit -S open -F key=" + "k" * 257, "key option exceeds size limit"),
     ("-a always,exit -S open -F path=/" + "p" * 4096, "String value too long"),
 ])
@@ -157,6 +160,10 @@ def test_line_splitting() -> None:
     ("-a always,exit -S all -C auid!=obj_uid -F auid!=unset",
      "-a always,exit -S all -C auid!=obj_uid -F auid!=-1"),
     ("-a never,task", "-a never,task"),
+    ("-a always,io_uring -S openat,connect -F uid=0 -k ur",
+     "-a always,io_uring -S connect,openat -F uid=0 -F key=ur"),
+    ("-a never,io_uring -S all", "-a never,io_uring -S all"),
+    ("-a always,io_uring -S 18 -F pid=1", "-a always,io_uring -S openat -F pid=1"),
 ])
 def test_format_like_auditctl_l(line: str, listed: str) -> None:
     assert fmt(line) == listed
@@ -289,3 +296,13 @@ def test_lint_findings() -> None:
     found = {(f.kind, f.where.line) for f in lint(plan)}
     assert found == {("split", 2), ("watch", 3), ("never-late", 5)}
     assert not plan.errors  # lint is advice: the plan is unchanged
+
+
+def test_io_uring_rules_name_operations_not_syscalls() -> None:
+    """An io_uring rule's mask holds io_uring operation numbers (the kernel's enum), with
+    no architecture, whatever this machine's syscall table says."""
+    rule = rule_of("-a always,io_uring -S openat,recv -k u")
+    assert rule.filter == d.AUDIT_FILTER_URING_EXIT
+    assert sorted(rule.syscalls()) == [18, 27]
+    assert not any(f.field == d.AUDIT_ARCH for f in rule.fields)
+    assert d.unpack_rule(d.pack_rule(rule)) == rule

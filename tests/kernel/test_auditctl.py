@@ -240,3 +240,17 @@ def test_status_and_key_listing_match_auditctl(restored: AuditSocket) -> None:
             break
     else:
         pytest.fail("pyauditctl -s never printed what auditctl -s printed")
+
+
+def test_io_uring_rules_load_list_and_delete(restored: AuditSocket) -> None:
+    """The kernel's io_uring list (auditctl 3.0.9 cannot name it): a rule added by
+    operation names is listed with them and deleted by the same line."""
+    rule = ["always,io_uring", "-S", "openat,connect", "-F", f"pid={NO_PID}",
+            "-k", "pytest-uring"]
+    rc, _, err = pyauditctl("-a", *rule)
+    assert rc == 0, err
+    listed = pyauditctl("-l", "-k", "pytest-uring")[1]
+    assert listed == f"-a always,io_uring -S connect,openat -F pid={NO_PID} -F key=pytest-uring\n"
+    rc, _, err = pyauditctl("-d", *rule)
+    assert rc == 0, err
+    assert pyauditctl("-l", "-k", "pytest-uring")[1] in ("", "No rules\n")

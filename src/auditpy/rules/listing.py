@@ -22,6 +22,7 @@ from auditpy.rules.tables import (
     MACHINE_ELF,
     OPERATOR_SYMBOLS,
 )
+from auditpy.rules.uring import URING_OP_NAMES
 
 _MACHINE_BY_ELF = {elf: machine for machine, elf in MACHINE_ELF.items()}
 _FS_NAMES = {magic: name for name, magic in FS_TYPES.items()}
@@ -64,8 +65,7 @@ def format_rule(rule: d.Rule, *, interpret: bool = False, machine: int | None = 
     watch = is_watch(rule)
     elf = 0
     if not watch:
-        out.append(f"-a {ACTION_NAMES.get(rule.action, '(null)')},"
-                   f"{FILTER_NAMES.get(rule.filter, '(null)')}")
+        out.append(f"-a {ACTION_NAMES.get(rule.action, '(null)')},{_list_name(rule.filter)}")
         for f in rule.fields:
             if f.field == d.AUDIT_ARCH:
                 elf = f.value
@@ -127,13 +127,22 @@ def format_rule(rule: d.Rule, *, interpret: bool = False, machine: int | None = 
 
 
 
+def _list_name(number: int) -> str:
+    if number == d.AUDIT_FILTER_URING_EXIT:
+        return "io_uring"  # audit 3.1's name; libaudit 3.0.9 prints (null)
+    return FILTER_NAMES.get(number, "(null)")
+
+
 def _syscalls(rule: d.Rule, machine: int) -> str:
     if rule.filter in (d.AUDIT_FILTER_USER, d.AUDIT_FILTER_TASK, d.AUDIT_FILTER_EXCLUDE,
                       d.AUDIT_FILTER_FS):
         return ""
     if rule.all_syscalls:
         return " -S all"
-    names = SYSCALL_NAMES.get(machine, {}) if machine >= 0 else {}
+    if rule.filter == d.AUDIT_FILTER_URING_EXIT:
+        names = URING_OP_NAMES
+    else:
+        names = SYSCALL_NAMES.get(machine, {}) if machine >= 0 else {}
     listed = [names.get(nr, str(nr)) for nr in rule.syscalls()]
     return f" -S {','.join(listed)}" if listed else ""
 

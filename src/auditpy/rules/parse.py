@@ -29,6 +29,7 @@ from auditpy.rules.tables import (
     FS_TYPES,
     MACHINE_ELF,
 )
+from auditpy.rules.uring import URING_OPS
 
 #: glibc's AF_MAX: `saddr_fam` values must be below it.
 AF_MAX = 46
@@ -426,6 +427,22 @@ class _Builder:
                 raise RuleError(f"Syscall name unknown: {text}")
             target[nr // 32] |= 1 << (nr % 32)
 
+    def add_uring_ops(self, text: str) -> None:
+        """-S on the io_uring list: operation names or numbers, or `all` (audit 3.1's
+        audit_rule_io_uringbyname_data); no architecture is involved."""
+        for name in text.split(","):
+            if not name:
+                continue
+            if name == "all":
+                self.mask[:] = [0xFFFFFFFF] * d.AUDIT_BITMASK_SIZE
+                continue
+            nr = URING_OPS.get(name.lower(), -1)
+            if nr < 0 and _isdigit(name):
+                nr = c_strtol(name)
+            if nr < 0 or nr // 32 > d.AUDIT_BITMASK_SIZE - 1:
+                raise RuleError(f"io_uring operation name unknown: {text}")
+            self.mask[nr // 32] |= 1 << (nr % 32)
+
     # -- -F -----------------------------------------------------------------------------
 
     def fieldpair(self, pair: str, flags: int) -> None:
@@ -708,6 +725,8 @@ class _Builder:
 def _filter_number(name: str) -> int | None:
     from auditpy.rules.tables import FILTER_NAMES
 
+    if name.lower() == "io_uring":  # audit 3.1's, beyond libaudit 3.0.9's tables
+        return d.AUDIT_FILTER_URING_EXIT
     for number, known in FILTER_NAMES.items():
         if known == name.lower():
             return number
@@ -873,16 +892,20 @@ def parse_args(args: list[str], env: Environment | None = None, *, lineno: int =
                 raise RuleError("Error: syscall auditing being added to filesystem list")
             if b.exclude:
                 raise RuleError("Error: syscall auditing cannot be put on exclude list")
-            if unknown_arch:
-                if env.machine < 0:
-                    raise RuleError("Error detecting machine type")
-                b.elf = MACHINE_ELF.get(env.machine, 0)
-                if not b.elf:
-                    raise RuleError(f"Error looking up elf type {env.machine}")
-            b.add_syscalls(arg)
-            b.syscall_added = True
-            if unknown_arch and b.filter != _UNSET:
-                _check_mismatch(b, arg, lineno, warnings)
+            if flags == d.AUDIT_FILTER_URING_EXIT:
+                b.add_uring_ops(arg)
+                b.syscall_added = True
+            else:
+                if unknown_arch:
+                    if env.machine < 0:
+                        raise RuleError("Error detecting machine type")
+                    b.elf = MACHINE_ELF.get(env.machine, 0)
+                    if not b.elf:
+                        raise RuleError(f"Error looking up elf type {env.machine}")
+                b.add_syscalls(arg)
+                b.syscall_added = True
+                if unknown_arch and b.filter != _UNSET:
+                    _check_mismatch(b, arg, lineno, warnings)
         elif letter == "F":
             flags = b.list_flags
             if flags == _UNSET:
