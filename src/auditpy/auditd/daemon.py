@@ -52,6 +52,7 @@ from auditpy.auditd.startup import (
     Registered,
     load_config,
     log_settings,
+    rcvbuf_for,
 )
 from auditpy.auditd.ticker import LossTicker
 from auditpy.config.auditd_conf import AuditdConfig, changed_keys, metrics_address
@@ -139,6 +140,8 @@ class KernelLink(Protocol):
     def set_status(self, status: AuditStatus) -> None: ...
 
     def signal_info(self) -> SignalInfo | None: ...
+
+    def set_rcvbuf(self, size: int) -> None: ...
 
     def close(self) -> None: ...
 
@@ -257,6 +260,8 @@ class Daemon:
         self._tune_process = tune_process
         #: the log and kernel link `startup.register_early` opened and registered from
         self._early = registered
+        #: the registered kernel socket's receive buffer (see `_kernel_status`)
+        self._rcvbuf = RCVBUF
         self.kernel: KernelLink | None = None
         self.registered = False
         self.log_file: AuditLog | None = None
@@ -794,7 +799,27 @@ class Daemon:
             if now >= next_poll and self.kernel is not None and self._settled.is_set():
                 next_poll = now + KERNEL_POLL_SECONDS
                 with contextlib.suppress(NetlinkError, TimeoutError):
-                    self.ledger.kernel_figures(await self._request(self.kernel.get_status))
+                    self._kernel_status(await self._request(self.kernel.get_status))
+
+    def _kernel_status(self, status: AuditStatus) -> None:
+        """The kernel's status as last asked: its counters go to the ledger, and its
+        backlog_wait_time sizes the socket buffer. While the kernel waits for the daemon
+        (backlog_wait_time > 0) a small buffer costs nothing and loses little in a crash;
+        while it drops instead (0), the buffer is all that absorbs a burst."""
+        self.ledger.kernel_figures(status)
+        kernel = self.kernel
+        if kernel is None or kernel.multicast or not self.registered:
+            return
+        size = rcvbuf_for(status.backlog_wait_time)
+        if size != self._rcvbuf:
+            try:
+                kernel.set_rcvbuf(size)
+            except OSError as exc:
+                log.error("Cannot resize the kernel socket's receive buffer: %s", exc)
+                return
+            log.info("backlog_wait_time is %d: kernel socket receive buffer %d KiB",
+                     status.backlog_wait_time, size >> 10)
+            self._rcvbuf = size
 
     async def _metrics_start(self) -> None:
         if self.config.metrics_listen is None:
@@ -968,7 +993,7 @@ class Daemon:
         kernel = self.kernel
         if kernel is not None and await self._settled_within(SENDER_WAIT):
             with contextlib.suppress(NetlinkError, TimeoutError):
-                self.ledger.kernel_figures(await self._request(kernel.get_status))
+                self._kernel_status(await self._request(kernel.get_status))
         # Too busy to ask the kernel now: its figures as they were when last asked.
         text = daemon_report(
             priority=os.getpriority(os.PRIO_PROCESS, 0),

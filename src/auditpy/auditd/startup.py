@@ -30,9 +30,18 @@ log = logging.getLogger("auditpy")
 #: 128 KiB to 4 MiB gave the same throughput within noise, and the loss per kill -9 grew
 #: with the size (bench/rcvbuf.py; figures in the reliability issue's notes).
 RCVBUF = 256 << 10
+#: The registered daemon's buffer while the kernel drops rather than waits
+#: (backlog_wait_time 0): what neither the kernel's backlog nor this buffer holds is then
+#: lost at once, so the buffer is what absorbs a burst, as for a multicast reader.
+DROPPING_RCVBUF = 16 << 20
 #: A multicast reader's buffer: the kernel keeps nothing it could not multicast, so a
 #: large buffer is what absorbs a burst.
 MULTICAST_RCVBUF = 16 << 20
+
+
+def rcvbuf_for(backlog_wait_time: int) -> int:
+    """The registered daemon's receive buffer for the kernel's backlog_wait_time."""
+    return DROPPING_RCVBUF if backlog_wait_time == 0 else RCVBUF
 
 
 @dataclass(frozen=True)
