@@ -338,6 +338,7 @@ class Daemon:
             except (OSError, TimeoutError) as exc:
                 self._abort("set-enable", exc)
                 raise
+            self._size_buffer()
         self.dispatcher = DispatcherLink(
             self.loop,
             self._dispatcher_argv(),
@@ -803,23 +804,31 @@ class Daemon:
 
     def _kernel_status(self, status: AuditStatus) -> None:
         """The kernel's status as last asked: its counters go to the ledger, and its
-        backlog_wait_time sizes the socket buffer. While the kernel waits for the daemon
-        (backlog_wait_time > 0) a small buffer costs nothing and loses little in a crash;
-        while it drops instead (0), the buffer is all that absorbs a burst."""
+        backlog_wait_time sizes the socket buffer."""
         self.ledger.kernel_figures(status)
+        self._size_buffer()
+
+    def _size_buffer(self) -> None:
+        """What the registered socket holds dies with the daemon, while what the kernel could
+        not hand over it keeps: while the kernel waits for the daemon (backlog_wait_time >
+        0) a buffer holds what throughput needs, smaller still while every write is synced;
+        while it drops instead (0), the buffer is all that absorbs a burst."""
         kernel = self.kernel
         if kernel is None or kernel.multicast or not self.registered:
             return
-        size = rcvbuf_for(status.backlog_wait_time)
-        if size != self._rcvbuf:
-            try:
-                kernel.set_rcvbuf(size)
-            except OSError as exc:
-                log.error("Cannot resize the kernel socket's receive buffer: %s", exc)
-                return
-            log.info("backlog_wait_time is %d: kernel socket receive buffer %d KiB",
-                     status.backlog_wait_time, size >> 10)
-            self._rcvbuf = size
+        status = self.ledger.kernel_status
+        wait = status.backlog_wait_time if status is not None else None
+        size = rcvbuf_for(wait, self.config.flush)
+        if size == self._rcvbuf:
+            return
+        try:
+            kernel.set_rcvbuf(size)
+        except OSError as exc:
+            log.error("Cannot resize the kernel socket's receive buffer: %s", exc)
+            return
+        log.info("kernel socket receive buffer %d KiB (flush %s, backlog_wait_time %s)",
+                 size >> 10, self.config.flush, "unknown" if wait is None else wait)
+        self._rcvbuf = size
 
     async def _metrics_start(self) -> None:
         if self.config.metrics_listen is None:
@@ -986,6 +995,7 @@ class Daemon:
         if "priority_boost" in changed and self._tune_process:
             self._boost_priority()
         self._check_space()
+        self._size_buffer()
 
     async def _op_state(self) -> None:
         if self.dispatcher is not None:
