@@ -551,7 +551,9 @@ def failed_reload(target: Target, messages: int, keep: bool) -> ReloadRun:
             running = proc.poll() is None
         finally:
             daemon.stop()
-    return ReloadRun(failed, logged(), messages, running, enabled)
+        # Counted before the directory goes (it went first, and every count read 0).
+        count = logged()
+    return ReloadRun(failed, count, messages, running, enabled)
 
 
 # -- the report ---------------------------------------------------------------------------------

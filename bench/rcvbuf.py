@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--kills", type=int, default=5, help="kill -9 per size (0: none)")
     parser.add_argument("--kill-backlog-limit", type=int, default=64)
+    parser.add_argument("--flush", default="INCREMENTAL_ASYNC",
+                        help="the daemons' flush setting during the kill -9 storms")
     parser.add_argument("--src", type=Path, default=bench.HERE.parent)
     args = parser.parse_args(argv)
     sizes = [size_of(s) for s in args.sizes.split(",")]
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                         target = attack.Target("py", "pyauditd",
                                                (sys.executable, str(wrapper), str(size)),
                                                (("PYTHONPATH", str(src)),))
-                    krun = attack.kill_storm(target, "INCREMENTAL_ASYNC", args.kills, 50_000,
+                    krun = attack.kill_storm(target, args.flush, args.kills, 50_000,
                                              loadgen, rng, (0.1, 0.4), keep=False)
                     losses[who] = krun.lost
                     print(f"kill  {who:8} lost per kill {krun.lost}", flush=True)
@@ -116,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         attack.stop_all()
         shutil.rmtree(build, ignore_errors=True)
     print()
+    print(f"kill -9 with flush = {args.flush}")
     print("| receive buffer | events/s (median) | CPU s/100k | events lost per kill -9 |")
     print("|---|---|---|---|")
     for who in ["C", *map(label, sizes)]:

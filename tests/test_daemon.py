@@ -23,6 +23,7 @@ import pytest
 from auditpy.auditd import daemon as daemon_module
 from auditpy.auditd.daemon import Daemon, Options
 from auditpy.auditd.logfile import AuditLog, LogFileError
+from auditpy.auditd.startup import DROPPING_RCVBUF, RCVBUF, SYNCED_RCVBUF
 from auditpy.proto.netlink import AuditStatus, SignalInfo
 from auditpy.system.children import ChildHandle, spawn_child
 from auditpy.system.service import Signal
@@ -56,7 +57,9 @@ class FakeKernel:
         self.gate = threading.Event()
         self.gate.set()
         self.pid = 0
-        self.status = AuditStatus(enabled=1, backlog_limit=64, lost=3, backlog=7)
+        self.status = AuditStatus(enabled=1, backlog_limit=64, lost=3, backlog=7,
+                                  backlog_wait_time=60000)
+        self.rcvbuf = rcvbuf
         self.sender = SignalInfo(auid=1000, pid=4242, context=None)
         self.closed = False
 
@@ -109,6 +112,9 @@ class FakeKernel:
     def signal_info(self) -> SignalInfo | None:
         self._call("signal_info")
         return self.sender
+
+    def set_rcvbuf(self, size: int) -> None:
+        self.rcvbuf = size
 
     def close(self) -> None:
         self.closed = True
@@ -428,3 +434,28 @@ def test_an_early_registration_that_fails_is_undone(tmp_path: Path) -> None:
         assert register_early(h.daemon.config, open_kernel=open_kernel) is None  # type: ignore[arg-type]
     assert opened[0].closed and logs and not logs[0].is_open
     h.daemon.loop.close()
+
+
+def test_the_socket_buffer_follows_whether_the_kernel_waits_or_drops(harness: Harness) -> None:
+    """backlog_wait_time > 0: the kernel keeps what it cannot hand over, and a small buffer
+    loses little in a crash; 0: it drops what neither its backlog nor our buffer holds, so
+    the buffer grows to absorb bursts; and shrinks again when the wait comes back."""
+    kernel = harness.kernel
+    assert kernel.rcvbuf == RCVBUF
+
+    def report_with(wait: int) -> None:
+        kernel.status = dataclasses.replace(kernel.status, backlog_wait_time=wait)
+        state = harness.root / "run" / "auditd.state"
+        state.unlink(missing_ok=True)
+        harness.signal(signal.SIGCONT)  # the state report asks the kernel for its status
+        harness.run_until(state.exists)
+
+    report_with(0)
+    assert kernel.rcvbuf == DROPPING_RCVBUF
+    report_with(15000)
+    assert kernel.rcvbuf == RCVBUF
+    # every write synced: the daemon waits in fsync while its buffer fills, and a crash
+    # takes what it holds
+    harness.write_config(flush="SYNC")
+    harness.signal(signal.SIGHUP)
+    harness.run_until(lambda: kernel.rcvbuf == SYNCED_RCVBUF)

@@ -52,6 +52,7 @@ from auditpy.auditd.startup import (
     Registered,
     load_config,
     log_settings,
+    rcvbuf_for,
 )
 from auditpy.auditd.ticker import LossTicker
 from auditpy.config.auditd_conf import AuditdConfig, changed_keys, metrics_address
@@ -139,6 +140,8 @@ class KernelLink(Protocol):
     def set_status(self, status: AuditStatus) -> None: ...
 
     def signal_info(self) -> SignalInfo | None: ...
+
+    def set_rcvbuf(self, size: int) -> None: ...
 
     def close(self) -> None: ...
 
@@ -257,6 +260,8 @@ class Daemon:
         self._tune_process = tune_process
         #: the log and kernel link `startup.register_early` opened and registered from
         self._early = registered
+        #: the registered kernel socket's receive buffer (see `_kernel_status`)
+        self._rcvbuf = RCVBUF
         self.kernel: KernelLink | None = None
         self.registered = False
         self.log_file: AuditLog | None = None
@@ -333,6 +338,7 @@ class Daemon:
             except (OSError, TimeoutError) as exc:
                 self._abort("set-enable", exc)
                 raise
+            self._size_buffer()
         self.dispatcher = DispatcherLink(
             self.loop,
             self._dispatcher_argv(),
@@ -794,7 +800,35 @@ class Daemon:
             if now >= next_poll and self.kernel is not None and self._settled.is_set():
                 next_poll = now + KERNEL_POLL_SECONDS
                 with contextlib.suppress(NetlinkError, TimeoutError):
-                    self.ledger.kernel_figures(await self._request(self.kernel.get_status))
+                    self._kernel_status(await self._request(self.kernel.get_status))
+
+    def _kernel_status(self, status: AuditStatus) -> None:
+        """The kernel's status as last asked: its counters go to the ledger, and its
+        backlog_wait_time sizes the socket buffer."""
+        self.ledger.kernel_figures(status)
+        self._size_buffer()
+
+    def _size_buffer(self) -> None:
+        """What the registered socket holds dies with the daemon, while what the kernel could
+        not hand over it keeps: while the kernel waits for the daemon (backlog_wait_time >
+        0) a buffer holds what throughput needs, smaller still while every write is synced;
+        while it drops instead (0), the buffer is all that absorbs a burst."""
+        kernel = self.kernel
+        if kernel is None or kernel.multicast or not self.registered:
+            return
+        status = self.ledger.kernel_status
+        wait = status.backlog_wait_time if status is not None else None
+        size = rcvbuf_for(wait, self.config.flush)
+        if size == self._rcvbuf:
+            return
+        try:
+            kernel.set_rcvbuf(size)
+        except OSError as exc:
+            log.error("Cannot resize the kernel socket's receive buffer: %s", exc)
+            return
+        log.info("kernel socket receive buffer %d KiB (flush %s, backlog_wait_time %s)",
+                 size >> 10, self.config.flush, "unknown" if wait is None else wait)
+        self._rcvbuf = size
 
     async def _metrics_start(self) -> None:
         if self.config.metrics_listen is None:
@@ -961,6 +995,7 @@ class Daemon:
         if "priority_boost" in changed and self._tune_process:
             self._boost_priority()
         self._check_space()
+        self._size_buffer()
 
     async def _op_state(self) -> None:
         if self.dispatcher is not None:
@@ -968,7 +1003,7 @@ class Daemon:
         kernel = self.kernel
         if kernel is not None and await self._settled_within(SENDER_WAIT):
             with contextlib.suppress(NetlinkError, TimeoutError):
-                self.ledger.kernel_figures(await self._request(kernel.get_status))
+                self._kernel_status(await self._request(kernel.get_status))
         # Too busy to ask the kernel now: its figures as they were when last asked.
         text = daemon_report(
             priority=os.getpriority(os.PRIO_PROCESS, 0),

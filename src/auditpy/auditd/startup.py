@@ -30,9 +30,25 @@ log = logging.getLogger("auditpy")
 #: 128 KiB to 4 MiB gave the same throughput within noise, and the loss per kill -9 grew
 #: with the size (bench/rcvbuf.py; figures in the reliability issue's notes).
 RCVBUF = 256 << 10
+#: The buffer while every write is synced (flush SYNC or DATA): the daemon waits in fsync
+#: with its buffer filling to the brim, so the whole buffer is what a crash takes; a small
+#: one loses less than the C daemon's default (bench/rcvbuf.py --flush SYNC).
+SYNCED_RCVBUF = 64 << 10
+#: The registered daemon's buffer while the kernel drops rather than waits
+#: (backlog_wait_time 0): what neither the kernel's backlog nor this buffer holds is then
+#: lost at once, so the buffer is what absorbs a burst, as for a multicast reader.
+DROPPING_RCVBUF = 16 << 20
 #: A multicast reader's buffer: the kernel keeps nothing it could not multicast, so a
 #: large buffer is what absorbs a burst.
 MULTICAST_RCVBUF = 16 << 20
+
+
+def rcvbuf_for(backlog_wait_time: int | None, flush: str) -> int:
+    """The registered daemon's receive buffer for the kernel's backlog_wait_time (None: not
+    known yet) and the log's flush setting."""
+    if backlog_wait_time == 0:
+        return DROPPING_RCVBUF
+    return SYNCED_RCVBUF if flush in ("SYNC", "DATA") else RCVBUF
 
 
 @dataclass(frozen=True)

@@ -80,10 +80,7 @@ class AuditSocket:
         groups = 1 << (AUDIT_NLGRP_READLOG - 1) if multicast else 0
         self.sock.bind((0, groups))
         if rcvbuf:
-            try:
-                self.sock.setsockopt(socket.SOL_SOCKET, 33, rcvbuf)  # SO_RCVBUFFORCE
-            except OSError:
-                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            self.set_rcvbuf(rcvbuf)
         self._seq = 0
         self._batch: RecordBatchReader | None = None
         self._batch_tried = multicast  # multicast datagrams may hold several messages
@@ -92,6 +89,14 @@ class AuditSocket:
 
     def fileno(self) -> int:
         return self.sock.fileno()
+
+    def set_rcvbuf(self, size: int) -> None:
+        """SO_RCVBUFFORCE (root may pass rmem_max), else SO_RCVBUF; the kernel doubles it
+        for its own accounting. Records already queued stay whatever the new size."""
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, 33, size)  # SO_RCVBUFFORCE
+        except OSError:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
     @property
     def rejected(self) -> int:
@@ -381,6 +386,9 @@ class KernelConnection:
 
     def recv_records(self, limit: int) -> tuple[list[tuple[int, bytes]], int]:
         return self.events.recv_records(limit)
+
+    def set_rcvbuf(self, size: int) -> None:
+        self.events.set_rcvbuf(size)
 
     def recv_columns(self, limit: int) -> tuple[list[int], list[bytes], int]:
         return self.events.recv_columns(limit)
