@@ -48,6 +48,9 @@ class FakeKernel:
     thread that made them, and `gate` (when cleared) makes requests sleep as the kernel makes
     a sender sleep while its queue is over backlog_limit."""
 
+    #: the kernel's backlog_wait_time when the daemon starts
+    initial_wait = 60000
+
     def __init__(self, *, multicast: bool, rcvbuf: int) -> None:
         self.multicast = multicast
         self._ours, self._theirs = socket.socketpair()
@@ -58,7 +61,7 @@ class FakeKernel:
         self.gate.set()
         self.pid = 0
         self.status = AuditStatus(enabled=1, backlog_limit=64, lost=3, backlog=7,
-                                  backlog_wait_time=60000)
+                                  backlog_wait_time=self.initial_wait)
         self.rcvbuf = rcvbuf
         self.sender = SignalInfo(auid=1000, pid=4242, context=None)
         self.closed = False
@@ -459,3 +462,17 @@ def test_the_socket_buffer_follows_whether_the_kernel_waits_or_drops(harness: Ha
     harness.write_config(flush="SYNC")
     harness.signal(signal.SIGHUP)
     harness.run_until(lambda: kernel.rcvbuf == SYNCED_RCVBUF)
+
+
+def test_a_kernel_that_drops_gets_the_large_buffer_from_the_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst may come as soon as the daemon is registered: the buffer is sized before the
+    first read, not at the first poll."""
+    monkeypatch.setattr(FakeKernel, "initial_wait", 0)
+    h = Harness(tmp_path)
+    h.daemon.start()
+    try:
+        assert h.kernel.rcvbuf == DROPPING_RCVBUF
+    finally:
+        h.stop()

@@ -338,7 +338,12 @@ class Daemon:
             except (OSError, TimeoutError) as exc:
                 self._abort("set-enable", exc)
                 raise
-            self._size_buffer()
+            # The buffer's size depends on backlog_wait_time; a burst may come at once.
+            try:
+                self._kernel_status(self.kernel.get_status())
+            except (OSError, TimeoutError) as exc:
+                log.warning("Cannot read the kernel's audit status: %s", exc)
+                self._size_buffer()
         self.dispatcher = DispatcherLink(
             self.loop,
             self._dispatcher_argv(),
