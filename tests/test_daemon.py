@@ -203,7 +203,7 @@ def test_stop_unregisters_while_reading_and_ends_with_daemon_end(harness: Harnes
     harness.kernel.push(syscall(1), eoe(1))
     assert harness.stop() == 0
     names = [name for name, _thread in harness.kernel.calls]
-    assert names[:1] == ["register"] and "unregister" in names
+    assert names[:2] == ["get_status", "register"] and "unregister" in names
     assert harness.lines()[-1].startswith("type=DAEMON_END ")
     assert "auid=1000" in harness.lines()[-1] and "pid=4242" in harness.lines()[-1]
     assert harness.kernel.closed
@@ -476,3 +476,40 @@ def test_a_kernel_that_drops_gets_the_large_buffer_from_the_start(
         assert h.kernel.rcvbuf == DROPPING_RCVBUF
     finally:
         h.stop()
+
+
+@pytest.mark.parametrize(("enable", "enabled", "calls"), [
+    ("enable", 1, ["get_status", "register"]),
+    ("enable", 0, ["get_status", "register", "set_status"]),
+    ("disable", 1, ["get_status", "set_status", "register"]),
+    ("enable", 2, ["get_status", "register"]),
+    ("nochange", 0, ["get_status", "register"]),
+])
+def test_start_makes_no_request_that_could_sleep_once_registered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, enable: str, enabled: int,
+    calls: list[str]
+) -> None:
+    """Once registered the daemon empties the kernel's queue, and the kernel makes a sender
+    sleep while that queue is over backlog_limit: a request before the loop reads could
+    wait for itself for backlog_wait_time. So start reads the status and disables before
+    registering, and only enables after (while audit was disabled nothing was queued)."""
+    h = Harness(tmp_path)
+    h.daemon.options = dataclasses.replace(h.options, enable=enable)
+    original = FakeKernel.__init__
+
+    def init(self: FakeKernel, *, multicast: bool, rcvbuf: int) -> None:
+        original(self, multicast=multicast, rcvbuf=rcvbuf)
+        self.status = dataclasses.replace(self.status, enabled=enabled)
+    monkeypatch.setattr(FakeKernel, "__init__", init)
+    h.daemon.start()
+    try:
+        assert [name for name, _thread in h.kernel.calls] == calls
+    finally:
+        h.stop()
+
+
+def test_enabled_wanted() -> None:
+    from auditpy.auditd.startup import enabled_wanted
+
+    assert [enabled_wanted(e, c) for e in ("enable", "disable", "nochange") for c in (0, 1, 2)] \
+        == [1, None, None, None, 0, None, None, None, None]

@@ -194,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             report_fd = None
 
     write_pid_file(options.pid_file)
-    registered = register_early(config)
+    registered = register_early(config, options.enable)
     from auditpy.auditd.daemon import Daemon
 
     daemon = Daemon(options, config, registered=registered)

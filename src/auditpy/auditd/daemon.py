@@ -53,6 +53,7 @@ from auditpy.auditd.startup import (
     load_config,
     log_settings,
     rcvbuf_for,
+    register_with,
 )
 from auditpy.auditd.ticker import LossTicker
 from auditpy.config.auditd_conf import AuditdConfig, changed_keys, metrics_address
@@ -325,25 +326,26 @@ class Daemon:
                 self.log_file.open()
             self._check_space()
         if not multicast and self.config.local_events:
-            # Blocking is fine here: nothing is read yet that could be held up.
-            try:
-                if not self.registered:
-                    self.kernel.register(os.getpid())
-                    self.registered = True
-            except (OSError, TimeoutError) as exc:
-                self._abort("set-pid", exc)
-                raise
-            try:
-                self._set_enabled()
-            except (OSError, TimeoutError) as exc:
-                self._abort("set-enable", exc)
-                raise
+            # Blocking requests, made so that none can sleep (`register_with`).
+            if early is not None:
+                status, enable = early.status, early.enable
+            else:
+                try:
+                    status, enable = register_with(self.kernel, self.options.enable)
+                except (OSError, TimeoutError) as exc:
+                    self._abort("set-pid", exc)
+                    raise
+                self.registered = True
+            if status.enabled == 2 and self.options.enable != "nochange":
+                log.warning("The audit system is locked (enabled 2); leaving it as it is")
+            if enable is not None:
+                try:
+                    self.kernel.set_status(AuditStatus(mask=STATUS_ENABLED, enabled=enable))
+                except (OSError, TimeoutError) as exc:
+                    self._abort("set-enable", exc)
+                    raise
             # The buffer's size depends on backlog_wait_time; a burst may come at once.
-            try:
-                self._kernel_status(self.kernel.get_status())
-            except (OSError, TimeoutError) as exc:
-                log.warning("Cannot read the kernel's audit status: %s", exc)
-                self._size_buffer()
+            self._kernel_status(status)
         self.dispatcher = DispatcherLink(
             self.loop,
             self._dispatcher_argv(),
@@ -436,16 +438,6 @@ class Daemon:
             os.setpriority(os.PRIO_PROCESS, 0, -self.config.priority_boost)
         except OSError as exc:
             log.warning("Cannot set priority boost %d: %s", self.config.priority_boost, exc)
-
-    def _set_enabled(self) -> None:
-        assert self.kernel is not None
-        if self.options.enable == "nochange":
-            return
-        wanted = 1 if self.options.enable == "enable" else 0
-        if self.kernel.get_status().enabled == 2:
-            log.warning("The audit system is locked (enabled 2); leaving it as it is")
-            return
-        self.kernel.set_status(AuditStatus(mask=STATUS_ENABLED, enabled=wanted))
 
     # -- off the loop -----------------------------------------------------------------------
 

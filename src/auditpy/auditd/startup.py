@@ -15,9 +15,11 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from auditpy.auditd.logfile import AuditLog, LogFileError, LogSettings
 from auditpy.config.auditd_conf import AuditdConfig, load_auditd_conf
+from auditpy.proto.netlink import STATUS_ENABLED, AuditStatus
 from auditpy.system.logsetup import syslog_notifier
 from auditpy.system.netlink import KernelConnection
 
@@ -95,16 +97,54 @@ def log_settings(config: AuditdConfig) -> LogSettings:
     )
 
 
+def enabled_wanted(enable: str, current: int) -> int | None:
+    """The `enabled` value to set for `-s enable|disable|nochange` when the kernel's is
+    `current`; None when there is nothing to set (already so, or locked at 2)."""
+    if enable == "nochange" or current == 2:
+        return None
+    wanted = 1 if enable == "enable" else 0
+    return None if wanted == current else wanted
+
+
+class Registering(Protocol):
+    def get_status(self) -> AuditStatus: ...
+
+    def set_status(self, status: AuditStatus) -> None: ...
+
+    def register(self, pid: int) -> None: ...
+
+
+def register_with(kernel: Registering, enable: str) -> tuple[AuditStatus, int | None]:
+    """Register this process, with the requests around it ordered so that none can sleep.
+
+    Once registered, the daemon is the one that empties the kernel's queue, and the kernel
+    makes any process that sends it a request sleep while that queue is over backlog_limit
+    (up to backlog_wait_time): a request made before the daemon reads would wait for
+    itself. So the status is read and a disable set before registering; an enable is left
+    to the caller, right after: while audit was disabled nothing was queued. Returns the
+    status read and the enable still to set (1, or None)."""
+    status = kernel.get_status()
+    wanted = enabled_wanted(enable, status.enabled)
+    if wanted == 0:
+        kernel.set_status(AuditStatus(mask=STATUS_ENABLED, enabled=0))
+    kernel.register(os.getpid())
+    return status, wanted or None
+
+
 @dataclass(frozen=True)
 class Registered:
-    """The kernel link this process registered from, and the log it opened first."""
+    """The kernel link this process registered from, the log it opened first, the kernel's
+    status read before registering, and the enable still to set (`register_with`)."""
 
     kernel: KernelConnection
     log_file: AuditLog | None
+    status: AuditStatus
+    enable: int | None
 
 
 def register_early(
     config: AuditdConfig,
+    enable: str = "nochange",
     *,
     open_kernel: Callable[..., KernelConnection] = KernelConnection,
 ) -> Registered | None:
@@ -118,10 +158,10 @@ def register_early(
         if config.write_logs:
             log_file = AuditLog(log_settings(config), notify=syslog_notifier(log))
             log_file.open()
-        kernel.register(os.getpid())
+        status, pending = register_with(kernel, enable)
     except (OSError, TimeoutError, LogFileError):
         if log_file is not None:
             log_file.close()
         kernel.close()
         return None
-    return Registered(kernel, log_file)
+    return Registered(kernel, log_file, status, pending)
