@@ -23,7 +23,7 @@ import pytest
 from auditpy.auditd import daemon as daemon_module
 from auditpy.auditd.daemon import Daemon, Options
 from auditpy.auditd.logfile import AuditLog, LogFileError
-from auditpy.auditd.startup import DROPPING_RCVBUF, RCVBUF, SYNCED_RCVBUF
+from auditpy.auditd.startup import DROPPING_RCVBUF, RCVBUF
 from auditpy.proto.netlink import AuditStatus, SignalInfo
 from auditpy.system.children import ChildHandle, spawn_child
 from auditpy.system.service import Signal
@@ -457,11 +457,6 @@ def test_the_socket_buffer_follows_whether_the_kernel_waits_or_drops(harness: Ha
     assert kernel.rcvbuf == DROPPING_RCVBUF
     report_with(15000)
     assert kernel.rcvbuf == RCVBUF
-    # every write synced: the daemon waits in fsync while its buffer fills, and a crash
-    # takes what it holds
-    harness.write_config(flush="SYNC")
-    harness.signal(signal.SIGHUP)
-    harness.run_until(lambda: kernel.rcvbuf == SYNCED_RCVBUF)
 
 
 def test_a_kernel_that_drops_gets_the_large_buffer_from_the_start(

@@ -808,14 +808,14 @@ class Daemon:
     def _size_buffer(self) -> None:
         """What the registered socket holds dies with the daemon, while what the kernel could
         not hand over it keeps: while the kernel waits for the daemon (backlog_wait_time >
-        0) a buffer holds what throughput needs, smaller still while every write is synced;
-        while it drops instead (0), the buffer is all that absorbs a burst."""
+        0) a small buffer is enough; while it drops instead (0), the buffer is all that
+        absorbs a burst."""
         kernel = self.kernel
         if kernel is None or kernel.multicast or not self.registered:
             return
         status = self.ledger.kernel_status
         wait = status.backlog_wait_time if status is not None else None
-        size = rcvbuf_for(wait, self.config.flush)
+        size = rcvbuf_for(wait)
         if size == self._rcvbuf:
             return
         try:
@@ -823,8 +823,8 @@ class Daemon:
         except OSError as exc:
             log.error("Cannot resize the kernel socket's receive buffer: %s", exc)
             return
-        log.info("kernel socket receive buffer %d KiB (flush %s, backlog_wait_time %s)",
-                 size >> 10, self.config.flush, "unknown" if wait is None else wait)
+        log.info("kernel socket receive buffer %d KiB (backlog_wait_time %s)",
+                 size >> 10, "unknown" if wait is None else wait)
         self._rcvbuf = size
 
     async def _metrics_start(self) -> None:
@@ -992,7 +992,6 @@ class Daemon:
         if "priority_boost" in changed and self._tune_process:
             self._boost_priority()
         self._check_space()
-        self._size_buffer()
 
     async def _op_state(self) -> None:
         if self.dispatcher is not None:

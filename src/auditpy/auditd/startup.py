@@ -25,17 +25,14 @@ from auditpy.system.netlink import KernelConnection
 
 log = logging.getLogger("auditpy")
 
-#: The registered daemon's kernel socket receive buffer (SO_RCVBUFFORCE; the kernel doubles
-#: it for its own accounting). What it holds when the daemon dies is lost with it, while
-#: what the kernel could not hand over waits in the kernel, so it holds what throughput
-#: needs and no more: with reads paced to the rate records come (`Daemon._read_batch`),
-#: 128 KiB to 4 MiB gave the same throughput within noise, and the loss per kill -9 grew
-#: with the size (bench/rcvbuf.py; figures in the reliability issue's notes).
-RCVBUF = 256 << 10
-#: The buffer while every write is synced (flush SYNC or DATA): the daemon waits in fsync
-#: with its buffer filling to the brim, so the whole buffer is what a crash takes; a small
-#: one loses less than the C daemon's default (bench/rcvbuf.py --flush SYNC).
-SYNCED_RCVBUF = 64 << 10
+#: The registered daemon's kernel socket receive buffer while the kernel waits for it
+#: (backlog_wait_time > 0; SO_RCVBUFFORCE, which the kernel doubles for its own accounting).
+#: What it holds when the daemon dies is lost with it, while what the kernel could not hand
+#: over waits in the kernel: with reads paced to the rate records come
+#: (`Daemon._read_batch`) a small buffer costs a little throughput and loses about what the
+#: C daemon loses in a crash, where larger ones lost twice that (bench/rcvbuf.py, with
+#: --flush SYNC too; figures in the reliability issue's notes).
+RCVBUF = 64 << 10
 #: The registered daemon's buffer while the kernel drops rather than waits
 #: (backlog_wait_time 0): what neither the kernel's backlog nor this buffer holds is then
 #: lost at once, so the buffer is what absorbs a burst, as for a multicast reader.
@@ -45,12 +42,10 @@ DROPPING_RCVBUF = 16 << 20
 MULTICAST_RCVBUF = 16 << 20
 
 
-def rcvbuf_for(backlog_wait_time: int | None, flush: str) -> int:
+def rcvbuf_for(backlog_wait_time: int | None) -> int:
     """The registered daemon's receive buffer for the kernel's backlog_wait_time (None: not
-    known yet) and the log's flush setting."""
-    if backlog_wait_time == 0:
-        return DROPPING_RCVBUF
-    return SYNCED_RCVBUF if flush in ("SYNC", "DATA") else RCVBUF
+    known yet)."""
+    return DROPPING_RCVBUF if backlog_wait_time == 0 else RCVBUF
 
 
 @dataclass(frozen=True)
