@@ -248,3 +248,21 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if result.returncode != 0:
         pytest.exit(f"--update-golden: {CAPTURE.name} failed (exit status {result.returncode})",
                     returncode=1)
+
+
+class Notes:
+    """A notify callback (syslog priority, message) that keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[int, str]] = []
+
+    def __call__(self, priority: int, message: str) -> None:
+        self.items.append((priority, message))
+
+    def texts(self) -> list[str]:
+        return [m for _, m in self.items]
+
+
+@pytest.fixture
+def notes() -> Notes:
+    return Notes()

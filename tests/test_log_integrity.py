@@ -27,7 +27,7 @@ import pytest
 from auditpy.auditd import logfile
 from auditpy.auditd.logfile import AuditLog, LogEvent, LogSettings
 
-from .conftest import wait_for
+from .conftest import Notes, wait_for
 
 ROOT = Path(__file__).parent.parent
 FAILED = LogEvent.NOT_OPEN | LogEvent.DISK_FULL | LogEvent.DISK_ERROR
@@ -39,22 +39,6 @@ def record(n: int) -> bytes:
     """Numbered records of varied length, so a cut falls anywhere in one."""
     return b"type=USER_AVC msg=audit(1700000000.000:%d): pid=1 uid=0 msg='%s'\n" % (
         n, b"x" * (n * 7 % 41))
-
-
-class Notes:
-    def __init__(self) -> None:
-        self.items: list[tuple[int, str]] = []
-
-    def __call__(self, priority: int, message: str) -> None:
-        self.items.append((priority, message))
-
-    def texts(self) -> list[str]:
-        return [m for _, m in self.items]
-
-
-@pytest.fixture
-def notes() -> Notes:
-    return Notes()
 
 
 @pytest.fixture

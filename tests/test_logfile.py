@@ -23,28 +23,12 @@ from auditpy.auditd.logfile import (
     _Flusher,
 )
 
-from .conftest import need, wait_for
+from .conftest import Notes, need, wait_for
 
 GID = 4242
 LINE = b"type=SYSCALL msg=audit(1700000000.123:42): arch=c000003e syscall=257 success=yes\n"
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown, mount)")
-
-
-class Notes:
-    def __init__(self) -> None:
-        self.items: list[tuple[int, str]] = []
-
-    def __call__(self, priority: int, message: str) -> None:
-        self.items.append((priority, message))
-
-    def texts(self) -> list[str]:
-        return [m for _, m in self.items]
-
-
-@pytest.fixture
-def notes() -> Notes:
-    return Notes()
 
 
 @pytest.fixture

@@ -187,14 +187,9 @@ class FedChild:
         out = self._out
         while True:
             if out is None:
-                batch = self._next_batch()
-                if batch is None:
+                out = self._take_batch()
+                if out is None:
                     break
-                out = batch.data
-                self._ends = batch.ends
-                self._weight = batch.weight
-                self._done = 0
-                self._taken = 0
             try:
                 n = sock.send(out)
             except BlockingIOError:
@@ -252,6 +247,16 @@ class FedChild:
         self.waiting = True
         self._loop.add_writer(sock.fileno(), self.pump)
 
+    def _take_batch(self) -> memoryview | None:
+        """The owner's next batch, now the one in flight (none sent of it yet); None when
+        the owner has nothing to offer."""
+        batch = self._next_batch()
+        if batch is None:
+            return None
+        self._ends, self._weight = batch.ends, batch.weight
+        self._done = self._taken = 0
+        return batch.data
+
     def flush_blocking(self, deadline: float) -> None:
         """At shutdown, when the loop no longer runs: give the child what is offered until
         `deadline` (time.monotonic()), blocking. What is left stays offered (`abandon`,
@@ -264,13 +269,9 @@ class FedChild:
             out = self._out
             while True:
                 if out is None:
-                    batch = self._next_batch()
-                    if batch is None:
+                    out = self._take_batch()
+                    if out is None:
                         break
-                    out = batch.data
-                    self._ends = batch.ends
-                    self._weight = batch.weight
-                    self._done = 0
                 self._out = out
                 sock.settimeout(max(0.0, deadline - time.monotonic()))
                 sock.sendall(out)
