@@ -203,6 +203,12 @@ class Daemon:
         self.proc = proc
         return proc
 
+    def wait_started(self) -> None:
+        """Registered, and its DAEMON_START on disk: the daemon is reading."""
+        self.wait_registered()
+        if self.wait_line(b"type=DAEMON_START") is None:
+            raise RuntimeError(f"{self.target.title}: no DAEMON_START")
+
     def wait_registered(self, timeout: float = 15.0, interval: float = 0.002) -> float:
         """Seconds until the kernel names our process as its daemon (from now)."""
         proc = self.proc
@@ -353,9 +359,7 @@ def signal_storm(target: Target, signals: int, exit_timeout: float, keep: bool) 
         daemon.write_config()
         proc = daemon.start()
         try:
-            daemon.wait_registered()
-            if daemon.wait_line(b"type=DAEMON_START") is None:
-                raise RuntimeError(f"{target.title}: no DAEMON_START")
+            daemon.wait_started()
             for _ in range(signals):
                 os.kill(proc.pid, signal.SIGHUP)
             os.kill(proc.pid, signal.SIGTERM)
@@ -420,9 +424,7 @@ def kill_storm(target: Target, flush: str, kills: int, per_cycle: int, loadgen: 
         daemon.write_config(flush=flush)
         daemon.start()
         try:
-            daemon.wait_registered()
-            if daemon.wait_line(b"type=DAEMON_START") is None:
-                raise RuntimeError(f"{target.title}: no DAEMON_START")
+            daemon.wait_started()
             counter = EventCounter(daemon.log)
             lost_before = status().lost
             with bench.rule(load_rule(loadgen)):
@@ -476,9 +478,7 @@ def stall(target: Target, loadgen: Path, rate: int, seconds: float, stop_at: flo
         daemon.write_config()
         proc = daemon.start()
         try:
-            daemon.wait_registered()
-            if daemon.wait_line(b"type=DAEMON_START") is None:
-                raise RuntimeError(f"{target.title}: no DAEMON_START")
+            daemon.wait_started()
             counter = EventCounter(daemon.log)
             with bench.rule(load_rule(loadgen)):
                 started = time.monotonic()
@@ -525,9 +525,7 @@ def failed_reload(target: Target, messages: int, keep: bool) -> ReloadRun:
         daemon.write_config()
         proc = daemon.start()
         try:
-            daemon.wait_registered()
-            if daemon.wait_line(b"type=DAEMON_START") is None:
-                raise RuntimeError(f"{target.title}: no DAEMON_START")
+            daemon.wait_started()
             blocker = root / "not-a-directory"
             blocker.write_text("")
             daemon.write_config(log_file=str(blocker / "audit.log"))

@@ -229,16 +229,12 @@ def wait_for(predicate, timeout: float, interval: float = 0.02) -> bool:  # type
     return bool(predicate())
 
 
-class LogCounter:
-    """Counts the SYSCALL records of a rule key as the log grows, reading only what is new.
+class MarkerCounter:
+    """Counts markers in a file's whole lines as it grows, reading only what is new."""
 
-    The key ends those lines (RAW) or comes right before the ENRICHED separator; the
-    CONFIG_CHANGE records of adding and deleting the rule carry it in mid-line.
-    """
-
-    def __init__(self, path: Path, key: str) -> None:
+    def __init__(self, path: Path, *markers: bytes) -> None:
         self.path = path
-        self.markers = (f'key="{key}"\n'.encode(), f'key="{key}"\x1d'.encode())
+        self.markers = markers
         self.offset = 0
         self.tail = b""
         self.count = 0
@@ -258,12 +254,22 @@ class LogCounter:
         return self.count
 
 
-class JsonCounter(LogCounter):
-    """Counts the syscall events of a rule key in a JSON output as it grows."""
+class LogCounter(MarkerCounter):
+    """Counts the SYSCALL records of a rule key in an audit log.
+
+    The key ends those lines (RAW) or comes right before the ENRICHED separator; the
+    CONFIG_CHANGE records of adding and deleting the rule carry it in mid-line.
+    """
 
     def __init__(self, path: Path, key: str) -> None:
-        super().__init__(path, key)
-        self.markers = (f'"key":"{key}","ARGV"'.encode(),)
+        super().__init__(path, f'key="{key}"\n'.encode(), f'key="{key}"\x1d'.encode())
+
+
+class JsonCounter(MarkerCounter):
+    """Counts the syscall events of a rule key in a JSON output."""
+
+    def __init__(self, path: Path, key: str) -> None:
+        super().__init__(path, f'"key":"{key}","ARGV"'.encode())
 
 
 # -- one run ----------------------------------------------------------------------------------
@@ -409,7 +415,7 @@ def workload(scenario: Scenario, events: int, loadgen: Path,
 
 def measure(proc: subprocess.Popen[bytes], scenario: Scenario, events: int, loadgen: Path,
             true_copy: Path, root: Path, max_seconds: float,
-            counter: LogCounter | CountFile | None = None) -> Run:
+            counter: MarkerCounter | CountFile | None = None) -> Run:
     """One run against a registered reader; `counter` (the limit's) replaces the log's."""
     if not wait_for(lambda: status().pid == proc.pid or proc.poll() is not None, 15):
         raise RuntimeError(f"daemon {proc.args} did not register")
@@ -478,7 +484,7 @@ def measure(proc: subprocess.Popen[bytes], scenario: Scenario, events: int, load
 
 class CountFile:
     """The limit reader's progress (bench/limit.c): a 64-bit count of the key's SYSCALL
-    records in a shared file, polled like a log (LogCounter's interface)."""
+    records in a shared file, polled like a log (MarkerCounter's interface)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path

@@ -48,6 +48,7 @@ sys.path.insert(0, str(HERE))
 import fanin  # noqa: E402
 import nats_support  # noqa: E402
 
+import bench  # noqa: E402
 from auditpy.nats import jetstream as jsapi  # noqa: E402
 from auditpy.nats.client import Client, NatsOptions  # noqa: E402
 from auditpy.proto import jetstream as js  # noqa: E402
@@ -167,29 +168,6 @@ def start_collector(root: Path, urls: list[str], peers: str) -> subprocess.Popen
     return proc
 
 
-class LineCounter:
-    def __init__(self, path: Path, marker: bytes) -> None:
-        self.path = path
-        self.marker = marker
-        self.offset = 0
-        self.tail = b""
-        self.count = 0
-
-    def poll(self) -> int:
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self.offset)
-                data = f.read()
-        except FileNotFoundError:
-            return self.count
-        self.offset += len(data)
-        data = self.tail + data
-        cut = data.rfind(b"\n") + 1
-        self.tail = data[cut:]
-        self.count += data[:cut].count(self.marker)
-        return self.count
-
-
 # --------------------------------------------------------------------------------------
 # One round
 
@@ -226,8 +204,8 @@ def nats_round(replicas: int, collectors: int, round_no: int, hosts: int, events
             try:
                 for n in range(collectors):
                     procs.append(start_collector(root / f"collector{n}", c.urls, peers))
-                counters = [LineCounter(root / f"collector{n}" / "log" / "audit.log",
-                                        f"natsfanin-{round_no}-".encode())
+                counters = [bench.MarkerCounter(root / f"collector{n}" / "log" / "audit.log",
+                                                f"natsfanin-{round_no}-".encode())
                             for n in range(collectors)]
                 leader_name = nats_support.run(
                     lambda cl: jsapi.stream_info(cl, "AUDIT"), c.urls)["cluster"]["leader"]

@@ -19,6 +19,7 @@ import pytest
 
 from auditpy.proto.netlink import AuditStatus
 
+from ..audispd_support import children_of, cmdline
 from ..nats_support import Cluster, available, cluster, create_stream, stream_messages
 from ..nats_support import run as nats_run
 from .conftest import DaemonDir, RunningDaemon, auditctl, get_status, start_pyauditd, wait_for
@@ -109,36 +110,20 @@ def generate(load_generator: Path, events: int) -> None:
         auditctl("-d", *rule)
 
 
-def dispatcher_pid(daemon: RunningDaemon) -> int | None:
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmd = f.read()
-        except OSError:
-            continue
-        if int(fields[1]) == daemon.pid and b"auditpy.audispd" in cmd:
-            return int(entry)
+def child_running(parent: int, module: str) -> int | None:
+    """The child of `parent` that runs `python -m MODULE`, if there is one."""
+    for pid in children_of(parent):
+        if f"-m {module}" in " ".join(cmdline(pid)):
+            return pid
     return None
+
+
+def dispatcher_pid(daemon: RunningDaemon) -> int | None:
+    return child_running(daemon.pid, "auditpy.audispd")
 
 
 def plugin_pid(parent: int) -> int | None:
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmd = f.read()
-        except OSError:
-            continue
-        if int(fields[1]) == parent and b"auditpy.audisp_nats" in cmd:
-            return int(entry)
-    return None
+    return child_running(parent, "auditpy.audisp_nats")
 
 
 def leader(urls: list[str]) -> str:
