@@ -7,6 +7,7 @@ import concurrent.futures
 import contextlib
 import json
 import os
+import select
 import signal
 import socket
 import stat
@@ -521,6 +522,22 @@ def test_the_dispatcher_sends_its_ledger_back(make: Make) -> None:
     for name, mine in figures.items():
         assert mine["offered"] == mine["delivered"] + mine["dropped"] + mine["queued"], name
     assert figures["stuck.conf"]["dropped"] > 0
+
+
+def test_input_closed_with_figures_unread_is_the_end_of_input(make: Make) -> None:
+    """pyauditd may close its end with the dispatcher's last figures unread in it; the
+    dispatcher then reads a reset after the records, and stops as at the end of input."""
+    d = make()
+    d.plugin("fast")
+    d.start()
+    d.wait_ready("fast")
+    for i in range(20):
+        d.send(big_record(i))
+    assert d.sock is not None
+    wait_for(lambda: select.select([d.sock], [], [], 0)[0], 15, "figures from pyaudispd")
+    assert d.stop() == 0, d.log()
+    assert "end of input" in d.log() and "cannot read records" not in d.log()
+    assert d.output("fast").read_bytes().count(b"\n") == 20
 
 
 def test_overflow_suspend_and_sigusr2(make: Make) -> None:

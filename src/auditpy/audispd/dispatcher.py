@@ -389,6 +389,10 @@ class Dispatcher:
             data = os.read(0, READ_SIZE)
         except (BlockingIOError, InterruptedError):
             return
+        except ConnectionResetError:
+            # The daemon closed its end with our figures unread in it: the end of input as
+            # well (the kernel reports the reset only once the records sent are read).
+            data = b""
         except OSError as exc:
             log.error("cannot read records: %s; exiting", exc.strerror)
             self.finish(1)
