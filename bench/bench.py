@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -497,14 +497,18 @@ class CountFile:
 
 
 def limit_run(scenario: Scenario, events: int, loadgen: Path, true_copy: Path,
-              max_seconds: float) -> Run:
+              max_seconds: float,
+              reader: Callable[[Path], list[str]] | None = None) -> Run:
     """A run of the limit reader, in the same conditions as a daemon's: kernel settings,
-    rule, load, and the same polling of its progress."""
+    rule, load, and the same polling of its progress. `reader` gives, for the run's
+    directory, the command line of another reader that takes limit.c's KEY COUNTFILE
+    (bench/floors.py's floors); its arguments go after it."""
     key, _rule, _command = workload(scenario, events, loadgen, true_copy)
     root = Path(tempfile.mkdtemp(prefix="bench-limit-"))
     try:
         counter = CountFile(root / "count")
-        argv = [str(loadgen.with_name("limit")), key, str(counter.path)]
+        head = [str(loadgen.with_name("limit"))] if reader is None else reader(root)
+        argv = [*head, key, str(counter.path)]
         with kernel_settings(0 if scenario.lossy else None), \
                 open(root / "daemon.err", "wb") as errors:
             proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=errors)
@@ -563,11 +567,16 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else 0.0
 
 
+def machine() -> str:
+    """The machine a table was measured on, as the tables name it."""
+    return (f"{platform.node()}: {os.cpu_count()} CPUs, kernel {platform.release()}, "
+            f"Python {platform.python_version()}")
+
+
 def table(results: list[Result], events: int, exec_events: int, rounds: int) -> str:
     lines = [
-        f"Benchmark of {time.strftime('%Y-%m-%d')} on {platform.node()}: "
-        f"{os.cpu_count()} CPUs, kernel {platform.release()}, Python "
-        f"{platform.python_version()}; {events} events per run ({exec_events} for exec), "
+        f"Benchmark of {time.strftime('%Y-%m-%d')} on {machine()}; "
+        f"{events} events per run ({exec_events} for exec), "
         f"median of {rounds} rounds, C auditd = Debian {c_version()}.",
         "",
         "| scenario | C events/s | pyauditd events/s | limit events/s | py / C | py / limit "

@@ -59,6 +59,8 @@ class Samples:
     sent: int = 0
     missing_log: int = 0
     missing_plugin: int = 0
+    #: CPU seconds of the reader's process tree while the load ran and was logged
+    cpu: float = 0.0
 
 
 def read_pairs(path: Path) -> dict[int, int]:
@@ -148,6 +150,7 @@ def one_run(daemon: str, setup: Setup, rate: float, events: int, loadgen: Path,
                 rule = ["always,exit", "-F", "arch=b64", "-S", "getppid", "-F",
                         f"exe={loadgen}", "-k", KEY]
                 with bench.rule(rule):
+                    cpu_before = bench.cpu_seconds(bench.tree(proc.pid))
                     subprocess.run([str(loadgen), "stamped", str(events), str(rate), str(stamps)],
                                    check=True)
                     if daemon == "limit":
@@ -157,6 +160,7 @@ def one_run(daemon: str, setup: Setup, rate: float, events: int, loadgen: Path,
                         bench.wait_for(lambda: lines_in(log_out) >= events, 10)
                         if setup.plugin:
                             bench.wait_for(lambda: lines_in(plugin_out) >= events, 10)
+                    samples.cpu += bench.cpu_seconds(bench.tree(proc.pid)) - cpu_before
             finally:
                 if follower is not None:
                     follower.send_signal(signal.SIGTERM)
@@ -207,8 +211,8 @@ def table(results: dict[tuple[float, str, str], Samples], rounds: int) -> str:
         f"Latency from the call to the record (ms), {rounds} round(s), every event counted:",
         "",
         "| events/s | reader | plugins | log p50 | log p99 | log max | plugin p50 | "
-        "plugin p99 | plugin max | events (missing in log / plugin) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "plugin p99 | plugin max | events (missing in log / plugin) | CPU µs/event |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def cells(values: list[int]) -> str:
@@ -220,7 +224,8 @@ def table(results: dict[tuple[float, str, str], Samples], rounds: int) -> str:
         lines.append(
             f"| {rate:,.0f} | {names[daemon]} | {titles.get(setup, '-')} | {cells(s.log)} | "
             f"{cells(s.plugin)} | {s.sent:,} ({s.missing_log:,} / "
-            f"{s.missing_plugin if setup == 'plugin' else '-'}) |"
+            f"{s.missing_plugin if setup == 'plugin' else '-'}) | "
+            f"{s.cpu / s.sent * 1e6 if s.sent else 0:.1f} |"
         )
     lines += [
         "",
@@ -229,7 +234,8 @@ def table(results: dict[tuple[float, str, str], Samples], rounds: int) -> str:
         "from the log file; plugin: when a `format = string` plugin read it from its input; "
         "limit: when the C reader (bench/limit.c) got it from recvmmsg, the kernel's own "
         "hand-over. Both daemons use the benchmark's auditd.conf (flush INCREMENTAL_ASYNC, "
-        "freq 50).",
+        "freq 50). CPU: the reader's process tree (daemon, dispatcher, plugin) from the "
+        "first call until every event was read, per event sent.",
     ]
     return "\n".join(lines) + "\n"
 

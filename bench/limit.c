@@ -1,11 +1,17 @@
 /* The limit for the benchmark: the fastest a registered audit daemon can be handed records.
  *
- *   limit KEY COUNTFILE [STAMPFILE]
+ *   limit [-b RCVBUF] [-l LOGFILE] KEY COUNTFILE [STAMPFILE]
  *
  * Registers with the kernel as its audit daemon, reads the record stream with recvmmsg(2),
  * 128 datagrams per call into buffers allocated once, and discards every record: no
  * formatting, no log, no dispatch.  What it reaches is what the kernel (kauditd, netlink)
  * allows, so a daemon's events/s are judged as a share of it.
+ *
+ * -b sets the receive buffer (default 16 MiB; pyauditd uses 64 KiB while the kernel waits,
+ * so the limit is also measured with the buffer a daemon really has).  -l makes it the C
+ * writer floor (bench/floors.py): each record becomes a log line "type=NAME msg=PAYLOAD\n"
+ * and each batch one write(2) to LOGFILE, the least any audit logger does per record: no
+ * event grouping, no serial checks, no flushing, no dispatch.
  *
  * Progress, for the benchmark to poll as it polls a daemon's log: COUNTFILE holds one
  * 64-bit counter (host order, in an mmap, so counting costs no system call) of SYSCALL
@@ -100,11 +106,47 @@ static int open_audit(void)
     return sock;
 }
 
+/* The record type's name as auditd writes it, for the types the benchmarks produce. */
+static const char *type_name(unsigned type, char *scratch, size_t size)
+{
+    switch (type) {
+    case AUDIT_SYSCALL: return "SYSCALL";
+    case AUDIT_PATH: return "PATH";
+    case AUDIT_CWD: return "CWD";
+    case AUDIT_EXECVE: return "EXECVE";
+    case AUDIT_EOE: return "EOE";
+    case AUDIT_PROCTITLE: return "PROCTITLE";
+    }
+    snprintf(scratch, size, "UNKNOWN[%u]", type);
+    return scratch;
+}
+
 int main(int argc, char **argv)
 {
-    if (argc < 3) {
-        fprintf(stderr, "usage: limit KEY COUNTFILE [STAMPFILE]\n");
+    int rcvbuf = 16 << 20; /* as pyauditd's buffer when the kernel does not wait */
+    const char *log_path = NULL;
+    for (int opt; (opt = getopt(argc, argv, "b:l:")) != -1;) {
+        if (opt == 'b')
+            rcvbuf = atoi(optarg);
+        else if (opt == 'l')
+            log_path = optarg;
+        else
+            return 2;
+    }
+    argc -= optind - 1;
+    argv += optind - 1;
+    if (argc < 3 || rcvbuf <= 0) {
+        fprintf(stderr, "usage: limit [-b RCVBUF] [-l LOGFILE] KEY COUNTFILE [STAMPFILE]\n");
         return 2;
+    }
+    int log_fd = -1;
+    static char out[SLOTS * (PAYLOAD + 48)];
+    if (log_path) {
+        log_fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+        if (log_fd < 0) {
+            perror(log_path);
+            return 1;
+        }
     }
     char marker[128];
     snprintf(marker, sizeof marker, "key=\"%s\"", argv[1]);
@@ -138,7 +180,6 @@ int main(int argc, char **argv)
         perror("socket");
         return 1;
     }
-    int rcvbuf = 16 << 20; /* as pyauditd */
     if (setsockopt(events, SOL_SOCKET, SO_RCVBUFFORCE, &rcvbuf, sizeof rcvbuf) < 0)
         setsockopt(events, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
     int rc = set_pid(events, (uint32_t)getpid(), -1);
@@ -173,8 +214,18 @@ int main(int argc, char **argv)
         if (stamps)
             clock_gettime(CLOCK_REALTIME, &now);
         records += n;
+        size_t used = 0;
         for (int i = 0; i < n; i++) {
             const struct nlmsghdr *h = (const struct nlmsghdr *)headers[i];
+            if (log_fd >= 0 && msgs[i].msg_len > NLMSG_HDRLEN) {
+                char scratch[32];
+                size_t len = msgs[i].msg_len - NLMSG_HDRLEN;
+                used += (size_t)sprintf(out + used, "type=%s msg=",
+                                        type_name(h->nlmsg_type, scratch, sizeof scratch));
+                memcpy(out + used, payloads[i], len);
+                used += len;
+                out[used++] = '\n';
+            }
             if (h->nlmsg_type != AUDIT_SYSCALL || msgs[i].msg_len <= NLMSG_HDRLEN)
                 continue;
             size_t len = msgs[i].msg_len - NLMSG_HDRLEN;
@@ -187,6 +238,11 @@ int main(int argc, char **argv)
                 stamps[nstamps][1] = (uint64_t)now.tv_sec * 1000000000u + now.tv_nsec;
                 nstamps++;
             }
+        }
+        if (used && write(log_fd, out, used) != (ssize_t)used) {
+            perror(log_path);
+            status = 1;
+            break;
         }
         *counter = matched;
     }

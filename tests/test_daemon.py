@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 from auditpy.auditd import daemon as daemon_module
-from auditpy.auditd.daemon import Daemon, Options
+from auditpy.auditd.daemon import COALESCE_SECONDS, Daemon, Options
 from auditpy.auditd.logfile import AuditLog, LogFileError
-from auditpy.auditd.startup import DROPPING_RCVBUF, RCVBUF
+from auditpy.auditd.startup import DROPPING_RCVBUF, RCVBUF, TRICKLE_RECORDS, trickle_below
 from auditpy.proto.netlink import AuditStatus, SignalInfo
 from auditpy.system.children import ChildHandle, spawn_child
 from auditpy.system.service import Signal
@@ -457,6 +457,33 @@ def test_the_socket_buffer_follows_whether_the_kernel_waits_or_drops(harness: Ha
     assert kernel.rcvbuf == DROPPING_RCVBUF
     report_with(15000)
     assert kernel.rcvbuf == RCVBUF
+
+
+def test_a_read_is_a_trickle_only_below_a_share_of_what_the_buffer_holds() -> None:
+    """The kernel wakes a kauditd that found the socket full only once it is empty: a read
+    that found a good share of the buffer is never followed by a pause."""
+    assert trickle_below(RCVBUF) == 32  # the 64 KiB buffer holds about 130 records
+    assert trickle_below(DROPPING_RCVBUF) == TRICKLE_RECORDS
+    assert trickle_below(1) == 1
+    sizes = [1 << n for n in range(30)]
+    assert [trickle_below(s) for s in sizes] == sorted(trickle_below(s) for s in sizes)
+
+
+def test_reads_pause_for_a_trickle_and_not_for_a_share_of_the_buffer(harness: Harness) -> None:
+    """With the waiting kernel's small buffer, a read of 40 records (a third of what it
+    holds) goes straight back to the socket; a read of 5 pauses; with the large buffer of
+    a dropping kernel, 40 records are a trickle."""
+    daemon = harness.daemon
+    harness.run_until(lambda: daemon._reading)
+
+    def read(count: int) -> float:
+        harness.kernel.push(*[syscall(n) for n in range(count)])
+        return daemon._read_batch()
+
+    assert read(40) == 0.0
+    assert 0 < read(5) <= COALESCE_SECONDS
+    daemon._rcvbuf, daemon._trickle = DROPPING_RCVBUF, trickle_below(DROPPING_RCVBUF)
+    assert 0 < read(40) <= COALESCE_SECONDS
 
 
 def test_a_kernel_that_drops_gets_the_large_buffer_from_the_start(

@@ -54,6 +54,7 @@ from auditpy.auditd.startup import (
     log_settings,
     rcvbuf_for,
     register_with,
+    trickle_below,
 )
 from auditpy.auditd.ticker import LossTicker
 from auditpy.config.auditd_conf import AuditdConfig, changed_keys, metrics_address
@@ -92,14 +93,12 @@ log = logging.getLogger("auditpy")
 #: Datagrams read per wakeup: one write and one dispatch per batch keeps the per-record cost
 #: to a recv, a format and a list append.
 RECV_BATCH = 512
-#: Below this many records per read, reading pauses for COALESCE_SECONDS (a record may reach
-#: the log up to 20 ms later; at high rates batches are large and nothing pauses). Each read
-#: costs a fixed few hundred microseconds of cold-cache interpreter and system time, so the
-#: pause sets the CPU used at low rates (measurements in the benchmark issue's notes).
-SMALL_BATCH = 256
+#: Below `startup.trickle_below` records per read, reading pauses for up to COALESCE_SECONDS
+#: (a record may reach the log up to 20 ms later; at high rates batches are large and nothing
+#: pauses). Each read costs a fixed few hundred microseconds of cold-cache interpreter and
+#: system time, so the pause sets the CPU used at low rates (measurements in the benchmark
+#: issue's notes).
 COALESCE_SECONDS = 0.02
-#: A pause lasts until about this many records can be expected (see `_read_batch`).
-PAUSE_RECORDS = 64
 #: How long reads must have found the socket drained before a kernel request is made
 #: (`Daemon._request`): enough for kauditd to hand over what it still held.
 SETTLE_SECONDS = 0.05
@@ -261,8 +260,10 @@ class Daemon:
         self._tune_process = tune_process
         #: the log and kernel link `startup.register_early` opened and registered from
         self._early = registered
-        #: the registered kernel socket's receive buffer (see `_kernel_status`)
+        #: the kernel socket's receive buffer (see `_size_buffer`), and below how many
+        #: records a read is a trickle for it
         self._rcvbuf = RCVBUF
+        self._trickle = trickle_below(RCVBUF)
         self.kernel: KernelLink | None = None
         self.registered = False
         self.log_file: AuditLog | None = None
@@ -318,8 +319,9 @@ class Daemon:
         if early is not None:
             self.kernel, self.log_file, self.registered = early.kernel, early.log_file, True
         else:
-            self.kernel = self._open_kernel(
-                multicast=multicast, rcvbuf=MULTICAST_RCVBUF if multicast else RCVBUF)
+            rcvbuf = MULTICAST_RCVBUF if multicast else RCVBUF
+            self.kernel = self._open_kernel(multicast=multicast, rcvbuf=rcvbuf)
+            self._rcvbuf, self._trickle = rcvbuf, trickle_below(rcvbuf)
         if self.config.write_logs:
             if self.log_file is None:
                 self.log_file = AuditLog(log_settings(self.config), notify=self._notify)
@@ -533,10 +535,12 @@ class Daemon:
         """Read and handle what is waiting; returns how long to pause before the next read
         (0: none, watch the socket).
 
-        A small batch means records trickle in: the next read waits until about
-        PAUSE_RECORDS more can be expected at the rate they came, at most COALESCE_SECONDS.
-        A fixed pause would let a fast trickle fill a small socket buffer and hold the
-        kernel back; a short one would cost a wakeup per record at low rates."""
+        A small batch (`startup.trickle_below` the buffer) means records trickle in: the next
+        read waits until about half that many more can be expected at the rate they came,
+        at most COALESCE_SECONDS, so that the read after a pause is a trickle again and
+        paces the next. A fixed pause would let a fast trickle fill a small socket buffer
+        and hold the kernel back; a short one would cost a wakeup per record at low
+        rates."""
         assert self.kernel is not None
         now = time.monotonic()
         elapsed = now - self._last_read
@@ -551,9 +555,9 @@ class Daemon:
         if enobufs:
             self.counters.enobufs += enobufs
             log.warning("Kernel socket overrun (ENOBUFS), %d in all", self.counters.enobufs)
-        if not 0 < count < SMALL_BATCH or self._stop.done():
+        if not 0 < count < self._trickle or self._stop.done():
             return 0.0
-        return min(COALESCE_SECONDS, PAUSE_RECORDS * elapsed / count)
+        return min(COALESCE_SECONDS, self._trickle / 2 * elapsed / count)
 
     def _drain_kernel(self) -> None:
         """Read everything the socket holds now."""
@@ -825,7 +829,7 @@ class Daemon:
             return
         log.info("kernel socket receive buffer %d KiB (backlog_wait_time %s)",
                  size >> 10, "unknown" if wait is None else wait)
-        self._rcvbuf = size
+        self._rcvbuf, self._trickle = size, trickle_below(size)
 
     async def _metrics_start(self) -> None:
         if self.config.metrics_listen is None:

@@ -48,6 +48,27 @@ def rcvbuf_for(backlog_wait_time: int | None) -> int:
     return DROPPING_RCVBUF if backlog_wait_time == 0 else RCVBUF
 
 
+#: Receive buffer per record it holds, for the usual records of a few hundred bytes: the
+#: kernel charges each datagram's whole allocation against twice the buffer asked for (a
+#: 64 KiB buffer held 133 getppid records, mean payload 149 bytes).
+BUFFER_BYTES_PER_RECORD = 512
+#: Reads of fewer records than this are a trickle (`trickle_below`), whatever the buffer.
+TRICKLE_RECORDS = 256
+
+
+def trickle_below(rcvbuf: int) -> int:
+    """Below how many records a read means records trickle in, so that the next read may
+    wait for more (`Daemon._read_batch`): a quarter of what the buffer holds, at most
+    TRICKLE_RECORDS.
+
+    The kernel wakes kauditd, once it found the socket full, only when the socket is empty
+    again (netlink_rcv_wake): a read that found a good share of a small buffer must not be
+    followed by a pause, or the whole stream waits for it. With the 64 KiB buffer and a
+    fixed 256, every read under load paused and RAW lost about a sixth of its rate
+    (bench/ab.py, notes of the performance issue)."""
+    return max(1, min(TRICKLE_RECORDS, rcvbuf // BUFFER_BYTES_PER_RECORD // 4))
+
+
 @dataclass(frozen=True)
 class Options:
     config_dir: str = "/etc/audit"

@@ -1,0 +1,206 @@
+#!/usr/bin/env python3
+"""Where the gap between the limit and pyauditd goes: the floors, measured side by side.
+
+    python3 bench/floors.py [--rounds 5] [--events 100000]
+
+Issue #14 asks pyauditd for shares of the limit (bench/limit.c, a C reader that discards)
+that a logger may not reach in Python, or at all. This runs, in the same rounds and on the
+same lossless RAW getppid load as bench/bench.py, a ladder of readers between the two:
+
+- the limit with its 16 MiB buffer (bench.py's), and with pyauditd's 64 KiB;
+- the C writer floor: limit.c -l, each record a log line, one write(2) per batch;
+- the Python floors (bench/pyfloor.py, 64 KiB): one stdlib recv per record; recvmmsg through
+  ctypes without and with a bytes object per record; and the Python writer floor, the
+  same lines and one os.write per batch;
+- pyauditd (RAW, as bench.py runs it) and the C auditd.
+
+Each step's drop is what that piece of work costs: the buffer, writing a log at all,
+Python's reading, Python's writing, and what pyauditd does beyond a floor (event and serial
+tracking, the loss ledger, flushing, the loop). A second table splits pyauditd's resident
+memory by what it imports, for the 16 MiB target. Figures go to results/FLOORS.md.
+Same rules as bench.py: root, no daemon registered; kernel settings and rules are put back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import bench  # noqa: E402 - found through the path set above
+
+SMALL = 64 << 10
+LARGE = 16 << 20
+
+#: (label, how the reader runs): None for the daemons, else its command line for a run dir.
+Ladder = list[tuple[str, str, Callable[[Path], list[str]] | None]]
+
+
+def ladder(loadgen: Path) -> Ladder:
+    limit = str(loadgen.with_name("limit"))
+    floor = [sys.executable, str(HERE / "pyfloor.py")]
+    return [
+        ("limit", "limit (C, discards), 16 MiB buffer", lambda _root: [limit]),
+        ("limit64", "limit (C, discards), 64 KiB buffer", lambda _root: [limit, "-b", str(SMALL)]),
+        ("cwrite", "C writer floor: lines, one write per batch",
+         lambda root: [limit, "-b", str(SMALL), "-l", str(root / "floor.log")]),
+        ("recv", "Python: stdlib recv_into, one record per call, discards",
+         lambda _root: [*floor, "recv"]),
+        ("raw", "Python: ctypes recvmmsg 128, no per-record objects, discards",
+         lambda _root: [*floor, "mmsg-raw"]),
+        ("mmsg", "Python: ctypes recvmmsg 128, a bytes object per record, discards",
+         lambda _root: [*floor, "mmsg"]),
+        ("pywrite", "Python writer floor: as above, lines, one os.write per batch",
+         lambda root: [*floor, "write", "--log", str(root / "floor.log")]),
+        ("cwrite16", "C writer floor, 16 MiB buffer",
+         lambda root: [limit, "-l", str(root / "floor.log")]),
+        ("mmsg16", "Python: ctypes recvmmsg 128, bytes per record, discards, 16 MiB buffer",
+         lambda _root: [*floor, "mmsg", "--rcvbuf", str(LARGE)]),
+        ("pywrite16", "Python writer floor, 16 MiB buffer",
+         lambda root: [*floor, "write", "--rcvbuf", str(LARGE), "--log", str(root / "floor.log")]),
+        ("py", "pyauditd, RAW (64 KiB buffer)", None),
+        ("c", "C auditd, RAW", None),
+    ]
+
+
+def one(name: str, reader: Callable[[Path], list[str]] | None, events: int, loadgen: Path,
+        true_copy: Path, pyauditd: list[str]) -> bench.Run:
+    scenario = bench.SCENARIOS["raw"]
+    if reader is None:
+        return bench.one_run(name, scenario, events, loadgen, true_copy, pyauditd, 60)
+    return bench.limit_run(scenario, events, loadgen, true_copy, 60, reader)
+
+
+def table(rows: Ladder, runs: dict[str, list[bench.Run]], events: int, rounds: int) -> str:
+    limit = bench.median([r.rate for r in runs["limit"]])
+    limit64 = bench.median([r.rate for r in runs["limit64"]])
+    lines = [
+        f"Floors of {time.strftime('%Y-%m-%d')} on {bench.machine()}, C auditd = Debian "
+        f"{bench.c_version()}; {events} getppid events per run, lossless (as bench.py's RAW), "
+        f"median of {rounds} rounds. Command: "
+        f"`python3 bench/floors.py --rounds {rounds} --events {events}`.",
+        "",
+        "| reader | events/s | share of limit (16 MiB) | share of limit (64 KiB) "
+        "| CPU s/100k | read / lost |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, label, _reader in rows:
+        rate = bench.median([r.rate for r in runs[key]])
+        lines.append(
+            f"| {label} | {rate:,.0f}{bench.capped(runs[key])} | "
+            f"{bench.share(rate, limit, percent=True)} | "
+            f"{bench.share(rate, limit64, percent=True)} | "
+            f"{bench.median([r.cpu_per_100k for r in runs[key]]):.2f} | "
+            f"{bench.logged_lost(runs[key])} |")
+    lines += [
+        "",
+        "CPU: the reader's own (with the C auditd, pyauditd: the daemon's), seconds per "
+        "100,000 events (an event is 3 records), so 10 x CPU s/100k is µs per event. read: "
+        "events with the key in the log or, for the floors, counted as read.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+#: The import steps of pyauditd's start, in the order it makes them, each measured on top of
+#: the ones before: what each costs in resident memory.
+RSS_STEPS = [
+    ("interpreter with -S (no site)", ""),
+    ("site (.pth files of this machine)", "import site; site.main()"),
+    ("typing", "import typing"),
+    ("dataclasses (inspect, ast, dis)", "import dataclasses"),
+    ("argparse, logging", "import argparse, logging"),
+    ("ctypes, json, subprocess", "import ctypes, json, subprocess"),
+    ("asyncio without ssl", "from auditpy.system.aio import asyncio_without_ssl; "
+                            "asyncio_without_ssl()"),
+    ("auditpy's daemon modules", "import auditpy.auditd.cli, auditpy.auditd.daemon, "
+                                  "auditpy.config.plugins"),
+]
+
+
+def rss_steps() -> list[tuple[str, int, int]]:
+    """(step, KiB it adds, modules after it), each step in one fresh interpreter."""
+    code = ["import sys", f"sys.path.insert(0, {str(HERE.parent / 'src')!r})",
+            "def rss():\n for l in open('/proc/self/status'):\n"
+            "  if l.startswith('VmRSS'): return int(l.split()[1])",
+            "prev = rss()", "print(prev, len(sys.modules))"]
+    for _label, step in RSS_STEPS[1:]:
+        code += [step, "now = rss()", "print(now - prev, len(sys.modules))", "prev = now"]
+    out = subprocess.run([sys.executable, "-S", "-c", "\n".join(code)], capture_output=True,
+                         text=True, check=True).stdout.split("\n")
+    return [(label, int(line.split()[0]), int(line.split()[1]))
+            for (label, _step), line in zip(RSS_STEPS, out, strict=False)]
+
+
+def running_rss(events: int, loadgen: Path, true_copy: Path, pyauditd: list[str]) -> bench.Run:
+    """A RAW run of pyauditd for its peak RSS while it works."""
+    return bench.one_run("py", bench.SCENARIOS["raw"], events, loadgen, true_copy, pyauditd, 60)
+
+
+def rss_table(steps: list[tuple[str, int, int]], peak_kib: int, events: int) -> str:
+    total = 0
+    lines = ["| step | adds MiB | total MiB | modules |", "|---|---|---|---|"]
+    for label, kib, modules in steps:
+        total += kib
+        lines.append(f"| {label} | {kib / 1024:.1f} | {total / 1024:.1f} | {modules} |")
+    lines.append(f"| running (peak while it logs {events:,} events, RAW) | "
+                 f"{(peak_kib - total) / 1024:.1f} | {peak_kib / 1024:.1f} | - |")
+    return ("Resident memory of pyauditd by import step (VmRSS, one interpreter, each step on "
+            "top of the ones before):\n\n" + "\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--pyauditd", default=f"{sys.executable} -m auditpy.auditd")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("the benchmark needs root", file=sys.stderr)
+        return 1
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(HERE.parent / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])
+    bench.hold_kernel_lock()
+    if bench.status().pid:
+        print("an audit daemon is registered; stop it first", file=sys.stderr)
+        return 1
+    build = Path(tempfile.mkdtemp(prefix="bench-floors-"))
+    try:
+        loadgen = bench.build_tools(build)
+        true_copy = build / "bench-true"
+        shutil.copy("/bin/true", true_copy)
+        rows = ladder(loadgen)
+        runs: dict[str, list[bench.Run]] = {key: [] for key, _l, _r in rows}
+        for round_ in range(args.rounds):
+            turn = round_ % len(rows)  # each goes first in turn
+            for key, _label, reader in rows[turn:] + rows[:turn]:
+                run = one(key, reader, args.events, loadgen, true_copy, args.pyauditd.split())
+                runs[key].append(run)
+                print(f"round {round_ + 1} {key:8}: {run.rate:10,.0f} events/s  "
+                      f"{run.events:8,} read  {run.lost:6,} lost  cpu {run.cpu:6.2f}s",
+                      flush=True)
+        peak = running_rss(args.events, loadgen, true_copy, args.pyauditd.split()).rss_kib
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+    text = (table(rows, runs, args.events, args.rounds) + "\n"
+            + rss_table(rss_steps(), peak, args.events))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "FLOORS.md").write_text(text)
+    print()
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
