@@ -17,7 +17,8 @@ same lossless RAW getppid load as bench/bench.py, a ladder of readers between th
 Each step's drop is what that piece of work costs: the buffer, writing a log at all,
 Python's reading, Python's writing, and what pyauditd does beyond a floor (event and serial
 tracking, the loss ledger, flushing, the loop). A second table splits pyauditd's resident
-memory by what it imports, for the 16 MiB target. Figures go to results/FLOORS.md.
+memory by what it imports, for the 16 MiB target, under this interpreter and the system's
+/usr/bin/python3 (whose site imports little). Figures go to results/FLOORS.md.
 Same rules as bench.py: root, no daemon registered; kernel settings and rules are put back.
 """
 
@@ -127,35 +128,45 @@ RSS_STEPS = [
 ]
 
 
-def rss_steps() -> list[tuple[str, int, int]]:
-    """(step, KiB it adds, modules after it), each step in one fresh interpreter."""
+def rss_steps(python: str) -> list[tuple[str, int, int]]:
+    """(step, KiB it adds, modules after it) under `python`, the steps in one interpreter."""
     code = ["import sys", f"sys.path.insert(0, {str(HERE.parent / 'src')!r})",
             "def rss():\n for l in open('/proc/self/status'):\n"
             "  if l.startswith('VmRSS'): return int(l.split()[1])",
             "prev = rss()", "print(prev, len(sys.modules))"]
     for _label, step in RSS_STEPS[1:]:
         code += [step, "now = rss()", "print(now - prev, len(sys.modules))", "prev = now"]
-    out = subprocess.run([sys.executable, "-S", "-c", "\n".join(code)], capture_output=True,
+    out = subprocess.run([python, "-S", "-c", "\n".join(code)], capture_output=True,
                          text=True, check=True).stdout.split("\n")
     return [(label, int(line.split()[0]), int(line.split()[1]))
             for (label, _step), line in zip(RSS_STEPS, out, strict=False)]
 
 
-def running_rss(events: int, loadgen: Path, true_copy: Path, pyauditd: list[str]) -> bench.Run:
-    """A RAW run of pyauditd for its peak RSS while it works."""
-    return bench.one_run("py", bench.SCENARIOS["raw"], events, loadgen, true_copy, pyauditd, 60)
+def running_rss(python: str, events: int, loadgen: Path, true_copy: Path) -> int:
+    """pyauditd's peak RSS (KiB) under `python` while it logs a RAW run."""
+    run = bench.one_run("py", bench.SCENARIOS["raw"], events, loadgen, true_copy,
+                        [python, "-m", "auditpy.auditd"], 60)
+    return run.rss_kib
 
 
-def rss_table(steps: list[tuple[str, int, int]], peak_kib: int, events: int) -> str:
-    total = 0
-    lines = ["| step | adds MiB | total MiB | modules |", "|---|---|---|---|"]
-    for label, kib, modules in steps:
-        total += kib
-        lines.append(f"| {label} | {kib / 1024:.1f} | {total / 1024:.1f} | {modules} |")
-    lines.append(f"| running (peak while it logs {events:,} events, RAW) | "
-                 f"{(peak_kib - total) / 1024:.1f} | {peak_kib / 1024:.1f} | - |")
-    return ("Resident memory of pyauditd by import step (VmRSS, one interpreter, each step on "
-            "top of the ones before):\n\n" + "\n".join(lines) + "\n")
+def rss_table(pythons: list[str], steps: list[list[tuple[str, int, int]]], peaks: list[int],
+              events: int) -> str:
+    header = "| step | " + " | ".join(f"{p}: adds MiB | total MiB | modules" for p in pythons)
+    lines = [header + " |", "|---|" + "---|---|---|" * len(pythons)]
+    totals = [0] * len(pythons)
+    for i, (label, _step) in enumerate(RSS_STEPS):
+        cells = []
+        for n, column in enumerate(steps):
+            _label, kib, modules = column[i]
+            totals[n] += kib
+            cells.append(f"{kib / 1024:.1f} | {totals[n] / 1024:.1f} | {modules}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append(f"| running: peak while it logs {events:,} events, RAW | " + " | ".join(
+        f"{(peak - total) / 1024:.1f} | {peak / 1024:.1f} | -"
+        for peak, total in zip(peaks, totals, strict=True)) + " |")
+    return ("Resident memory of pyauditd by import step (VmRSS; the steps in one interpreter "
+            "started with -S, each on top of the ones before; the last row is the daemon "
+            "itself, started as `PYTHON -m auditpy.auditd`):\n\n" + "\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,11 +201,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"round {round_ + 1} {key:8}: {run.rate:10,.0f} events/s  "
                       f"{run.events:8,} read  {run.lost:6,} lost  cpu {run.cpu:6.2f}s",
                       flush=True)
-        peak = running_rss(args.events, loadgen, true_copy, args.pyauditd.split()).rss_kib
+        pythons = [p for p in dict.fromkeys([sys.executable, "/usr/bin/python3"])
+                   if Path(p).exists()]
+        peaks = [running_rss(p, args.events, loadgen, true_copy) for p in pythons]
     finally:
         shutil.rmtree(build, ignore_errors=True)
     text = (table(rows, runs, args.events, args.rounds) + "\n"
-            + rss_table(rss_steps(), peak, args.events))
+            + rss_table(pythons, [rss_steps(p) for p in pythons], peaks, args.events))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "FLOORS.md").write_text(text)
     print()

@@ -23,7 +23,14 @@ import pytest
 from auditpy.auditd import daemon as daemon_module
 from auditpy.auditd.daemon import COALESCE_SECONDS, Daemon, Options
 from auditpy.auditd.logfile import AuditLog, LogFileError
-from auditpy.auditd.startup import DROPPING_RCVBUF, RCVBUF, TRICKLE_RECORDS, trickle_below
+from auditpy.auditd.startup import (
+    DROPPING_RCVBUF,
+    PAUSE_RECORDS,
+    RCVBUF,
+    TRICKLE_RECORDS,
+    pause_records,
+    trickle_below,
+)
 from auditpy.proto.netlink import AuditStatus, SignalInfo
 from auditpy.system.children import ChildHandle, spawn_child
 from auditpy.system.service import Signal
@@ -459,20 +466,23 @@ def test_the_socket_buffer_follows_whether_the_kernel_waits_or_drops(harness: Ha
     assert kernel.rcvbuf == RCVBUF
 
 
-def test_a_read_is_a_trickle_only_below_a_share_of_what_the_buffer_holds() -> None:
+def test_a_read_is_a_trickle_only_below_most_of_what_the_buffer_holds() -> None:
     """The kernel wakes a kauditd that found the socket full only once it is empty: a read
-    that found a good share of the buffer is never followed by a pause."""
-    assert trickle_below(RCVBUF) == 32  # the 64 KiB buffer holds about 130 records
+    that found the buffer nearly full is never followed by a pause, and a pause waits for
+    fewer records than that, so that the read after it paces the next."""
+    assert trickle_below(RCVBUF) == 99  # the 64 KiB buffer holds about 130 records
+    assert pause_records(RCVBUF) == PAUSE_RECORDS
     assert trickle_below(DROPPING_RCVBUF) == TRICKLE_RECORDS
-    assert trickle_below(1) == 1
+    assert trickle_below(1) == pause_records(1) == 1
     sizes = [1 << n for n in range(30)]
     assert [trickle_below(s) for s in sizes] == sorted(trickle_below(s) for s in sizes)
+    assert all(pause_records(s) < trickle_below(s) for s in sizes if trickle_below(s) > 1)
 
 
-def test_reads_pause_for_a_trickle_and_not_for_a_share_of_the_buffer(harness: Harness) -> None:
-    """With the waiting kernel's small buffer, a read of 40 records (a third of what it
+def test_reads_pause_for_a_trickle_and_not_for_a_full_buffer(harness: Harness) -> None:
+    """With the waiting kernel's small buffer, a read of 110 records (most of what it
     holds) goes straight back to the socket; a read of 5 pauses; with the large buffer of
-    a dropping kernel, 40 records are a trickle."""
+    a dropping kernel, 110 records are a trickle."""
     daemon = harness.daemon
     harness.run_until(lambda: daemon._reading)
 
@@ -480,10 +490,10 @@ def test_reads_pause_for_a_trickle_and_not_for_a_share_of_the_buffer(harness: Ha
         harness.kernel.push(*[syscall(n) for n in range(count)])
         return daemon._read_batch()
 
-    assert read(40) == 0.0
+    assert read(110) == 0.0
     assert 0 < read(5) <= COALESCE_SECONDS
-    daemon._rcvbuf, daemon._trickle = DROPPING_RCVBUF, trickle_below(DROPPING_RCVBUF)
-    assert 0 < read(40) <= COALESCE_SECONDS
+    daemon._buffer_size(DROPPING_RCVBUF)
+    assert 0 < read(110) <= COALESCE_SECONDS
 
 
 def test_a_kernel_that_drops_gets_the_large_buffer_from_the_start(

@@ -52,6 +52,7 @@ from auditpy.auditd.startup import (
     Registered,
     load_config,
     log_settings,
+    pause_records,
     rcvbuf_for,
     register_with,
     trickle_below,
@@ -260,10 +261,10 @@ class Daemon:
         self._tune_process = tune_process
         #: the log and kernel link `startup.register_early` opened and registered from
         self._early = registered
-        #: the kernel socket's receive buffer (see `_size_buffer`), and below how many
-        #: records a read is a trickle for it
+        #: the kernel socket's receive buffer (see `_size_buffer`)
         self._rcvbuf = RCVBUF
-        self._trickle = trickle_below(RCVBUF)
+        #: below how many records a read is a trickle, and how many a pause waits for
+        self._trickle, self._pause_records = trickle_below(RCVBUF), pause_records(RCVBUF)
         self.kernel: KernelLink | None = None
         self.registered = False
         self.log_file: AuditLog | None = None
@@ -321,7 +322,7 @@ class Daemon:
         else:
             rcvbuf = MULTICAST_RCVBUF if multicast else RCVBUF
             self.kernel = self._open_kernel(multicast=multicast, rcvbuf=rcvbuf)
-            self._rcvbuf, self._trickle = rcvbuf, trickle_below(rcvbuf)
+            self._buffer_size(rcvbuf)
         if self.config.write_logs:
             if self.log_file is None:
                 self.log_file = AuditLog(log_settings(self.config), notify=self._notify)
@@ -536,11 +537,10 @@ class Daemon:
         (0: none, watch the socket).
 
         A small batch (`startup.trickle_below` the buffer) means records trickle in: the next
-        read waits until about half that many more can be expected at the rate they came,
-        at most COALESCE_SECONDS, so that the read after a pause is a trickle again and
-        paces the next. A fixed pause would let a fast trickle fill a small socket buffer
-        and hold the kernel back; a short one would cost a wakeup per record at low
-        rates."""
+        read waits until about `startup.pause_records` more can be expected at the rate
+        they came, at most COALESCE_SECONDS. A fixed pause would let a fast trickle fill a
+        small socket buffer and hold the kernel back; a short one would cost a wakeup per
+        record at low rates."""
         assert self.kernel is not None
         now = time.monotonic()
         elapsed = now - self._last_read
@@ -557,7 +557,7 @@ class Daemon:
             log.warning("Kernel socket overrun (ENOBUFS), %d in all", self.counters.enobufs)
         if not 0 < count < self._trickle or self._stop.done():
             return 0.0
-        return min(COALESCE_SECONDS, self._trickle / 2 * elapsed / count)
+        return min(COALESCE_SECONDS, self._pause_records * elapsed / count)
 
     def _drain_kernel(self) -> None:
         """Read everything the socket holds now."""
@@ -829,7 +829,11 @@ class Daemon:
             return
         log.info("kernel socket receive buffer %d KiB (backlog_wait_time %s)",
                  size >> 10, "unknown" if wait is None else wait)
-        self._rcvbuf, self._trickle = size, trickle_below(size)
+        self._buffer_size(size)
+
+    def _buffer_size(self, size: int) -> None:
+        self._rcvbuf = size
+        self._trickle, self._pause_records = trickle_below(size), pause_records(size)
 
     async def _metrics_start(self) -> None:
         if self.config.metrics_listen is None:

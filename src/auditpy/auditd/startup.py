@@ -51,22 +51,33 @@ def rcvbuf_for(backlog_wait_time: int | None) -> int:
 #: Receive buffer per record it holds, for the usual records of a few hundred bytes: the
 #: kernel charges each datagram's whole allocation against twice the buffer asked for (a
 #: 64 KiB buffer held 133 getppid records, mean payload 149 bytes).
-BUFFER_BYTES_PER_RECORD = 512
+BUFFER_BYTES_PER_RECORD = 492
 #: Reads of fewer records than this are a trickle (`trickle_below`), whatever the buffer.
 TRICKLE_RECORDS = 256
+#: A pause after a trickle lasts until about this many records can be expected, fewer with a
+#: buffer too small for them (`pause_records`).
+PAUSE_RECORDS = 64
 
 
 def trickle_below(rcvbuf: int) -> int:
     """Below how many records a read means records trickle in, so that the next read may
-    wait for more (`Daemon._read_batch`): a quarter of what the buffer holds, at most
+    wait for more (`Daemon._read_batch`): three quarters of what the buffer holds, at most
     TRICKLE_RECORDS.
 
     The kernel wakes kauditd, once it found the socket full, only when the socket is empty
-    again (netlink_rcv_wake): a read that found a good share of a small buffer must not be
+    again (netlink_rcv_wake): a read that found the buffer (nearly) full must not be
     followed by a pause, or the whole stream waits for it. With the 64 KiB buffer and a
-    fixed 256, every read under load paused and RAW lost about a sixth of its rate
+    fixed 256, every read under load paused and RAW lost about a fifth of its rate
     (bench/ab.py, notes of the performance issue)."""
-    return max(1, min(TRICKLE_RECORDS, rcvbuf // BUFFER_BYTES_PER_RECORD // 4))
+    return max(1, min(TRICKLE_RECORDS, rcvbuf * 3 // 4 // BUFFER_BYTES_PER_RECORD))
+
+
+def pause_records(rcvbuf: int) -> int:
+    """How many records a pause waits for: PAUSE_RECORDS, or two thirds of the trickle
+    threshold where that is less, so that the read after a pause is a trickle again and
+    paces the next (a read found large goes back to the socket, and the one after it would
+    find a record or two)."""
+    return max(1, min(PAUSE_RECORDS, trickle_below(rcvbuf) * 2 // 3))
 
 
 @dataclass(frozen=True)
