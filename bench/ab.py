@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -38,10 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", action="store_true",
                         help="run the limit reader in every round as well")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
-    bench.hold_kernel_lock()
-    if bench.status().pid:
-        print("an audit daemon is registered; stop it first", file=sys.stderr)
+    if not bench.take_the_kernel(this_tree=False):
         return 1
     scenario = bench.SCENARIOS[args.scenario]
     build = Path(tempfile.mkdtemp(prefix="bench-ab-"))

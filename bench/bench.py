@@ -65,6 +65,27 @@ def hold_kernel_lock() -> None:
     fcntl.flock(fd, fcntl.LOCK_EX)
 
 
+def take_the_kernel(*, this_tree: bool = True) -> bool:
+    """What every benchmark does before it touches the kernel: root, a SIGTERM (timeout,
+    Ctrl-C) that still runs the finally blocks stopping the daemons, deleting the rules and
+    putting the kernel settings back, the kernel lock, and no daemon registered. With
+    `this_tree` the daemons run this tree's code (not an installed one), with or without
+    site (-S). False (said on stderr) when the benchmark cannot run."""
+    if os.geteuid() != 0:
+        print("the benchmark needs root", file=sys.stderr)
+        return False
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    if this_tree:
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            [str(HERE.parent / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])
+    hold_kernel_lock()
+    if status().pid:
+        print(f"an audit daemon (pid {status().pid}) is registered; stop it first",
+              file=sys.stderr)
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -715,19 +736,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=60.0,
                         help="stop waiting for a run after this long; the rate so far counts")
     args = parser.parse_args(argv)
-    if os.geteuid() != 0:
-        print("the benchmark needs root", file=sys.stderr)
-        return 1
-    # A SIGTERM (timeout, Ctrl-C) must still run the finally blocks that stop the daemons,
-    # delete the rules and put the kernel settings back.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
-    # The daemons run this tree's code (not an installed one), with or without site (-S).
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        [str(HERE.parent / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])
-    hold_kernel_lock()
-    if status().pid:
-        print(f"an audit daemon (pid {status().pid}) is registered; stop it first",
-              file=sys.stderr)
+    if not take_the_kernel():
         return 1
     # Byte-compile the package as `pip install` does: a daemon started from bare sources
     # (PYTHONDONTWRITEBYTECODE) compiles every module at each start, and the compiler's

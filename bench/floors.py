@@ -25,9 +25,7 @@ Same rules as bench.py: root, no daemon registered; kernel settings and rules ar
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -176,15 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--pyauditd", default=f"{sys.executable} -m auditpy.auditd")
     args = parser.parse_args(argv)
-    if os.geteuid() != 0:
-        print("the benchmark needs root", file=sys.stderr)
-        return 1
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        [str(HERE.parent / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])
-    bench.hold_kernel_lock()
-    if bench.status().pid:
-        print("an audit daemon is registered; stop it first", file=sys.stderr)
+    if not bench.take_the_kernel():
         return 1
     build = Path(tempfile.mkdtemp(prefix="bench-floors-"))
     try:

@@ -252,13 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = [float(s) for s in args.seconds.split(",")]
     if len(seconds) != len(rates):
         parser.error("--seconds needs one duration per rate")
-    if os.geteuid() != 0:
-        print("the benchmark needs root", file=sys.stderr)
-        return 1
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
-    bench.hold_kernel_lock()
-    if bench.status().pid:
-        print("an audit daemon is registered; stop it first", file=sys.stderr)
+    if not bench.take_the_kernel(this_tree=False):
         return 1
     build = Path(tempfile.mkdtemp(prefix="latency-build-"))
     try:

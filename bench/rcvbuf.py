@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import random
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -66,10 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--src", type=Path, default=bench.HERE.parent)
     args = parser.parse_args(argv)
     sizes = [size_of(s) for s in args.sizes.split(",")]
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
-    bench.hold_kernel_lock()
-    if bench.status().pid:
-        print("an audit daemon is registered; stop it first", file=sys.stderr)
+    if not bench.take_the_kernel(this_tree=False):
         return 1
     src = (args.src / "src").resolve()
     build = Path(tempfile.mkdtemp(prefix="bench-rcvbuf-"))
