@@ -18,13 +18,15 @@ Each step's drop is what that piece of work costs: the buffer, writing a log at 
 Python's reading, Python's writing, and what pyauditd does beyond a floor (event and serial
 tracking, the loss ledger, flushing, the loop). A second table splits pyauditd's resident
 memory by what it imports, for the 16 MiB target, under this interpreter and the system's
-/usr/bin/python3 (whose site imports little). Figures go to results/FLOORS.md.
+/usr/bin/python3 (whose site imports little); a third times the log write as pyauditd makes
+it against libc's writev. Figures go to results/FLOORS.md.
 Same rules as bench.py: root, no daemon registered; kernel settings and rules are put back.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -167,6 +169,43 @@ def rss_table(pythons: list[str], steps: list[list[tuple[str, int, int]]], peaks
             "itself, started as `PYTHON -m auditpy.auditd`):\n\n" + "\n".join(lines) + "\n")
 
 
+def write_paths(records: int = 133, calls: int = 5000) -> str:
+    """One batch's log lines written as pyauditd writes them (one join, one os.write) and
+    with libc's writev (os.writev: the parts as they are, no join), in this process, on
+    a file under /var/tmp: what gathering in the kernel instead would buy. 133 records is
+    what the 64 KiB buffer holds."""
+    payload = (b"audit(1700000000.123:4567): arch=c000003e syscall=110 success=yes exit=1 "
+               b"a0=1 a1=2 a2=3 a3=4 items=0 ppid=1 pid=2 auid=0 uid=0 gid=0 euid=0 suid=0 "
+               b"fsuid=0 egid=0 sgid=0 fsgid=0 tty=pts0 ses=1 comm=\"loadgen\" "
+               b"exe=\"/tmp/loadgen\" key=\"bench\"")
+    parts = [b"\n"] * (3 * records)
+    parts[0::3] = [b"type=SYSCALL msg="] * records
+    parts[1::3] = [payload] * records
+    ways: dict[str, Callable[[int], object]] = {
+        "b\"\".join + os.write": lambda fd: os.write(fd, b"".join(parts)),
+        "os.writev": lambda fd: os.writev(fd, parts),
+    }
+    lines = ["| write path | CPU µs per batch |", "|---|---|"]
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:
+        fd = os.open(Path(tmp) / "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            for name, write in ways.items():
+                figures = []
+                for _round in range(3):
+                    for _ in range(calls // 10):
+                        write(fd)
+                    start = time.process_time()
+                    for _ in range(calls):
+                        write(fd)
+                    figures.append((time.process_time() - start) / calls * 1e6)
+                    os.ftruncate(fd, 0)
+                lines.append(f"| {name} | {bench.median(figures):.1f} |")
+        finally:
+            os.close(fd)
+    return (f"One batch of {records} log lines ({records * (len(payload) + 18):,} bytes) "
+            f"written {calls:,} times, median of 3:\n\n" + "\n".join(lines) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=100_000)
@@ -197,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(build, ignore_errors=True)
     text = (table(rows, runs, args.events, args.rounds) + "\n"
-            + rss_table(pythons, [rss_steps(p) for p in pythons], peaks, args.events))
+            + rss_table(pythons, [rss_steps(p) for p in pythons], peaks, args.events) + "\n"
+            + write_paths())
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "FLOORS.md").write_text(text)
     print()

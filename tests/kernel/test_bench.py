@@ -137,7 +137,8 @@ def test_floors_run_and_split_the_gap(kernel_state: AuditStatus, tmp_path: Path)
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
-    ladder, memory = (tmp_path / "FLOORS.md").read_text().split("Resident memory", 1)
+    ladder, rest = (tmp_path / "FLOORS.md").read_text().split("Resident memory", 1)
+    memory, writes = rest.split("One batch of", 1)
     rows = {ln.split("|")[1].strip(): ln.split("|")[-2].strip() for ln in ladder.splitlines()
             if ln.startswith("| ") and not ln.startswith("| reader")}
     assert len(rows) == 12
@@ -148,6 +149,7 @@ def test_floors_run_and_split_the_gap(kernel_state: AuditStatus, tmp_path: Path)
     steps = [ln.split("|")[1].strip() for ln in memory.splitlines() if ln.startswith("| ")]
     assert steps[0] == "step" and steps[-1].startswith("running")
     assert "asyncio without ssl" in steps
+    assert "| os.writev |" in writes and '| b"".join + os.write |' in writes
     after = get_status()
     assert (after.pid, after.backlog_limit, after.backlog_wait_time) == (
         0, kernel_state.backlog_limit, kernel_state.backlog_wait_time)
