@@ -398,14 +398,7 @@ def one_run(daemon: str, scenario: Scenario, events: int, loadgen: Path, true_co
                 return measure(proc, scenario, events, loadgen, true_copy, root, max_seconds)
             finally:
                 descendants = tree(proc.pid)[1:]
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-                wait_for(lambda: status().pid != proc.pid, 10)
+                stop_reader(proc)
                 # The C daemon's plugins start with SIGTERM blocked: one that never reads
                 # its input outlives the daemon.
                 for pid in descendants:
@@ -543,7 +536,8 @@ def limit_run(scenario: Scenario, events: int, loadgen: Path, true_copy: Path,
 
 
 def stop_reader(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM (the reader unregisters), and wait until the kernel has no daemon of ours."""
+    """SIGTERM (the reader or daemon unregisters), and wait until the kernel has no daemon of
+    ours."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
     try:
