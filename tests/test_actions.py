@@ -25,7 +25,7 @@ from auditpy.auditd.logfile import AuditLog, LogSettings
 from auditpy.config.auditd_conf import load_auditd_conf
 from auditpy.config.files import exec_helper_problems
 
-from .conftest import proc_state, wait_for
+from .conftest import Notes, proc_state, wait_for
 
 K = ActionKind
 
@@ -48,28 +48,12 @@ def never_the_real_thing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "posix_spawn", guarded)
 
 
-class Notes:
-    def __init__(self) -> None:
-        self.items: list[tuple[int, str]] = []
-
-    def __call__(self, priority: int, message: str) -> None:
-        self.items.append((priority, message))
-
-    def texts(self) -> list[str]:
-        return [m for _, m in self.items]
-
-
 class FakeLog:
     def __init__(self) -> None:
         self.suspended = 0
 
     def suspend(self) -> None:
         self.suspended += 1
-
-
-@pytest.fixture
-def notes() -> Notes:
-    return Notes()
 
 
 def script(path: Path, body: str, mode: int = 0o755) -> str:
