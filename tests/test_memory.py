@@ -23,9 +23,9 @@ from .conftest import free_port, listening, make_pki, wait_for
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
-def _run(code: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, timeout=120, env={**os.environ, **env})
+def _run(code: str, *flags: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, *flags, "-c", textwrap.dedent(code)],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, **env})
 
 
 def test_asyncio_without_ssl_and_tls_after_all(tmp_path: Path) -> None:
@@ -134,6 +134,27 @@ def test_the_dispatcher_imports_builtins_only_when_configured() -> None:
         assert not [m for m in sys.modules if m.startswith(
             ("auditpy.audispd.builtin_", "auditpy.nats", "auditpy.jsonout", "auditpy.events"))]
     """, PYTHONPATH=str(SRC))
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_daemon_imports_what_a_configuration_needs_only_when_configured() -> None:
+    """pyauditd's modules, as its start imports them: no network listener, collector,
+    metrics server or address parser (ipaddress) before a configuration asks for one, and
+    no random (hashlib) for its serials. Without site: this machine's .pth files import
+    some of these themselves."""
+    result = _run("""
+        import sys
+        before = set(sys.modules)
+        from auditpy.system.aio import asyncio_without_ssl
+        asyncio_without_ssl()
+        import auditpy.auditd.cli, auditpy.auditd.daemon, auditpy.config.plugins
+        from auditpy.config.auditd_conf import metrics_address
+        loaded = [m for m in ("ssl", "ipaddress", "random", "hashlib", "auditpy.auditd.listener",
+                              "auditpy.auditd.collector", "auditpy.auditd.metrics",
+                              "auditpy.nats") if m in sys.modules and m not in before]
+        assert not loaded, loaded
+        assert metrics_address("[::1]:9101").host == "::1" and "ipaddress" in sys.modules
+    """, "-S", PYTHONPATH=str(SRC))
     assert result.returncode == 0, result.stderr
 
 

@@ -8,8 +8,8 @@ record), as in the C daemon; they can collide with kernel serials, and readers c
 from __future__ import annotations
 
 import os
-import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from auditpy.proto.netlink import SignalInfo
@@ -125,12 +125,18 @@ def abort_text(op: str) -> str:
     )
 
 
+def _urandom_below(n: int) -> int:
+    """A number in [0, n) from the kernel's generator: the random module would cost the
+    daemon its import (with hashlib's sha512) for two numbers a run."""
+    return int.from_bytes(os.urandom(4), "little") % n
+
+
 class DaemonSerials:
     """The serial numbers of the daemon's own records."""
 
-    def __init__(self, rng: random.Random | None = None) -> None:
-        self._rng = rng or random.Random()
-        self._next = self._rng.randrange(10000)
+    def __init__(self, below: Callable[[int], int] | None = None) -> None:
+        self._below = below or _urandom_below
+        self._next = self._below(10000)
 
     def next(self) -> int:
         serial = self._next
@@ -139,7 +145,7 @@ class DaemonSerials:
 
     def fresh(self) -> int:
         """A new random serial: the C daemon gives a successful DAEMON_CONFIG its own."""
-        return self._rng.randrange(10000)
+        return self._below(10000)
 
 
 def payload(text: str, serial: int, now: float | None = None) -> bytes:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import grp
-import ipaddress
 import os
 import re
 import stat
@@ -206,6 +205,8 @@ def metrics_address(value: str) -> MetricsAddress:
         host, sep, port = value.rpartition(":")
         if not sep:
             raise ValueError(f"{value!r} is not ADDRESS:PORT or unix:/PATH")
+    import ipaddress  # only for metrics_listen: most configurations never load it
+
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
