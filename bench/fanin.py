@@ -5,10 +5,12 @@ N simulated audisp-remote clients (default 20) connect over loopback and send re
 managed format as fast as they can, each waiting for the ACK of one record before sending the
 next -- what audisp-remote does.  The server is pyauditd, the C auditd, with the same
 auditd.conf (``local_events = no``: neither registers with the kernel; a pure network log
-server), and the limit (bench/limit_server.c: a C server that ACKs every frame and writes
-nothing), several rounds rotating which goes first.  Reported per server: events/s (wall
-clock, all clients) and the server's CPU seconds, with the pyauditd / C and pyauditd /
-limit ratios, and a check that every record reached the log exactly once.
+server), the limit (bench/limit_server.c: a C server that ACKs every frame and writes
+nothing) and the Python floors (bench/pyfloor_server.py: the same in Python, without and
+with the log write), several rounds rotating which goes first.  Reported per server:
+events/s (wall clock, all clients) and the server's CPU seconds, split into user and system
+time, with pyauditd's ratios to the C auditd, the limit and the Python floor that writes,
+and a check that every record reached the log exactly once.
 
 The clients are driven from one process with non-blocking sockets (several on a big
 machine), so that on a small machine they leave the CPU to the server rather than compete
@@ -47,8 +49,14 @@ from auditpy.proto.remote import HEADER, MAGIC, TYPE_ACK, TYPE_MESSAGE
 HERE = Path(__file__).resolve().parent
 C_AUDITD = "/sbin/auditd"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-#: The limit: bench/limit_server.c, a C server that ACKs every frame and writes nothing.
-SERVERS = ("pyauditd", "auditd", "limit")
+#: The limit: bench/limit_server.c, a C server that ACKs every frame and writes nothing. The
+#: Python floors: bench/pyfloor_server.py, the same in Python, and the same writing the
+#: records to a log (one write per wakeup) before it answers, as pyauditd does.
+SERVERS = ("pyauditd", "auditd", "limit", "pyfloor", "pyfloor-log")
+#: The daemons' freq (flush = INCREMENTAL_ASYNC), and how often pyfloor-log fdatasyncs.
+FREQ = 50
+#: Servers that write no log: they print "frames N" at exit.
+NO_LOG = ("limit", "pyfloor")
 
 
 @dataclass
@@ -60,6 +68,8 @@ class Round:
     cpu: float
     logged: int
     version: str
+    #: of cpu, the seconds spent in the kernel (system calls, loopback TCP)
+    system: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -68,6 +78,14 @@ class Round:
     @property
     def cpu_us(self) -> float:
         return self.cpu / self.events * 1e6 if self.events else 0.0
+
+    @property
+    def user_us(self) -> float:
+        return (self.cpu - self.system) / self.events * 1e6 if self.events else 0.0
+
+    @property
+    def system_us(self) -> float:
+        return self.system / self.events * 1e6 if self.events else 0.0
 
 
 # --------------------------------------------------------------------------------------
@@ -163,7 +181,7 @@ def write_config(root: Path, port: int, clients: int) -> Path:
         "log_file": root / "log" / "audit.log",
         "log_format": "RAW",
         "flush": "INCREMENTAL_ASYNC",
-        "freq": "50",
+        "freq": str(FREQ),
         "max_log_file": "0",
         "space_left": "2",
         "admin_space_left": "1",
@@ -198,12 +216,16 @@ def start_server(kind: str, root: Path, conf_dir: Path, port: int,
     elif kind == "limit":
         assert limit_server is not None
         argv = [str(limit_server), str(port)]
+    elif kind in ("pyfloor", "pyfloor-log"):
+        argv = [sys.executable, str(HERE / "pyfloor_server.py"), str(port)]
+        if kind == "pyfloor-log":
+            argv += ["--log", str(root / "log" / "audit.log"), "--sync-every", str(FREQ)]
     else:
         argv = [C_AUDITD, "-n", "-c", str(conf_dir)]
     env = dict(os.environ, PYTHONPATH=str(HERE.parent / "src"))
     # the limit server says at exit how many frames it received
     with open(root / "server.err", "ab") as errors, \
-            open(root / "server.out" if kind == "limit" else os.devnull, "wb") as out:
+            open(root / "server.out" if kind in NO_LOG else os.devnull, "wb") as out:
         proc = subprocess.Popen(argv, stderr=errors, stdout=out, env=env)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
@@ -228,10 +250,11 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """The process's (user, system) CPU seconds."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
 def server_version(kind: str) -> str:
@@ -241,6 +264,8 @@ def server_version(kind: str) -> str:
         return AUDIT_VERSION
     if kind == "limit":
         return "bench/limit_server.c"
+    if kind.startswith("pyfloor"):
+        return f"bench/pyfloor_server.py (Python {platform.python_version()})"
     out = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "auditd"],
                          capture_output=True, text=True)
     return f"auditd {out.stdout.strip() or '?'}"
@@ -279,14 +304,16 @@ def run_round(kind: str, round_no: int, clients: int, events: int, drivers: int,
         errors = sum(int(o[1]) for o in outcomes)  # type: ignore[index]
         if errors:
             raise RuntimeError(f"{kind}: {errors} replies were not the expected ACK")
-        if kind == "limit":  # it writes nothing: what it received
+        if kind in NO_LOG:  # it writes nothing: what it received
             out = (root / "server.out").read_text().split()
             logged = int(out[1]) if len(out) == 2 and out[0] == "frames" else 0
         else:
             log_text = (root / "log" / "audit.log").read_bytes()
             logged = log_text.count(f"text=fanin-{round_no}-".encode())
-    return Round(kind, round_no, clients * events, seconds, cpu_after - cpu_before, logged,
-                 server_version(kind))
+    user, system = (after - before for after, before in zip(cpu_after, cpu_before,
+                                                              strict=True))
+    return Round(kind, round_no, clients * events, seconds, user + system, logged,
+                 server_version(kind), system)
 
 
 # --------------------------------------------------------------------------------------
@@ -310,22 +337,26 @@ def report(rounds: list[Round], args: argparse.Namespace, command: str) -> str:
         f"Python {platform.python_version()}. Command: `{command}`",
         "",
         "| round | server | events | seconds | events/s | server CPU s | CPU µs/event "
-        "| in log |",
-        "|---|---|---|---|---|---|---|---|",
+        "| user µs/event | system µs/event | in log |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rounds:
         lines.append(
             f"| {r.round_no} | {r.server} | {r.events} | {r.seconds:.2f} | {r.rate:,.0f} | "
-            f"{r.cpu:.2f} | {r.cpu_us:.1f} | {r.logged} |"
+            f"{r.cpu:.2f} | {r.cpu_us:.1f} | {r.user_us:.1f} | {r.system_us:.1f} "
+            f"| {r.logged} |"
         )
-    ratios = [(f"pyauditd / {'C' if k == 'auditd' else k}", k) for k in ("auditd", "limit")
-              if k in kinds and "pyauditd" in kinds]
+    ratios = [(f"pyauditd / {'C' if k == 'auditd' else k}", k)
+              for k in ("auditd", "limit", "pyfloor-log") if k in kinds and "pyauditd" in kinds]
     lines += ["", "Medians:", "",
               "| | " + " | ".join(kinds) + "".join(f" | {label}" for label, _k in ratios) + " |",
               "|---|" + "---|" * (len(kinds) + len(ratios))]
     for label, attr, fmt in (("events/s", "rate", "{:,.0f}"),
                              ("server CPU seconds", "cpu", "{:.2f}"),
-                             ("server CPU µs per event", "cpu_us", "{:.1f}")):
+                             ("server CPU µs per event", "cpu_us", "{:.1f}"),
+                             ("of which user (the process's own code)", "user_us", "{:.1f}"),
+                             ("of which system (system calls, loopback TCP)", "system_us",
+                              "{:.1f}")):
         cells = [fmt.format(med(k, attr)) for k in kinds]
         for _label, other in ratios:
             value = med(other, attr)
@@ -338,7 +369,11 @@ def report(rounds: list[Round], args: argparse.Namespace, command: str) -> str:
         "in flight per client), so on a small machine they compete little with the server; "
         "\"in log\" counts the round's records found in the server's log after it stopped "
         "(for the limit, the frames it received). The limit is bench/limit_server.c: one C "
-        "thread with epoll that ACKs every frame and writes nothing. "
+        "thread with epoll that ACKs every frame and writes nothing. pyfloor is "
+        "bench/pyfloor_server.py, the same in Python (one recv per ready client, its ACKs in "
+        "one send once every ready client is read); pyfloor-log also writes the records "
+        "to a log with one write per wakeup before it answers, and a second thread "
+        f"fdatasyncs the log every {FREQ} records as the daemons' flush setting asks. "
         "pyauditd answers a record once the batch it arrived in has been written with "
         "write(2) (records from all clients that arrive in one loop iteration share one "
         "write); the C daemon answers after fprintf() into its stdio buffer.", "",
@@ -353,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--drivers", type=int, default=0,
                         help="client processes (default: 1 on a machine with <= 4 CPUs)")
-    parser.add_argument("--servers", default="pyauditd,auditd,limit")
+    parser.add_argument("--servers", default=",".join(SERVERS))
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:

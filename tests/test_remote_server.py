@@ -268,6 +268,30 @@ def test_embedded_newline_and_nul_cannot_forge_lines(server: Server) -> None:
     client.close()
 
 
+@pytest.mark.parametrize(("seq", "payload", "stored"), [
+    (10, b"", None),  # empty: the header's last byte is a newline
+    (11, b"\n", None),  # only the newline
+    (12, b"x", b"x\n"),
+    (13, b"x\n", b"x\n"),
+    (14, b"a\n\n", b"a \n"),  # one trailing newline is the line's; the other is text
+    (15, b"\0x", None),  # nothing before the NUL
+    (16, b"y" * (MAX_PAYLOAD - 1), b"y" * (MAX_PAYLOAD - 1) + b"\n"),
+    (17, b"z" * MAX_PAYLOAD, b"z" * MAX_PAYLOAD + b"\n"),  # no room for the newline after
+    (18, b"w" * (MAX_PAYLOAD - 1) + b"\n", b"w" * (MAX_PAYLOAD - 1) + b"\n"),
+])
+def test_single_frame_reads_at_the_edges(server: Server, seq: int, payload: bytes,
+                                         stored: bytes | None) -> None:
+    """The usual read (one whole frame, the line made in the read buffer) at its edges:
+    each frame is answered and stored as the general path stores it."""
+    client = Client(server.port)
+    reply = client.roundtrip(TYPE_MESSAGE, seq, payload)
+    assert (reply.msg_type, reply.seq) == (TYPE_ACK, seq)
+    reply = client.roundtrip(TYPE_MESSAGE, seq + 100, b"after")  # the buffer is clean again
+    assert (reply.msg_type, reply.seq) == (TYPE_ACK, seq + 100)
+    assert server.sink.lines == [*([stored] if stored is not None else []), b"after\n"]
+    client.close()
+
+
 def test_pipelined_frames_are_one_batch_and_replies_keep_order(server: Server) -> None:
     client = Client(server.port)
     frames = [pack_frame(TYPE_MESSAGE, i, LINE % i) for i in range(1, 201)]

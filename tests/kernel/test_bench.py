@@ -96,8 +96,8 @@ def test_limit_reader_unregisters_when_stopped(kernel_state: AuditStatus,
 
 
 def test_fanin_runs_with_its_limit(tmp_path: Path) -> None:
-    """bench/fanin.py with pyauditd, the C auditd and the limit server on a tiny workload
-    (no kernel involved: the servers have local_events = no)."""
+    """bench/fanin.py with pyauditd, the C auditd, the limit server and the Python floors
+    on a tiny workload (no kernel involved: the servers have local_events = no)."""
     proc = subprocess.run(
         [sys.executable, str(BENCH.with_name("fanin.py")), "--clients", "3", "--events", "40",
          "--rounds", "1", "--out", str(tmp_path)],
@@ -106,9 +106,12 @@ def test_fanin_runs_with_its_limit(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     text = (tmp_path / "FANIN.md").read_text()
     rounds = [ln for ln in text.splitlines() if ln.startswith("| 1 |")]
-    assert sorted(ln.split("|")[2].strip() for ln in rounds) == ["auditd", "limit", "pyauditd"]
+    assert sorted(ln.split("|")[2].strip() for ln in rounds) == [
+        "auditd", "limit", "pyauditd", "pyfloor", "pyfloor-log"]
     assert all(ln.rstrip(" |").endswith("| 120") for ln in rounds)  # every record arrived
-    assert "| | pyauditd | auditd | limit | pyauditd / C | pyauditd / limit |" in text
+    assert ("| | pyauditd | auditd | limit | pyfloor | pyfloor-log | pyauditd / C "
+            "| pyauditd / limit | pyauditd / pyfloor-log |") in text
+    assert "| of which system (system calls, loopback TCP) |" in text
 
 
 def test_json_scenarios_run(kernel_state: AuditStatus, tmp_path: Path) -> None:

@@ -49,6 +49,7 @@ import logging
 import select
 import socket
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final, Protocol
@@ -111,6 +112,9 @@ ACCEPTS_PER_WAKEUP: Final = 64
 
 #: Config keys whose change needs new listening sockets (and so drops every client).
 RESTART_KEYS: Final = frozenset({"tcp_listen_port", "tcp_listen_queue", "transport"})
+NEWLINE: Final = ord("\n")
+_READABLE: Final = select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP
+_WRITABLE: Final = select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,7 +278,8 @@ class _Client(asyncio.BufferedProtocol):
         # reader keeps less than one frame between reads.
         self._raw = bytearray(MAX_FRAME)
         self._buffer = memoryview(self._raw)
-        self._now = listener.loop.time
+        # the loop's clock (asyncio's loop.time is time.monotonic), without its method call
+        self._now = time.monotonic
         self.last_rx = self._now()
         #: when the first byte of the frame being received arrived (valid while the reader
         #: holds a partial frame)
@@ -311,18 +316,22 @@ class _Client(asyncio.BufferedProtocol):
         if not self.accepted:  # TLS data can arrive before the handshake task resumes
             self.listener.accepted(self)
         self.last_rx = self._now()
-        if not self.reader.buffered and not self.replies and nbytes >= HEADER_SIZE:
+        if nbytes >= HEADER_SIZE and not self.replies and not self.reader.buffered:
             # The usual read: one whole record frame from a client waiting for its reply.
+            # Its line is made with one copy: the newline goes into the buffer after the
+            # payload (past what was read), the checks search the buffer in place.
             raw = self._raw
             magic, hver, _mver, msg_type, length, seq = HEADER.unpack_from(raw)
-            if (nbytes == HEADER_SIZE + length and magic == MAGIC and msg_type == TYPE_MESSAGE
+            end = nbytes
+            if (end == HEADER_SIZE + length and magic == MAGIC and msg_type == TYPE_MESSAGE
                     and hver in SUPPORTED_HEADER_VERSIONS and length <= MAX_PAYLOAD):
-                payload = bytes(raw[HEADER_SIZE : nbytes])
-                if payload.endswith(b"\n"):
-                    payload = payload[:-1]
-                if payload and b"\n" not in payload and b"\0" not in payload:
+                if raw[end - 1] == NEWLINE:  # (a header byte when the payload is empty)
+                    end -= 1
+                if (HEADER_SIZE < end < MAX_FRAME and raw.find(b"\n", HEADER_SIZE, end) < 0
+                        and raw.find(b"\0", HEADER_SIZE, end) < 0):
+                    raw[end] = NEWLINE
                     self.replies.append((seq, True))
-                    self.listener.submit(self, [payload + b"\n"])
+                    self.listener.submit_line(self, bytes(self._buffer[HEADER_SIZE : end + 1]))
                     return
         items, done = self._whole_frames(nbytes) if not self.reader.buffered else ([], 0)
         fault = None
@@ -491,6 +500,8 @@ class _PlainTransport(asyncio.Transport):
         self._sock: socket.socket | None = sock
         self._fd = sock.fileno()
         self._protocol = protocol
+        # _Client (the only protocol here) hands out the same buffer every time
+        self._into = protocol.get_buffer(-1)
         self._out = bytearray()
         self._high = 64 * 1024
         self._low = 16 * 1024
@@ -509,14 +520,12 @@ class _PlainTransport(asyncio.Transport):
             select.EPOLLOUT if self._out else 0)
 
     def on_event(self, events: int) -> None:
-        if self._out and events & (select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP):
+        if self._out and events & _WRITABLE:
             self._flush()  # on an error the send says which
-        if self._sock is None or not self._reading or self._closing or not events & (
-                select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP):
+        if self._sock is None or not self._reading or self._closing or not events & _READABLE:
             return
-        buffer = self._protocol.get_buffer(-1)
         try:
-            n = self._sock.recv_into(buffer)
+            n = self._sock.recv_into(self._into)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -633,6 +642,8 @@ class _PlainSockets:
         self._after = after
         self._epoll: select.epoll | None = None
         self._by_fd: dict[int, _PlainTransport] = {}
+        #: the ready connections are being read: `after` follows, nothing need be scheduled
+        self.reading = False
 
     def add(self, transport: _PlainTransport) -> None:
         if self._epoll is None:
@@ -661,10 +672,14 @@ class _PlainSockets:
         if epoll is None:
             return
         by_fd = self._by_fd
-        for fd, events in epoll.poll(0, 256):
-            transport = by_fd.get(fd)
-            if transport is not None:
-                transport.on_event(events)
+        self.reading = True
+        try:
+            for fd, events in epoll.poll(0, 256):
+                transport = by_fd.get(fd)
+                if transport is not None:
+                    transport.on_event(events)
+        finally:
+            self.reading = False
         self._after()
 
 
@@ -982,7 +997,14 @@ class RemoteListener:
         if lines:
             self._lines += lines
         self._waiting.append(client)
-        if self._flush_handle is None:
+        if self._flush_handle is None and not self._plain.reading:
+            self._flush_handle = self.loop.call_soon(self.flush)
+
+    def submit_line(self, client: _Client, line: bytes) -> None:
+        """`submit` for the usual read: one record of a client waiting for its reply."""
+        self._lines.append(line)
+        self._waiting.append(client)
+        if self._flush_handle is None and not self._plain.reading:
             self._flush_handle = self.loop.call_soon(self.flush)
 
     def submit_more(self, lines: list[bytes]) -> None:
@@ -990,10 +1012,12 @@ class RemoteListener:
         self._lines += lines
 
     def _flush_now(self) -> None:
-        """What the plain connections read this wakeup: written and answered at once."""
+        """What the plain connections read this wakeup: written and answered at once (what
+        they submitted scheduled no flush of its own)."""
         handle = self._flush_handle
         if handle is not None:
             handle.cancel()
+        if handle is not None or self._waiting:
             self.flush()
 
     def flush(self) -> None:
