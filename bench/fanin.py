@@ -373,7 +373,8 @@ def report(rounds: list[Round], args: argparse.Namespace, command: str) -> str:
         "bench/pyfloor_server.py, the same in Python (one recv per ready client, its ACKs in "
         "one send once every ready client is read); pyfloor-log also writes the records "
         "to a log with one write per wakeup before it answers, and a second thread "
-        f"fdatasyncs the log every {FREQ} records as the daemons' flush setting asks. "
+        f"fsyncs the log every {FREQ} records as the daemons' flush setting asks, at most "
+        "one every 10 ms as pyauditd does (the C daemon starts one every time). "
         "pyauditd answers a record once the batch it arrived in has been written with "
         "write(2) (records from all clients that arrive in one loop iteration share one "
         "write); the C daemon answers after fprintf() into its stdio buffer.", "",

@@ -9,8 +9,9 @@ bench/limit_server.c in C: every ready client is read with one ``recv_into``, it
 frames are taken from the buffer, and once every ready client has been read each gets the
 ACKs of its frames in one ``send``. With --log the records are first written to LOGFILE,
 one ``os.write`` per wakeup, as pyauditd answers only after its write; with --sync-every a
-second thread calls ``fdatasync`` once N more records are written, as ``flush =
-INCREMENTAL_ASYNC`` with ``freq = N`` asks of auditd and pyauditd. No checks beyond the
+second thread calls ``fsync`` once N more records are written, as ``flush =
+INCREMENTAL_ASYNC`` with ``freq = N`` asks, at most one every MIN_SYNC_INTERVAL as pyauditd's
+does (a sync costs the writer two hand-overs of the GIL). No checks beyond the
 header's length, no partial frames kept across reads (the benchmark's clients send one whole
 frame and wait for its ACK), no configuration: what is left is the cost of Python itself
 between the same system calls pyauditd makes, so the gap between the limit and pyauditd
@@ -28,21 +29,28 @@ import signal
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
+from auditpy.auditd.logfile import MIN_SYNC_INTERVAL
 from auditpy.proto.remote import HEADER, TYPE_ACK
 
 BUFFER = 64 * 1024
 
 
-def syncer(fd: int, due: threading.Event) -> None:
-    """fdatasync whenever the writer says enough was written since the last one."""
+def syncer(fd: int, wake: threading.Lock) -> None:
+    """fsync whenever the writer releases `wake` (held while no sync is due), at most one
+    every MIN_SYNC_INTERVAL."""
+    synced = -MIN_SYNC_INTERVAL
     while True:
-        due.wait()
-        due.clear()
-        os.fdatasync(fd)
+        wake.acquire()
+        pause = synced + MIN_SYNC_INTERVAL - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        synced = time.monotonic()
+        os.fsync(fd)
 
 
 def serve(port: int, log_path: str | None, sync_every: int) -> int:
@@ -53,9 +61,10 @@ def serve(port: int, log_path: str | None, sync_every: int) -> int:
     listener.setblocking(False)
     log_fd = (os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
               if log_path is not None else -1)
-    due = threading.Event()
+    wake = threading.Lock()
+    wake.acquire()
     if log_fd >= 0 and sync_every:
-        threading.Thread(target=syncer, args=(log_fd, due), daemon=True).start()
+        threading.Thread(target=syncer, args=(log_fd, wake), daemon=True).start()
     unsynced = 0
     epoll = select.epoll()
     epoll.register(listener.fileno(), select.EPOLLIN)
@@ -114,7 +123,8 @@ def serve(port: int, log_path: str | None, sync_every: int) -> int:
             unsynced += len(lines)
             if sync_every and unsynced >= sync_every:
                 unsynced = 0
-                due.set()
+                if wake.locked():
+                    wake.release()
         for sock, data in replies:
             sock.send(data)
 
@@ -124,7 +134,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("port", type=int)
     parser.add_argument("--log", help="write the records to this file, one write per wakeup")
     parser.add_argument("--sync-every", type=int, default=0,
-                        help="fdatasync (in a thread) once this many more records are written")
+                        help="fsync (in a thread) once this many more records are written")
     args = parser.parse_args(argv)
     return serve(args.port, args.log, args.sync_every)
 
