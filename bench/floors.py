@@ -128,6 +128,49 @@ RSS_STEPS = [
 ]
 
 
+#: What the standard library alone weighs for a daemon without asyncio (its own selectors
+#: loop), with and without what pyauditd's modules use besides asyncio: each set imported in
+#: a fresh interpreter after site, as the daemon starts.
+RSS_SETS = [
+    ("interpreter and site", ""),
+    ("a daemon's least: selectors, socket, logging, threading, argparse, ctypes, struct, "
+     "signal", "import selectors, socket, logging, threading, argparse, ctypes, struct, signal"),
+    ("the same with dataclasses, typing, concurrent.futures, json, subprocess (what "
+     "pyauditd's modules use besides asyncio)",
+     "import selectors, socket, logging, threading, argparse, ctypes, struct, signal, "
+     "dataclasses, typing, concurrent.futures, json, subprocess"),
+    ("the same with asyncio without ssl (pyauditd today, before its own modules)",
+     "import selectors, socket, logging, threading, argparse, ctypes, struct, signal, "
+     "dataclasses, typing, concurrent.futures, json, subprocess; "
+     "from auditpy.system.aio import asyncio_without_ssl; asyncio_without_ssl()"),
+]
+
+
+def rss_sets(python: str) -> list[tuple[int, int]]:
+    """(VmRSS KiB, modules) of each RSS_SETS entry under `python`, each in a fresh process."""
+    figures = []
+    for _label, step in RSS_SETS:
+        code = ["import sys", f"sys.path.insert(0, {str(HERE.parent / 'src')!r})",
+                "import site; site.main()", step,
+                "print(next(int(l.split()[1]) for l in open('/proc/self/status') "
+                "if l.startswith('VmRSS')), len(sys.modules))"]
+        out = subprocess.run([python, "-S", "-c", "\n".join(code)], capture_output=True,
+                             text=True, check=True).stdout.split()
+        figures.append((int(out[0]), int(out[1])))
+    return figures
+
+
+def rss_sets_table(pythons: list[str], sets: list[list[tuple[int, int]]]) -> str:
+    lines = ["| standard library imported | " + " | ".join(
+        f"{p}: MiB | modules" for p in pythons) + " |", "|---|" + "---|---|" * len(pythons)]
+    for i, (label, _step) in enumerate(RSS_SETS):
+        lines.append(f"| {label} | " + " | ".join(
+            f"{column[i][0] / 1024:.1f} | {column[i][1]}" for column in sets) + " |")
+    return ("What the standard library alone weighs (VmRSS after the imports, each row a fresh "
+            "interpreter started with -S, then site): pyauditd's own modules and its running "
+            "state come on top of the row it would stand on.\n\n" + "\n".join(lines) + "\n")
+
+
 def rss_steps(python: str) -> list[tuple[str, int, int]]:
     """(step, KiB it adds, modules after it) under `python`, the steps in one interpreter."""
     code = ["import sys", f"sys.path.insert(0, {str(HERE.parent / 'src')!r})",
@@ -237,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(build, ignore_errors=True)
     text = (table(rows, runs, args.events, args.rounds) + "\n"
             + rss_table(pythons, [rss_steps(p) for p in pythons], peaks, args.events) + "\n"
+            + rss_sets_table(pythons, [rss_sets(p) for p in pythons]) + "\n"
             + write_paths())
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "FLOORS.md").write_text(text)

@@ -132,7 +132,8 @@ def test_json_scenarios_run(kernel_state: AuditStatus, tmp_path: Path) -> None:
 
 def test_floors_run_and_split_the_gap(kernel_state: AuditStatus, tmp_path: Path) -> None:
     """bench/floors.py: every reader of the ladder reads every event, the kernel settings
-    and rules are put back, and the memory table has each import step."""
+    and rules are put back, and the memory tables have each import step and each set of
+    standard library modules."""
     rules_before = auditctl("-l").stdout
     proc = subprocess.run(
         [sys.executable, str(BENCH.with_name("floors.py")), "--events", "200", "--rounds", "1",
@@ -142,6 +143,7 @@ def test_floors_run_and_split_the_gap(kernel_state: AuditStatus, tmp_path: Path)
     assert proc.returncode == 0, proc.stderr
     ladder, rest = (tmp_path / "FLOORS.md").read_text().split("Resident memory", 1)
     memory, writes = rest.split("One batch of", 1)
+    memory, stdlib = memory.split("What the standard library alone weighs", 1)
     rows = {ln.split("|")[1].strip(): ln.split("|")[-2].strip() for ln in ladder.splitlines()
             if ln.startswith("| ") and not ln.startswith("| reader")}
     assert len(rows) == 12
@@ -152,6 +154,8 @@ def test_floors_run_and_split_the_gap(kernel_state: AuditStatus, tmp_path: Path)
     steps = [ln.split("|")[1].strip() for ln in memory.splitlines() if ln.startswith("| ")]
     assert steps[0] == "step" and steps[-1].startswith("running")
     assert "asyncio without ssl" in steps
+    sets = [ln.split("|")[1].strip() for ln in stdlib.splitlines() if ln.startswith("| ")]
+    assert sets[0] == "standard library imported" and len(sets) == 1 + 4
     assert "| os.writev |" in writes and '| b"".join + os.write |' in writes
     after = get_status()
     assert (after.pid, after.backlog_limit, after.backlog_wait_time) == (
