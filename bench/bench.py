@@ -595,10 +595,10 @@ def table(results: list[Result], events: int, exec_events: int, rounds: int) -> 
         f"median of {rounds} rounds, C auditd = Debian {c_version()}.",
         "",
         "| scenario | C events/s | pyauditd events/s | limit events/s | py / C | py / limit "
-        "| C CPU s/100k | py CPU s/100k | limit CPU s/100k | C logged / lost "
+        "| py / limit by round | C CPU s/100k | py CPU s/100k | limit CPU s/100k | C logged / lost "
         "| py logged / lost | limit read / lost | C / py events each plugin got "
         "| C RSS MiB | py RSS MiB (+ dispatcher) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for res in results:
         c, py, limit = res.runs["c"], res.runs["py"], res.runs["limit"]
@@ -608,7 +608,7 @@ def table(results: list[Result], events: int, exec_events: int, rounds: int) -> 
         lines.append(
             f"| {res.scenario.title} | {c_rate:,.0f}{capped(c)} | {py_rate:,.0f}{capped(py)} | "
             f"{limit_rate:,.0f}{capped(limit)} | {share(py_rate, c_rate)} | "
-            f"{share(py_rate, limit_rate, percent=True)} | "
+            f"{share(py_rate, limit_rate, percent=True)} | {round_shares(py, limit)} | "
             f"{median([r.cpu_per_100k for r in c]):.2f} | "
             f"{median([r.cpu_per_100k for r in py]):.2f} | "
             f"{median([r.cpu_per_100k for r in limit]):.2f} | "
@@ -625,7 +625,10 @@ def table(results: list[Result], events: int, exec_events: int, rounds: int) -> 
         "bench/limit.c, a C reader that registers, reads with recvmmsg 128 records at a time "
         "and discards them (no log, no plugins): the fastest the kernel hands records over; "
         "its events/s count until it has read every event. py / limit: pyauditd's share of "
-        "it. lost: the kernel's lost counter over the run, in records (an event is 3 "
+        "it; by round: the median (and range) of its share in each round, where the two "
+        "ran minutes apart at most, so that the machine's drift over the whole run (the "
+        "limit's own median differs by a fifth between scenarios) cancels out. lost: the "
+        "kernel's lost counter over the run, in records (an event is 3 "
         "records). CPU: daemon, dispatcher and plugins together. Events each plugin got: the "
         "fewest any working plugin (a cat) received in any round. RSS: peak of the daemon "
         f"(and of pyaudispd); {sys.executable} alone: {interpreter_rss()}.",
@@ -652,6 +655,14 @@ def interpreter_rss() -> str:
                              text=True)
         figures.append(f"{int(out.stdout or 0) / 1024:.1f} MiB" + (" with -S" if flags else ""))
     return ", ".join(figures)
+
+
+def round_shares(py: list[Run], limit: list[Run]) -> str:
+    """pyauditd's share of the limit within each round: median (lowest-highest)."""
+    shares = [p.rate / q.rate for p, q in zip(py, limit, strict=False) if q.rate]
+    if not shares:
+        return "-"
+    return f"{median(shares):.0%} ({min(shares):.0%}-{max(shares):.0%})"
 
 
 def capped(runs: list[Run]) -> str:

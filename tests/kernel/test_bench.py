@@ -3,6 +3,7 @@ timing belongs to the benchmark, not to the test suite)."""
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -42,6 +43,7 @@ def test_benchmark_runs_and_writes_its_table(kernel_state: AuditStatus, tmp_path
         assert cells["C logged / lost"] == cells["py logged / lost"] == "300 / 0"
         assert cells["limit read / lost"] == "300 / 0"
         assert cells["py / limit"].endswith("%")
+        assert re.fullmatch(r"\d+% \(\d+%-\d+%\)", cells["py / limit by round"])
         assert float(cells["limit events/s"].replace(",", "")) > 0
     assert "| 300 / 300 |" in rows[1]  # the plugin of each daemon got every event
     assert "| - / - |" in rows[0]
