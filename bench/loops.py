@@ -24,81 +24,75 @@ import time
 from collections.abc import Callable
 
 
+class PingPong:
+    """A socketpair whose every wakeup reads one byte and sends the next, `wakeups` times."""
+
+    def __init__(self, wakeups: int) -> None:
+        self.ours, self.theirs = socket.socketpair()
+        self.ours.setblocking(False)
+        self.left = wakeups
+
+    def readable(self) -> None:
+        self.ours.recv(64)
+        self.left -= 1
+        if self.left:
+            self.theirs.send(b"x")
+
+    def start(self) -> float:
+        self.theirs.send(b"x")
+        return time.process_time()
+
+    def close(self) -> None:
+        self.ours.close()
+        self.theirs.close()
+
+
 def asyncio_loop(wakeups: int) -> float:
     loop = asyncio.new_event_loop()
-    ours, theirs = socket.socketpair()
-    ours.setblocking(False)
-    left = [wakeups]
+    pair = PingPong(wakeups)
     done = loop.create_future()
 
     def readable() -> None:
-        ours.recv(64)
-        left[0] -= 1
-        if left[0]:
-            theirs.send(b"x")
-        elif not done.done():
+        pair.readable()
+        if not pair.left and not done.done():
             done.set_result(None)
 
-    loop.add_reader(ours.fileno(), readable)
-    theirs.send(b"x")
-    start = time.process_time()
+    loop.add_reader(pair.ours.fileno(), readable)
+    start = pair.start()
     loop.run_until_complete(done)
     spent = time.process_time() - start
-    loop.remove_reader(ours.fileno())
+    loop.remove_reader(pair.ours.fileno())
     loop.close()
-    ours.close()
-    theirs.close()
+    pair.close()
     return spent
 
 
 def selectors_loop(wakeups: int) -> float:
     selector = selectors.DefaultSelector()
-    ours, theirs = socket.socketpair()
-    ours.setblocking(False)
-    left = [wakeups]
-
-    def readable() -> None:
-        ours.recv(64)
-        left[0] -= 1
-        if left[0]:
-            theirs.send(b"x")
-
-    selector.register(ours, selectors.EVENT_READ, readable)
-    theirs.send(b"x")
-    start = time.process_time()
-    while left[0]:
+    pair = PingPong(wakeups)
+    selector.register(pair.ours, selectors.EVENT_READ, pair.readable)
+    start = pair.start()
+    while pair.left:
         for key, _events in selector.select(1.0):
             key.data()
     spent = time.process_time() - start
     selector.close()
-    ours.close()
-    theirs.close()
+    pair.close()
     return spent
 
 
 def epoll_loop(wakeups: int) -> float:
     epoll = select.epoll()
-    ours, theirs = socket.socketpair()
-    ours.setblocking(False)
-    left = [wakeups]
-
-    def readable() -> None:
-        ours.recv(64)
-        left[0] -= 1
-        if left[0]:
-            theirs.send(b"x")
-
-    callbacks = {ours.fileno(): readable}
-    epoll.register(ours.fileno(), select.EPOLLIN)
-    theirs.send(b"x")
-    start = time.process_time()
-    while left[0]:
+    pair = PingPong(wakeups)
+    callbacks = {pair.ours.fileno(): pair.readable}
+    epoll.register(pair.ours.fileno(), select.EPOLLIN)
+    start = pair.start()
+    while pair.left:
         for fd, _events in epoll.poll(1.0):
             callbacks[fd]()
     spent = time.process_time() - start
     epoll.close()
-    ours.close()
-    theirs.close()
+    pair.close()
     return spent
 
 
