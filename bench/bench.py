@@ -627,7 +627,7 @@ def table(results: list[Result], events: int, exec_events: int, rounds: int) -> 
         "its events/s count until it has read every event. py / limit: pyauditd's share of "
         "it; by round: the median (and range) of its share in each round, where the two "
         "ran minutes apart at most, so that the machine's drift over the whole run (the "
-        "limit's own median differs by a fifth between scenarios) cancels out. lost: the "
+        "limit's own median differs between the scenarios of one run) cancels out. lost: the "
         "kernel's lost counter over the run, in records (an event is 3 "
         "records). CPU: daemon, dispatcher and plugins together. Events each plugin got: the "
         "fewest any working plugin (a cat) received in any round. RSS: peak of the daemon "

@@ -131,17 +131,15 @@ RSS_STEPS = [
 #: What the standard library alone weighs for a daemon without asyncio (its own selectors
 #: loop), with and without what pyauditd's modules use besides asyncio: each set imported in
 #: a fresh interpreter after site, as the daemon starts.
+_LEAST = "selectors, socket, logging, threading, argparse, ctypes, struct, signal"
+_MORE = "dataclasses, typing, concurrent.futures, json, subprocess"
 RSS_SETS = [
     ("interpreter and site", ""),
-    ("a daemon's least: selectors, socket, logging, threading, argparse, ctypes, struct, "
-     "signal", "import selectors, socket, logging, threading, argparse, ctypes, struct, signal"),
-    ("the same with dataclasses, typing, concurrent.futures, json, subprocess (what "
-     "pyauditd's modules use besides asyncio)",
-     "import selectors, socket, logging, threading, argparse, ctypes, struct, signal, "
-     "dataclasses, typing, concurrent.futures, json, subprocess"),
+    (f"a daemon's least: {_LEAST}", f"import {_LEAST}"),
+    (f"the same with {_MORE} (what pyauditd's modules use besides asyncio)",
+     f"import {_LEAST}, {_MORE}"),
     ("the same with asyncio without ssl (pyauditd today, before its own modules)",
-     "import selectors, socket, logging, threading, argparse, ctypes, struct, signal, "
-     "dataclasses, typing, concurrent.futures, json, subprocess; "
+     f"import {_LEAST}, {_MORE}; "
      "from auditpy.system.aio import asyncio_without_ssl; asyncio_without_ssl()"),
 ]
 

@@ -64,11 +64,11 @@ def trickle_below(rcvbuf: int) -> int:
     wait for more (`Daemon._read_batch`): three quarters of what the buffer holds, at most
     TRICKLE_RECORDS.
 
-    The kernel wakes kauditd, once it found the socket full, only when the socket is empty
-    again (netlink_rcv_wake): a read that found the buffer (nearly) full must not be
-    followed by a pause, or the whole stream waits for it. With the 64 KiB buffer and a
-    fixed 256, every read under load paused and RAW lost about a fifth of its rate
-    (bench/ab.py, notes of the performance issue)."""
+    kauditd sends without a timeout and sleeps while the socket holds its buffer's worth
+    (netlink_attachskb), so a pause after a read that found the buffer (nearly) full
+    keeps the kernel waiting for most of the pause: such a read is not a trickle. With
+    the 64 KiB buffer and a fixed 256, every read under load paused and RAW lost about a
+    fifth of its rate (bench/ab.py, notes of the performance issue)."""
     return max(1, min(TRICKLE_RECORDS, rcvbuf * 3 // 4 // BUFFER_BYTES_PER_RECORD))
 
 
