@@ -158,6 +158,29 @@ def test_the_daemon_imports_what_a_configuration_needs_only_when_configured() ->
     assert result.returncode == 0, result.stderr
 
 
+def test_parsers_never_load_shutil_and_its_compression_libraries() -> None:
+    """argparse's own help formatter imports shutil (zlib, bz2, lzma) for the terminal's
+    width; both daemons' parsers parse, and the shared one wraps help at $COLUMNS, without."""
+    result = _run("""
+        import sys
+        from auditpy.auditd.cli import parse_args
+        from auditpy.audispd.main import _parser
+        from auditpy.system.cmdline import argument_parser
+        assert parse_args(["-f", "-c", "/x"]).config_dir == "/x"
+        assert _parser().parse_args(["-f"]).foreground
+        def help_text(parser):
+            parser.add_argument("--long-option", help="words " * 30)
+            return parser.format_help()
+        ours = help_text(argument_parser("prog", "a description " * 8))
+        loaded = [m for m in ("shutil", "zlib", "bz2", "lzma") if m in sys.modules]
+        assert not loaded, loaded
+        import argparse
+        assert ours == help_text(argparse.ArgumentParser("prog", None, "a description " * 8))
+        assert len(ours.splitlines()) > 10 and max(map(len, ours.splitlines())) < 40, ours
+    """, "-S", PYTHONPATH=str(SRC), COLUMNS="40")
+    assert result.returncode == 0, result.stderr
+
+
 def test_devlog_handler_sends_as_syslog_handler_did(tmp_path: Path) -> None:
     import logging
     import syslog

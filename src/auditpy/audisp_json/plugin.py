@@ -18,7 +18,6 @@ same as TERM.  Exit status 1 for a configuration error, 2 for bad arguments.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import errno
@@ -34,6 +33,7 @@ from auditpy.config.errors import ConfigError
 from auditpy.config.jsonout import JsonConfig, load_json_conf
 from auditpy.jsonout.decode import FrameError, StreamDecoder
 from auditpy.jsonout.pipeline import JsonPipeline
+from auditpy.system.cmdline import argument_parser
 from auditpy.system.logsetup import message_handler
 
 PROG: Final = "pyaudisp-json"
@@ -158,10 +158,8 @@ HANDLED: Final = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 def main(argv: Sequence[str] | None = None) -> int:
     # Held until the loop handles them: a SIGHUP during start-up must not kill the plugin.
     signal.pthread_sigmask(signal.SIG_SETMASK, HANDLED)
-    parser = argparse.ArgumentParser(
-        prog=PROG, description="Audit plugin writing whole events as JSON lines (laurel's "
-        "layout), with process lineage."
-    )
+    parser = argument_parser(PROG, "Audit plugin writing whole events as JSON lines (laurel's "
+                             "layout), with process lineage.")
     parser.add_argument("-c", "--config", help="configuration file (default: none)")
     parser.add_argument("--output", help="file, '-' for stdout, or unix:/path; overrides "
                         "the configuration's output")

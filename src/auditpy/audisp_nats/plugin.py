@@ -23,7 +23,6 @@ unreadable input, 2 for a usage error.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import signal
 import syslog
@@ -43,6 +42,7 @@ from auditpy.nats.publisher import Publisher
 from auditpy.proto import jetstream as js
 from auditpy.proto.dispatch import FrameError
 from auditpy.proto.plugin_input import INPUT_CHUNK, MAX_INPUT_LINE, InputDecoder
+from auditpy.system.cmdline import argument_parser
 from auditpy.system.logsetup import PluginLog
 from auditpy.system.spool import QueueError
 from auditpy.system.stdin import StdinReader
@@ -181,8 +181,8 @@ async def create_stream(conf: NatsConf, replicas: int, window: float, log: Plugi
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog=PROG, description="Audit dispatcher plugin publishing records to NATS JetStream.")
+    parser = argument_parser(
+        PROG, "Audit dispatcher plugin publishing records to NATS JetStream.")
     parser.add_argument("-c", "--config", default=DEFAULT_PUBLISHER_CONF,
                         help=f"configuration file (default {DEFAULT_PUBLISHER_CONF})")
     parser.add_argument("--check", action="store_true", help="check the configuration and exit")

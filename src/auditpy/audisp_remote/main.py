@@ -27,7 +27,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     hold_signals(HANDLED_SIGNALS)
 
-    import argparse
     import asyncio
     import syslog
 
@@ -35,11 +34,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from auditpy.audisp_remote.plugin import RemotePlugin
     from auditpy.config.errors import ConfigError
     from auditpy.config.remote_conf import DEFAULT_CONFIG, load_remote_conf
+    from auditpy.system.cmdline import argument_parser
     from auditpy.system.service import seal_inherited_fds
 
-    parser = argparse.ArgumentParser(
-        prog=PROG, description="Audit dispatcher plugin sending records to a remote auditd."
-    )
+    parser = argument_parser(
+        PROG, "Audit dispatcher plugin sending records to a remote auditd.")
     parser.add_argument("-c", "--config", default=DEFAULT_CONFIG,
                         help=f"configuration file (default {DEFAULT_CONFIG})")
     parser.add_argument("--check", action="store_true",

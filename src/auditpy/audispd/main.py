@@ -32,6 +32,7 @@ from auditpy.audispd.dispatcher import (
 )
 from auditpy.audispd.runner import BACKOFF_INITIAL, BACKOFF_MAX, STABLE_AFTER, STOP_TIMEOUT
 from auditpy.system.children import INIT_PATH
+from auditpy.system.cmdline import argument_parser
 from auditpy.system.logsetup import message_handler
 from auditpy.system.service import hold_signals, seal_inherited_fds, set_oom_score_adj
 
@@ -39,9 +40,7 @@ log = logging.getLogger("auditpy.audispd")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="pyaudispd", description="audit event dispatcher: feeds records to plugins"
-    )
+    parser = argument_parser("pyaudispd", "audit event dispatcher: feeds records to plugins")
     parser.add_argument("-c", "--config-dir", default="/etc/audit", help="auditd.conf directory")
     parser.add_argument("--base-dir", default="/", help="anchor for relative paths")
     parser.add_argument("--run-dir", default="/var/run", help="where audispd.state goes")

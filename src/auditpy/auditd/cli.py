@@ -19,6 +19,7 @@ from auditpy import __version__
 from auditpy.auditd.signals import HANDLED_SIGNALS
 from auditpy.config.auditd_conf import load_auditd_conf
 from auditpy.config.errors import ConfigError
+from auditpy.system.cmdline import argument_parser
 from auditpy.system.logsetup import message_handler
 
 EXIT_FAILURE = 1
@@ -30,9 +31,7 @@ log = logging.getLogger("auditpy")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="pyauditd", description="The Linux audit daemon, in Python."
-    )
+    parser = argument_parser("pyauditd", "The Linux audit daemon, in Python.")
     parser.add_argument("-f", dest="foreground", action="store_true",
                         help="stay in the foreground, messages to stderr")
     parser.add_argument("-n", dest="no_fork", action="store_true", help="do not fork")
