@@ -223,7 +223,7 @@ def test_only_one_loop_runs_in_a_thread_and_it_is_the_running_one() -> None:
 def test_a_task_runs_its_coroutine_to_its_result() -> None:
     async def main() -> int:
         loop = aloop.running_loop()
-        future = loop.create_future()
+        future: aloop.Future[int] = loop.create_future()
         loop.call_later(0.01, future.set_result, 41)
         return await future + 1
 
@@ -316,7 +316,7 @@ def test_cancelling_wait_for_cancels_the_inner_one_too() -> None:
 
 
 def test_shield_keeps_the_inner_task_running() -> None:
-    async def main() -> str:
+    async def main() -> str | None:
         loop = aloop.running_loop()
         inner = loop.create_task(aloop.sleep(0.02, "done"))
         outer = aloop.shield(inner)

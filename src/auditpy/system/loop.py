@@ -30,8 +30,12 @@ import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import socket
+    import ssl
     from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
     from typing import Any, Generic, TypeVar
+
+    from auditpy.system.transports import BaseProtocol, Server, StreamTransport
 
     T = TypeVar("T")
 
@@ -466,6 +470,59 @@ class Loop:
         future: Future[T] = Future(self)
         worker.submit(self, future, fn, args)
         return future
+
+    # -- streams (system.transports, loaded by the first program that uses one)
+
+    async def create_connection(self, factory: Callable[[], BaseProtocol],
+                                host: str | None = None, port: int | None = None, *,
+                                sock: socket.socket | None = None
+                                ) -> tuple[StreamTransport, BaseProtocol]:
+        from auditpy.system import transports
+
+        return await transports.create_connection(self, factory, host, port, sock=sock)
+
+    async def connect_accepted_socket(self, factory: Callable[[], BaseProtocol],
+                                      sock: socket.socket
+                                      ) -> tuple[StreamTransport, BaseProtocol]:
+        from auditpy.system import transports
+
+        return await transports.connect_accepted_socket(self, factory, sock)
+
+    async def start_tls(self, transport: StreamTransport, protocol: BaseProtocol,
+                        context: ssl.SSLContext, *, server_side: bool = False,
+                        server_hostname: str | None = None,
+                        ssl_handshake_timeout: float | None = None) -> StreamTransport:
+        from auditpy.system import transports
+
+        return await transports.start_tls(
+            self, transport, protocol, context, server_side=server_side,
+            server_hostname=server_hostname, ssl_handshake_timeout=ssl_handshake_timeout)
+
+    async def create_server(self, factory: Callable[[], BaseProtocol], host: str | None,
+                            port: int, *, reuse_address: bool = True) -> Server:
+        from auditpy.system import transports
+
+        return await transports.create_server(self, factory, host, port,
+                                              reuse_address=reuse_address)
+
+    async def create_unix_server(self, factory: Callable[[], BaseProtocol], path: str
+                                 ) -> Server:
+        from auditpy.system import transports
+
+        return await transports.create_unix_server(self, factory, path)
+
+    async def getaddrinfo(self, host: str | None, port: int | str | None, *, family: int = 0,
+                          type: int = 0, proto: int = 0, flags: int = 0
+                          ) -> list[tuple[Any, ...]]:
+        from auditpy.system import transports
+
+        return await transports.getaddrinfo(self, host, port, family=family, type=type,
+                                            proto=proto, flags=flags)
+
+    async def sock_connect(self, sock: socket.socket, address: Any) -> None:
+        from auditpy.system import transports
+
+        await transports.sock_connect(self, sock, address)
 
     # -- file descriptors
 
