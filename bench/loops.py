@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """What one wakeup of the event loop costs: asyncio's loop against auditpy's own loop
-(auditpy.system.loop), a bare `selectors` loop and a bare `select.epoll` loop, each woken by
+(auditpy.system.evloop), a bare `selectors` loop and a bare `select.epoll` loop, each woken by
 a byte on a socketpair and calling one callback that reads it, in this process: the cost per
 wakeup that the own loop will save pyauditd once it runs on it (the fan-in server wakes once
 per batch of clients, the daemon about fifty times a second at low rates).
@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from auditpy.system.loop import Loop  # this tree's, not an installed one
+from auditpy.system.evloop import Loop  # this tree's, not an installed one
 
 
 class PingPong:
@@ -123,7 +123,7 @@ def epoll_loop(wakeups: int) -> float:
 
 LOOPS: dict[str, Callable[[int], float]] = {
     "asyncio (pyauditd's loop)": asyncio_loop,
-    "auditpy.system.loop": own_loop,
+    "auditpy.system.evloop": own_loop,
     "selectors.DefaultSelector": selectors_loop,
     "select.epoll": epoll_loop,
 }

@@ -26,7 +26,6 @@ kernel's audit state is not (no daemon registers).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import multiprocessing
 import os
@@ -53,6 +52,7 @@ from auditpy.nats import jetstream as jsapi  # noqa: E402
 from auditpy.nats.client import Client, NatsOptions  # noqa: E402
 from auditpy.proto import jetstream as js  # noqa: E402
 from auditpy.proto.nats import Msg, parse_server_url  # noqa: E402
+from auditpy.system import evloop  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 WINDOW = 256
@@ -81,8 +81,8 @@ async def _host(urls: list[str], host: int, events: int, round_no: int) -> int:
     number of error replies."""
     client = Client(NatsOptions(tuple(parse_server_url(u) for u in urls), name=f"host{host}"))
     await client.connect()
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
+    loop = evloop.running_loop()
+    done: evloop.Future[None] = loop.create_future()
     inbox = client.new_inbox() + "."
     state = {"sent": 0, "acked": 0, "errors": 0}
     subject = f"audit.host{host}"
@@ -126,11 +126,11 @@ def drive(urls: list[str], first: int, count: int, events: int, round_no: int,
     async def main() -> tuple[float, int]:
         ready.wait()
         started = time.monotonic()
-        errors = await asyncio.gather(*[_host(urls, first + i, events, round_no)
+        errors = await evloop.gather(*[_host(urls, first + i, events, round_no)
                                         for i in range(count)])
         return time.monotonic() - started, sum(errors)
 
-    elapsed, errors = asyncio.run(main())
+    elapsed, errors = evloop.run(main())
     results.put((elapsed, errors, cpu_seconds(os.getpid())))
 
 

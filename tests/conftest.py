@@ -21,19 +21,21 @@ what it wrote. See tests/golden.py for the format.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
+
+from auditpy.system import evloop
 
 T = TypeVar("T")
 
@@ -82,6 +84,22 @@ def wait_for(
         time.sleep(interval)
 
 
+def on_loop(loop: evloop.Loop, coro: Any, timeout: float = 5.0) -> Any:
+    """Run `coro` on `loop`, which runs in another thread, and return its result here."""
+    done = threading.Event()
+    box: list[evloop.Future[Any]] = []
+
+    def start() -> None:
+        task = loop.create_task(coro)
+        box.append(task)
+        task.add_done_callback(lambda _task: done.set())
+
+    loop.call_soon_threadsafe(start)
+    if not done.wait(timeout):
+        raise WaitTimeout(f"a coroutine on the loop did not finish within {timeout} s")
+    return box[0].result()
+
+
 async def wait_for_async(
     predicate: Callable[[], T],
     timeout: float = 10.0,
@@ -98,7 +116,7 @@ async def wait_for_async(
             return value
         if time.monotonic() >= deadline:
             raise WaitTimeout(_timeout_message(what, predicate, timeout, value, context))
-        await asyncio.sleep(interval)
+        await evloop.sleep(interval)
 
 
 # --------------------------------------------------------------------------------------

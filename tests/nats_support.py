@@ -182,17 +182,17 @@ def _client(urls: list[str]):  # type: ignore[no-untyped-def]
 
 def run(coro_fn, urls: list[str], timeout: float = 60.0):  # type: ignore[no-untyped-def]
     """Run `coro_fn(client)` with a connected client, on a loop of its own."""
-    import asyncio
+    from auditpy.system import evloop
 
     async def main():  # type: ignore[no-untyped-def]
         client = _client(urls)
         await client.connect()
         try:
-            return await asyncio.wait_for(coro_fn(client), timeout)
+            return await evloop.wait_for(coro_fn(client), timeout)
         finally:
             client.close()
 
-    return asyncio.run(main())
+    return evloop.run(main())
 
 
 def create_stream(urls: list[str], name: str = "AUDIT", subjects: tuple[str, ...] = ("audit.>",),
@@ -208,12 +208,11 @@ def create_stream(urls: list[str], name: str = "AUDIT", subjects: tuple[str, ...
 def stream_messages(urls: list[str], name: str = "AUDIT") -> list[tuple[int, str, str, bytes]]:
     """Every message of the stream in stream order: (stream seq, subject, Nats-Msg-Id,
     payload), read through a throw-away durable consumer with no acks."""
-    import asyncio
-
     from auditpy.nats import jetstream as jsapi
     from auditpy.nats.client import new_token
     from auditpy.proto import jetstream as js
     from auditpy.proto.nats import decode_headers
+    from auditpy.system import evloop
 
     async def read(client):  # type: ignore[no-untyped-def]
         durable = "reader" + new_token(8)
@@ -228,7 +227,7 @@ def stream_messages(urls: list[str], name: str = "AUDIT") -> list[tuple[int, str
             except Exception:
                 if time.monotonic() > deadline:
                     raise
-                await asyncio.sleep(0.5)
+                await evloop.sleep(0.5)
         out = []
         try:
             while True:
@@ -284,9 +283,8 @@ def make_pki(directory: Path) -> dict[str, Path]:
 
 def publish(urls: list[str], lines: list[bytes], subject_of=None) -> None:  # type: ignore[no-untyped-def]
     """Store `lines` in the stream (node subjects, record IDs), 500 in flight at a time."""
-    import asyncio
-
     from auditpy.proto import jetstream as js
+    from auditpy.system import evloop
 
     def subject(line: bytes) -> str:
         node = js.line_node(line) or b"none"
@@ -295,7 +293,7 @@ def publish(urls: list[str], lines: list[bytes], subject_of=None) -> None:  # ty
     pick = subject_of or subject
 
     async def send(client):  # type: ignore[no-untyped-def]
-        loop = asyncio.get_running_loop()
+        loop = evloop.running_loop()
         for start in range(0, len(lines), 500):
             futures = []
             for line in lines[start:start + 500]:
@@ -305,7 +303,7 @@ def publish(urls: list[str], lines: list[bytes], subject_of=None) -> None:  # ty
                 client.publish(pick(line), line, reply, [(js.MSG_ID, msg_id)])
                 futures.append(future)
             for future in futures:
-                msg = await asyncio.wait_for(future, 30)
+                msg = await evloop.wait_for(future, 30)
                 js.parse_pub_ack(msg.payload)
 
     run(send, urls, 600)

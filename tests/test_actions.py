@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
 import signal
@@ -24,6 +23,7 @@ from auditpy.auditd.actions import (
 from auditpy.auditd.logfile import AuditLog, LogSettings
 from auditpy.config.auditd_conf import load_auditd_conf
 from auditpy.config.files import exec_helper_problems
+from auditpy.system import evloop
 
 from .conftest import Notes, proc_state, wait_for
 
@@ -69,11 +69,11 @@ def wait_zombie(pid: int) -> None:
 
 
 def run_until_exit(child: ChildHandle) -> ChildHandle:
-    loop = asyncio.new_event_loop()
+    loop = evloop.Loop()
     try:
-        done: asyncio.Future[ChildHandle] = loop.create_future()
+        done: evloop.Future[ChildHandle] = loop.create_future()
         child.attach(loop, done.set_result)
-        return loop.run_until_complete(asyncio.wait_for(done, 10))
+        return loop.run_until_complete(evloop.wait_for(done, 10))
     finally:
         loop.close()
 
@@ -432,10 +432,10 @@ def test_wait_timeout_and_signal(sleeper: ChildHandle) -> None:
 
 
 def test_attach_unregisters_before_closing(sleeper: ChildHandle) -> None:
-    loop = asyncio.new_event_loop()
+    loop = evloop.Loop()
     try:
         seen: list[int | None] = []
-        exited: asyncio.Future[None] = loop.create_future()
+        exited: evloop.Future[None] = loop.create_future()
 
         def on_exit(child: ChildHandle) -> None:
             seen.append(child.returncode)
@@ -444,7 +444,7 @@ def test_attach_unregisters_before_closing(sleeper: ChildHandle) -> None:
         fd = sleeper.pidfd
         sleeper.attach(loop, on_exit)
         loop.call_soon(sleeper.send_signal, signal.SIGKILL)
-        loop.run_until_complete(asyncio.wait_for(exited, 10))
+        loop.run_until_complete(evloop.wait_for(exited, 10))
         assert seen == [-signal.SIGKILL]
         assert not loop.remove_reader(fd)  # already unregistered
         with pytest.raises(OSError):

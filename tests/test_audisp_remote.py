@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 import dataclasses
@@ -32,7 +31,7 @@ from auditpy.config import remote_conf as rc
 from auditpy.config.errors import ConfigError
 from auditpy.proto import dispatch as wire
 from auditpy.proto import remote as rp
-from auditpy.system import spool
+from auditpy.system import evloop, spool
 
 from .conftest import (
     free_port,
@@ -1079,7 +1078,7 @@ def test_actions_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         # the loop reaps the helpers through their pidfds
         await wait_for_async(lambda: not plugin._children, what="the helpers reaped")
 
-    asyncio.run(scenario())
+    evloop.run(scenario())
     assert sorted(line.split("|")[1] for line in out.read_text().splitlines()) == [
         "0", "1", "low"]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextlib
 import json
@@ -22,6 +21,7 @@ from auditpy.audispd.builtin_syslog import SyslogPlugin, syslog_text
 from auditpy.audispd.runner import Record, RunnerContext
 from auditpy.config.plugins import PluginConfig
 from auditpy.proto import dispatch as wire
+from auditpy.system import evloop
 
 from .audispd_support import EOE, Audispd, install
 from .conftest import needs, proc_state, wait_for
@@ -671,7 +671,7 @@ def test_syslog_builtin(monkeypatch: pytest.MonkeyPatch) -> None:
     opened: list[tuple[object, ...]] = []
     monkeypatch.setattr(syslog, "syslog", lambda pri, msg: calls.append((pri, msg)))
     monkeypatch.setattr(syslog, "openlog", lambda *a: opened.append(a))
-    loop = asyncio.new_event_loop()
+    loop = evloop.Loop()
     try:
         config = PluginConfig(
             name="s.conf",

@@ -4,7 +4,6 @@ numbers of loop turns (no processes, no root)."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import itertools
 import logging
@@ -20,6 +19,7 @@ from auditpy.audispd.plan import Action, ReloadPlan, Running, Step, plan_reload,
 from auditpy.audispd.runner import STOP_TIMEOUT, PluginRunner, Record, RunnerContext, State
 from auditpy.config.files import ProgramIdentity
 from auditpy.config.plugins import PluginConfig, PluginProblem
+from auditpy.system import evloop
 
 NAMES = [f"{c}.conf" for c in "abcdefg"]
 DIR = "/etc/audit/plugins.d"
@@ -189,7 +189,7 @@ class FakeRunner(PluginRunner):
         data = self.world.data
         if data is not None:
             for _ in range(data.draw(st.integers(0, 4), label=f"turns of stop {self.id}")):
-                await asyncio.sleep(0)
+                await evloop.sleep(0)
             self.unreaped = data.draw(st.integers(0, 9), label=f"unreaped {self.id}") == 0
         self.state = State.STOPPED
         self.world.events.append(("reaped", self.id))
@@ -208,7 +208,7 @@ def test_apply_carries_out_random_reloads(data: st.DataObject) -> None:
     and reaped, and a restarted plugin's successor started only after its predecessor was
     reaped, with the records the predecessor did not deliver."""
     world = World(data)
-    loop = asyncio.new_event_loop()
+    loop = evloop.Loop()
     try:
         d = Dispatcher(loop, Options(),
                        runner_factory=lambda config, ctx: FakeRunner(config, ctx, world))
@@ -278,7 +278,7 @@ def check_applied(
 
 def test_apply_logs_each_action_and_the_summary(caplog: pytest.LogCaptureFixture) -> None:
     world = World(None)
-    loop = asyncio.new_event_loop()
+    loop = evloop.Loop()
     try:
         d = Dispatcher(loop, Options(),
                        runner_factory=lambda config, ctx: FakeRunner(config, ctx, world))

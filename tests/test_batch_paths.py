@@ -9,7 +9,6 @@ two together on any input, the hostile corners included.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import itertools
 import os
@@ -37,6 +36,7 @@ from auditpy.proto.dispatch import (
     unpack_stream,
 )
 from auditpy.proto.records import AUDIT_EOE, LINE_PAYLOAD_LIMIT, LineFormatter
+from auditpy.system import evloop
 from auditpy.system.mmsg import RecordBatchReader
 
 TYPES = st.sampled_from([1300, 1302, 1305, 1307, 1320, 1327, 1100, 1112, 1400, 9999])
@@ -184,7 +184,7 @@ def test_columns_encode_as_each_record_would(
 def test_a_chunk_in_the_queue_is_sent_and_counted_record_by_record() -> None:
     """A plugin's queue mixing single records and a read taken whole: batches, partial
     sends, what a successor inherits."""
-    loop = asyncio.new_event_loop()
+    loop = evloop.Loop()
     try:
         plugin = ExternalPlugin(
             PluginConfig(name="p", file="p.conf", active=True, path="/bin/cat", format="string"),
@@ -367,7 +367,7 @@ def test_reads_taken_whole_or_one_by_one_keep_offered_equal_to_the_rest(
     by record with the full-queue rules), every record offered is queued or dropped."""
     from auditpy.audispd.dispatcher import Dispatcher, Options
 
-    loop = asyncio.new_event_loop()
+    loop = evloop.Loop()
     try:
         d = Dispatcher(loop, Options())
         plugin = ExternalPlugin(

@@ -4,7 +4,6 @@ socket), real children, the link's bound and its counts when the dispatcher dies
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import time
@@ -17,6 +16,7 @@ from hypothesis import strategies as st
 
 from auditpy.auditd.dispatch_link import DispatcherLink
 from auditpy.proto.dispatch import figures_line
+from auditpy.system import evloop
 from auditpy.system.children import ChildHandle, spawn_child
 from auditpy.system.fedchild import Backoff, Batch, FedChild
 
@@ -253,7 +253,7 @@ def test_backoff_survives_thousands_of_failures_in_a_row() -> None:
 # --------------------------------------------------------------------------- real children
 
 
-def run_until(loop: asyncio.AbstractEventLoop, done: Callable[[], bool], what: str) -> None:
+def run_until(loop: evloop.Loop, done: Callable[[], bool], what: str) -> None:
     loop.run_until_complete(wait_for_async(done, 10.0, what))
 
 
@@ -272,7 +272,7 @@ def test_a_slow_reader_gets_everything_through_a_small_buffer(tmp_path: Path) ->
     queue = list(data)
     sent: list[int] = []
     exits: list[FedChild] = []
-    loop = asyncio.new_event_loop()
+    loop = evloop.Loop()
     try:
         def next_batch() -> Batch | None:
             if not queue:
@@ -301,7 +301,7 @@ def test_a_slow_reader_gets_everything_through_a_small_buffer(tmp_path: Path) ->
 def test_flush_blocking_gives_what_is_queued_at_shutdown(tmp_path: Path) -> None:
     out = tmp_path / "out"
     payload = [os.urandom(30000) for _ in range(20)]
-    loop = asyncio.new_event_loop()
+    loop = evloop.Loop()
     sent: list[int] = []
     try:
         batches = [Batch(p, [len(p)]) for p in payload]
@@ -317,7 +317,7 @@ def test_flush_blocking_gives_what_is_queued_at_shutdown(tmp_path: Path) -> None
 
 def test_start_failure_leaves_nothing_open() -> None:
     before = sorted(os.listdir("/proc/self/fd"))
-    loop = asyncio.new_event_loop()
+    loop = evloop.Loop()
     try:
         def fail(stdin_fd: int) -> ChildHandle:
             raise FileNotFoundError(2, "No such file", "/nonexistent")
@@ -355,7 +355,7 @@ class Spawner:
 def test_link_sends_what_waited_for_the_dispatcher(tmp_path: Path) -> None:
     out = tmp_path / "out"
     spawner = Spawner(f"exec cat > {out}")
-    loop = asyncio.new_event_loop()
+    loop = evloop.Loop()
     try:
         link = DispatcherLink(loop, ["pyaudispd"], max_pending_bytes=1 << 20, spawn=spawner)
         for i in range(10):  # before anyone knows whether a dispatcher should run
@@ -377,7 +377,7 @@ def test_link_counts_every_record_once_when_the_dispatcher_dies(tmp_path: Path) 
     dropped beyond it; when it is killed, what waited and the batch cut short are dropped.
     Sent plus dropped is every record, none counted twice."""
     spawner = Spawner("exec sleep 60")
-    loop = asyncio.new_event_loop()
+    loop = evloop.Loop()
     total = 0
     try:
         link = DispatcherLink(loop, ["pyaudispd"], max_pending_bytes=256 << 10, spawn=spawner)
@@ -404,7 +404,7 @@ def test_link_reads_the_dispatchers_figures_and_carries_them_past_its_exit(
     counters are carried forward (a queue is not)."""
     report = figures_line({"p.conf": {"offered": 5, "delivered": 4, "queued": 1}}).decode()
     spawner = Spawner(f"printf '%s' '{report}' >&0; exec cat > /dev/null")
-    loop = asyncio.new_event_loop()
+    loop = evloop.Loop()
     try:
         link = DispatcherLink(loop, ["pyaudispd"], max_pending_bytes=1 << 20, spawn=spawner)
         link.reconcile(True)

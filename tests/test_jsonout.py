@@ -428,18 +428,17 @@ def test_api_follows_a_dispatcher_socket(tmp_path: Path) -> None:
 def test_builtin_event_timeout_is_auditd_confs_unless_its_file_sets_one(tmp_path: Path) -> None:
     """Under pyaudispd, end_of_event_timeout comes from auditd.conf (as the C dispatcher's
     event assembly takes it); the JSON file's own key overrides it."""
-    import asyncio
-
     from auditpy.audispd.builtin_json import JsonPlugin
     from auditpy.audispd.runner import RunnerContext
     from auditpy.config.plugins import PluginConfig, load_dispatcher_settings
+    from auditpy.system import evloop
 
     (tmp_path / "auditd.conf").write_text(
         "end_of_event_timeout = 7\nspace_left = 75\nadmin_space_left = 50\n")
     os.chmod(tmp_path / "auditd.conf", 0o640)
     settings, _ = load_dispatcher_settings(str(tmp_path))
     assert settings.end_of_event_timeout == 7
-    loop = asyncio.new_event_loop()
+    loop = evloop.Loop()
     try:
         ctx = RunnerContext(loop, end_of_event_timeout=float(settings.end_of_event_timeout))
         for text, expected in (("", 7.0), ("end_of_event_timeout = 3\n", 3.0)):

@@ -1,4 +1,4 @@
-"""What each process loads: no ssl without TLS (system.aio), TLS still working once asked for,
+"""What each process loads: no asyncio (the own loop, system.evloop), no ssl without TLS,
 builtins only when configured, and the syslog handler that replaces logging.handlers.
 
 No figure is checked (memory depends on the interpreter and the machine; bench/bench.py
@@ -18,7 +18,7 @@ import pytest
 
 from auditpy.system.logsetup import DevLogHandler
 
-from .conftest import free_port, listening, make_pki, wait_for
+from .conftest import free_port, listening, wait_for
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -28,49 +28,19 @@ def _run(code: str, *flags: str, **env: str) -> subprocess.CompletedProcess[str]
                           capture_output=True, text=True, timeout=120, env={**os.environ, **env})
 
 
-def test_asyncio_without_ssl_and_tls_after_all(tmp_path: Path) -> None:
-    """asyncio imported without ssl; asyncio_tls gives it ssl, and a TLS connection over
-    loopback then works both ways (server start_tls, client create_connection)."""
-    make_pki(tmp_path)
-    result = _run(f"""
-        import sys
-        from auditpy.system.aio import asyncio_tls, asyncio_without_ssl
-        asyncio_without_ssl()
-        import asyncio
-        assert "ssl" not in sys.modules, "ssl loaded"
-        ssl = asyncio_tls()
-        server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        server_ctx.load_cert_chain("{tmp_path}/server.pem", "{tmp_path}/server.key")
-        client_ctx = ssl.create_default_context(cafile="{tmp_path}/ca.pem")
-
-        async def main():
-            async def echo(reader, writer):
-                writer.write(await reader.readline())
-                await writer.drain()
-                writer.close()
-            server = await asyncio.start_server(echo, "127.0.0.1", 0, ssl=server_ctx)
-            port = server.sockets[0].getsockname()[1]
-            reader, writer = await asyncio.open_connection(
-                "127.0.0.1", port, ssl=client_ctx, server_hostname="localhost")
-            writer.write(b"over tls\\n")
-            line = await reader.readline()
-            writer.close()
-            server.close()
-            return line
-        print(asyncio.run(main()).decode().strip())
-    """, PYTHONPATH=str(SRC))
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "over tls"
-
-
-def test_asyncio_already_with_ssl_is_left_alone() -> None:
+def test_no_program_loads_asyncio() -> None:
+    """Every program runs on auditpy's own loop (system.evloop): none of their modules, the
+    network ones included, brings in asyncio or concurrent.futures."""
     result = _run("""
-        import ssl, sys
-        from auditpy.system.aio import asyncio_tls, asyncio_without_ssl
-        asyncio_without_ssl()
-        import asyncio.sslproto
-        assert asyncio.sslproto.ssl is ssl and asyncio_tls() is ssl
-    """, PYTHONPATH=str(SRC))
+        import sys
+        import auditpy.auditd.cli, auditpy.auditd.daemon, auditpy.auditd.listener
+        import auditpy.auditd.metrics, auditpy.auditd.collector, auditpy.audispd.main
+        import auditpy.audispd.dispatcher, auditpy.audispd.builtin_nats
+        import auditpy.audisp_remote.plugin, auditpy.audisp_nats.plugin
+        import auditpy.audisp_json.plugin
+        loaded = [m for m in ("asyncio", "concurrent.futures") if m in sys.modules]
+        assert not loaded, loaded
+    """, "-S", PYTHONPATH=str(SRC))
     assert result.returncode == 0, result.stderr
 
 
@@ -121,6 +91,7 @@ def test_daemon_and_dispatcher_load_no_ssl_without_tls(tmp_path: Path) -> None:
         for pid in (proc.pid, child):
             libraries = _libraries(pid)
             assert not [lib for lib in libraries if lib.startswith(("libssl", "_ssl"))], pid
+            assert not [lib for lib in libraries if lib.startswith("_asyncio")], pid
     finally:
         proc.terminate()
         _out, err = proc.communicate(timeout=30)
@@ -145,8 +116,6 @@ def test_the_daemon_imports_what_a_configuration_needs_only_when_configured() ->
     result = _run("""
         import sys
         before = set(sys.modules)
-        from auditpy.system.aio import asyncio_without_ssl
-        asyncio_without_ssl()
         import auditpy.auditd.cli, auditpy.auditd.daemon, auditpy.config.plugins
         from auditpy.config.auditd_conf import metrics_address
         loaded = [m for m in ("ssl", "ipaddress", "random", "hashlib", "auditpy.auditd.listener",

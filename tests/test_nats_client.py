@@ -3,7 +3,6 @@ members, authentication, TLS with and without client certificates, keepalive."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ssl
 from collections.abc import Awaitable, Callable, Iterator
@@ -22,6 +21,7 @@ from auditpy.nats.client import (
 )
 from auditpy.proto import jetstream as js
 from auditpy.proto.nats import Msg, parse_server_url
+from auditpy.system import evloop, transports
 
 from .nats_support import Cluster, available, cluster, make_pki
 
@@ -35,9 +35,9 @@ def options(urls: list[str], **kwargs: Any) -> NatsOptions:
 
 def run(coro: Awaitable[Any], timeout: float = 60.0) -> Any:
     async def bounded() -> Any:
-        return await asyncio.wait_for(coro, timeout)
+        return await evloop.wait_for(coro, timeout)
 
-    return asyncio.run(bounded())
+    return evloop.run(bounded())
 
 
 @pytest.fixture
@@ -61,7 +61,7 @@ def test_request_reply_headers_and_discovery(three: Cluster) -> None:
         for _ in range(200):
             if {s.port for s in client.servers} == members:
                 break
-            await asyncio.sleep(0.05)
+            await evloop.sleep(0.05)
         assert {s.port for s in client.servers} == members
         got: list[Msg] = []
 
@@ -89,7 +89,7 @@ def test_failover_to_another_member_when_one_dies(three: Cluster) -> None:
         node = next(n for n in three.nodes if n.port == first.port)
         lost = client.lost
         node.kill()
-        reason = await asyncio.wait_for(lost, 10)
+        reason = await evloop.wait_for(lost, 10)
         assert str(first.port) in reason
         second = await client.connect()
         assert second.port != first.port
@@ -196,52 +196,106 @@ def test_tls_required_by_us_but_not_offered(three: Cluster) -> None:
     run(main())
 
 
+class FakePeer(transports.Protocol):
+    """A scripted server's side of one connection: lines and chunks to await, writes."""
+
+    def __init__(self) -> None:
+        self.transport: transports.Transport | None = None
+        self.data = bytearray()
+        self.changed = evloop.Event()
+        self.ended = False
+
+    def connection_made(self, transport: transports.Transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+        self.changed.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ended = True
+        self.changed.set()
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    async def readline(self) -> bytes:
+        while b"\n" not in self.data and not self.ended:
+            self.changed.clear()
+            await self.changed.wait()
+        end = self.data.find(b"\n") + 1 or len(self.data)
+        line = bytes(self.data[:end])
+        del self.data[:end]
+        return line
+
+    async def read(self) -> bytes:
+        while not self.data and not self.ended:
+            self.changed.clear()
+            await self.changed.wait()
+        chunk = bytes(self.data)
+        self.data.clear()
+        return chunk
+
+
 async def silent_server(
-    handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
-) -> tuple[asyncio.Server, int]:
-    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    handler: Callable[[FakePeer], Awaitable[None]],
+) -> tuple[transports.Server, int]:
+    loop = evloop.running_loop()
+
+    def serve() -> FakePeer:
+        peer = FakePeer()
+        loop.create_task(handler(peer))
+        return peer
+
+    server = await loop.create_server(serve, "127.0.0.1", 0)
     return server, server.sockets[0].getsockname()[1]
 
 
 def test_a_server_that_stops_answering_pings_is_declared_dead() -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b'INFO {"server_id":"fake","max_payload":1048576,"headers":true}\r\n')
-        await reader.readline()  # CONNECT
-        await reader.readline()  # PING
-        writer.write(b"PONG\r\n")
-        with contextlib.suppress(ConnectionError):
-            while await reader.read(4096):
-                pass  # never another PONG
+    async def handler(peer: FakePeer) -> None:
+        await evloop.sleep(0)  # connection_made has run
+        peer.write(b'INFO {"server_id":"fake","max_payload":1048576,"headers":true}\r\n')
+        await peer.readline()  # CONNECT
+        await peer.readline()  # PING
+        peer.write(b"PONG\r\n")
+        while await peer.read():
+            pass  # never another PONG
 
     async def main() -> None:
         server, port = await silent_server(handler)
-        async with server:
+        try:
             nats = Client(options([f"nats://127.0.0.1:{port}"], ping_interval=0.1,
                                   max_pings_out=2))
             await nats.connect()
-            reason = await asyncio.wait_for(nats.lost, 5)
+            reason = await evloop.wait_for(nats.lost, 5)
             assert "did not answer 2 PINGs" in reason
+        finally:
+            server.close()
 
     run(main())
 
 
 def test_a_garbled_server_is_dropped_with_the_reason() -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b'INFO {"server_id":"fake"}\r\n')
-        await reader.readline()
-        await reader.readline()
-        writer.write(b"PONG\r\nWHAT IS THIS\r\n")
-        await asyncio.sleep(5)
+    async def handler(peer: FakePeer) -> None:
+        await evloop.sleep(0)  # connection_made has run
+        peer.write(b'INFO {"server_id":"fake"}\r\n')
+        await peer.readline()
+        await peer.readline()
+        peer.write(b"PONG\r\nWHAT IS THIS\r\n")
+        await evloop.sleep(5)
 
     async def main() -> None:
         server, port = await silent_server(handler)
-        async with server:
+        try:
             nats = Client(options([f"nats://127.0.0.1:{port}"]))
             with contextlib.suppress(ConnectError):
                 await nats.connect()
             if nats.connected:
-                reason = await asyncio.wait_for(nats.lost, 5)
+                reason = await evloop.wait_for(nats.lost, 5)
                 assert "protocol error" in reason and "unknown operation" in reason
+        finally:
+            server.close()
 
     run(main())
 

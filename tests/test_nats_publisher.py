@@ -5,7 +5,6 @@ log), when a cluster node dies, and when a re-send comes after the duplicate win
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 import os
@@ -24,6 +23,7 @@ from auditpy.nats import jetstream as jsapi
 from auditpy.nats.publisher import Publisher
 from auditpy.proto import jetstream as js
 from auditpy.proto.nats import parse_server_url
+from auditpy.system import evloop
 from auditpy.system.spool import DiskQueue
 
 from .audispd_support import Audispd
@@ -272,7 +272,7 @@ def test_a_resend_after_the_duplicate_window_is_recognised(
                 again = await client.request("audit.probe", b"", 5, headers=probe)
                 if not js.parse_pub_ack(again.payload).duplicate:
                     return True
-                await asyncio.sleep(0.1)
+                await evloop.sleep(0.1)
 
         assert run(window_passed, c.urls, 30)
         with open(os.devnull, "rb") as stdin:
@@ -341,7 +341,7 @@ def test_named_items_are_the_seam_for_whole_events(nats: Cluster) -> None:
     async def main() -> None:
         publisher = Publisher(conf, lambda _p, m: messages.append(m), boot=b"b00t")
         publisher.open()
-        task = asyncio.create_task(publisher.run())
+        task = evloop.create_task(publisher.run())
         event = js.event_msg_id(b"h9", b"b00t", b"1700000000.001:5").encode()
         publisher.submit_named([(event, b"h9", b'{"records":3}'),
                                 (event, b"h9", b'{"records":3}')])
@@ -350,7 +350,7 @@ def test_named_items_are_the_seam_for_whole_events(nats: Cluster) -> None:
         task.cancel()
         publisher.close()
 
-    asyncio.run(main())
+    evloop.run(main())
     stored = stream_messages(nats.urls)
     assert [(s, i, p) for _, s, i, p in stored] == [
         ("audit.h9", "h9:b00t:1700000000.001:5", b'{"records":3}')]

@@ -7,7 +7,6 @@ with plain blocking sockets, the way audisp-remote does.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -58,8 +57,9 @@ from auditpy.proto.remote import (
     FrameReader,
     pack_frame,
 )
+from auditpy.system import evloop
 
-from .conftest import make_pki, wait_for
+from .conftest import make_pki, on_loop, wait_for
 
 LINE = b"node=client1 type=USER msg=audit(1700000000.123:%d): pid=1 uid=0 auid=0 ses=1 msg='x'"
 
@@ -99,7 +99,7 @@ class Server:
             sweep_interval=0.05, handshake_timeout=2.0,
         )
         self.settings = replace(base, **overrides)
-        self.loop = asyncio.new_event_loop()
+        self.loop = evloop.Loop()
         self.errors: list[dict[str, Any]] = []
         self.loop.set_exception_handler(lambda _loop, context: self.errors.append(context))
         self.sink = FakeSink()
@@ -113,13 +113,13 @@ class Server:
         async def run() -> Any:
             return fn()
 
-        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(5)
+        return on_loop(self.loop, run())
 
     def stop(self) -> None:
         if self.loop.is_closed():
             return
         self.call(self.listener.stop)
-        asyncio.run_coroutine_threadsafe(self.listener.wait_closed(2.0), self.loop).result(5)
+        on_loop(self.loop, self.listener.wait_closed(2.0))
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
         self.loop.close()

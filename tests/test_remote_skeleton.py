@@ -9,7 +9,6 @@ could lose the SIGTERM behind it), and its exec helpers inherited its stdin.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import os
 import signal
@@ -25,6 +24,7 @@ from auditpy.audisp_remote.plugin import RemotePlugin
 from auditpy.audisp_remote.signals import HANDLED_SIGNALS
 from auditpy.config.remote_conf import load_remote_conf
 from auditpy.proto import remote as rp
+from auditpy.system import evloop
 from auditpy.system.service import Signal
 
 from .conftest import wait_for
@@ -203,7 +203,7 @@ def test_every_held_signal_is_handled(tmp_path: Path) -> None:
             plugin._on_signal(Signal(signum))
             effects[signal.Signals(signum).name] = messages[before:]
 
-    asyncio.run(signals())
+    evloop.run(signals())
     assert effects == {
         "SIGHUP": ["configuration reloaded; server 127.0.0.1:60"],
         "SIGINT": ["SIGINT: exiting"],

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 from pathlib import Path
 
+from auditpy.system import evloop
 from auditpy.system.stdin import StdinReader
 
 
 def read_all(fd: int, chunk: int = 4) -> tuple[bool, list[bytes]]:
     async def main() -> tuple[bool, list[bytes]]:
-        reader = StdinReader(asyncio.get_running_loop(), fd, chunk)
+        reader = StdinReader(evloop.running_loop(), fd, chunk)
         pollable = reader.pollable
         chunks = []
         try:
@@ -20,14 +20,14 @@ def read_all(fd: int, chunk: int = 4) -> tuple[bool, list[bytes]]:
         finally:
             reader.close()
         return pollable, chunks
-    return asyncio.run(main())
+    return evloop.run(main())
 
 
 def test_a_pipe_is_read_as_it_becomes_readable() -> None:
     r, w = os.pipe()
     try:
         async def main() -> list[bytes]:
-            loop = asyncio.get_running_loop()
+            loop = evloop.running_loop()
             reader = StdinReader(loop, r, 64)
             assert reader.pollable
             got = []
@@ -39,7 +39,7 @@ def test_a_pipe_is_read_as_it_becomes_readable() -> None:
             got.append(await reader.read())
             reader.close()
             return got
-        assert asyncio.run(main()) == [b"first", b"second", b""]
+        assert evloop.run(main()) == [b"first", b"second", b""]
     finally:
         os.close(r)
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest
+
+from auditpy.system import evloop
 
 from .conftest import WaitTimeout, missing, need, needs, wait_for, wait_for_async
 
@@ -35,12 +36,12 @@ def test_wait_for_looks_once_more_at_the_deadline() -> None:
 def test_wait_for_async_lets_the_loop_run() -> None:
     async def scenario() -> str:
         done: list[str] = []
-        asyncio.get_running_loop().call_later(0.02, done.append, "ran")
+        evloop.running_loop().call_later(0.02, done.append, "ran")
         return (await wait_for_async(lambda: done, 5))[0]
 
-    assert asyncio.run(scenario()) == "ran"
+    assert evloop.run(scenario()) == "ran"
     with pytest.raises(WaitTimeout, match="waiting for nothing"):
-        asyncio.run(wait_for_async(lambda: False, 0.05, "nothing"))
+        evloop.run(wait_for_async(lambda: False, 0.05, "nothing"))
 
 
 def test_missing_names_the_program_and_its_package() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from auditpy.system import loop as aloop
+from auditpy.system import evloop
 from auditpy.system.transports import BufferedProtocol, Protocol, StreamTransport
 
 from .conftest import make_pki
@@ -26,8 +26,8 @@ class Recorder(Protocol):
         self.transport: StreamTransport | None = None
         self.data = bytearray()
         self.events: list[str] = []
-        self.lost: aloop.Future[Exception | None] = aloop.running_loop().create_future()
-        self.got: aloop.Event = aloop.Event()
+        self.lost: evloop.Future[Exception | None] = evloop.running_loop().create_future()
+        self.got: evloop.Event = evloop.Event()
 
     def connection_made(self, transport: StreamTransport) -> None:
         self.transport = transport
@@ -57,17 +57,17 @@ class Recorder(Protocol):
     async def until(self, size: int) -> bytes:
         while len(self.data) < size:
             self.got.clear()
-            await aloop.wait_for(self.got.wait(), 10)
+            await evloop.wait_for(self.got.wait(), 10)
         return bytes(self.data)
 
 
 def run(main: Any) -> Any:
-    return aloop.run(main())
+    return evloop.run(main())
 
 
 def test_tcp_server_and_client_echo_then_close() -> None:
     async def main() -> None:
-        loop = aloop.running_loop()
+        loop = evloop.running_loop()
         servers: list[Recorder] = []
 
         def serve() -> Recorder:
@@ -84,8 +84,8 @@ def test_tcp_server_and_client_echo_then_close() -> None:
         transport.write(b"hello")
         assert await client.until(5) == b"hello"
         transport.close()
-        assert await aloop.wait_for(client.lost, 10) is None
-        assert await aloop.wait_for(servers[0].lost, 10) is None
+        assert await evloop.wait_for(client.lost, 10) is None
+        assert await evloop.wait_for(servers[0].lost, 10) is None
         assert servers[0].events == ["made", "eof", "lost"]
         server.close()
         await server.wait_closed()
@@ -100,7 +100,7 @@ def test_buffered_protocol_reads_into_its_buffer() -> None:
         def __init__(self) -> None:
             self.buffer = bytearray(4)
             self.chunks: list[bytes] = []
-            self.done = aloop.running_loop().create_future()
+            self.done = evloop.running_loop().create_future()
 
         def get_buffer(self, sizehint: int) -> bytearray:
             return self.buffer
@@ -112,19 +112,19 @@ def test_buffered_protocol_reads_into_its_buffer() -> None:
             self.done.set_result(b"".join(self.chunks))
 
     async def main() -> None:
-        loop = aloop.running_loop()
+        loop = evloop.running_loop()
         ours, theirs = socket.socketpair()
         _transport, protocol = await loop.connect_accepted_socket(Buffered, ours)
         theirs.sendall(b"0123456789")
         theirs.close()
-        assert await aloop.wait_for(protocol.done, 10) == b"0123456789"  # type: ignore[attr-defined]
+        assert await evloop.wait_for(protocol.done, 10) == b"0123456789"  # type: ignore[attr-defined]
 
     run(main)
 
 
 def test_write_limits_pause_and_resume_and_close_sends_what_is_left() -> None:
     async def main() -> None:
-        loop = aloop.running_loop()
+        loop = evloop.running_loop()
         ours, theirs = socket.socketpair()
         theirs.setblocking(True)
         transport, protocol = await loop.connect_accepted_socket(Recorder, ours)
@@ -140,8 +140,8 @@ def test_write_limits_pause_and_resume_and_close_sends_what_is_left() -> None:
         transport.close()  # what is unsent still goes, then the end
         reader = threading.Thread(target=lambda: received.extend(_read_all(theirs)))
         reader.start()
-        await aloop.wait_for(protocol.lost, 10)
-        await loop.run_in_executor(aloop.Worker("join"), reader.join)
+        await evloop.wait_for(protocol.lost, 10)
+        await loop.run_in_executor(evloop.Worker("join"), reader.join)
         sent = len(received)
         assert sent >= total and set(received) == {ord("x")}
         assert protocol.events[-2:] == ["resume", "lost"]
@@ -159,7 +159,7 @@ def _read_all(sock: socket.socket) -> bytes:
 
 def test_abort_drops_output_and_reports_the_end() -> None:
     async def main() -> None:
-        loop = aloop.running_loop()
+        loop = evloop.running_loop()
         ours, theirs = socket.socketpair()
         transport, protocol = await loop.connect_accepted_socket(Recorder, ours)
         assert isinstance(protocol, Recorder)
@@ -167,7 +167,7 @@ def test_abort_drops_output_and_reports_the_end() -> None:
         assert transport.get_write_buffer_size() > 0
         transport.abort()
         assert transport.is_closing()
-        assert await aloop.wait_for(protocol.lost, 10) is None
+        assert await evloop.wait_for(protocol.lost, 10) is None
         transport.write(b"ignored")  # after the end: nothing, no error
         theirs.close()
 
@@ -176,7 +176,7 @@ def test_abort_drops_output_and_reports_the_end() -> None:
 
 def test_unix_server(tmp_path: Path) -> None:
     async def main() -> None:
-        loop = aloop.running_loop()
+        loop = evloop.running_loop()
         path = str(tmp_path / "s.sock")
         server = await loop.create_unix_server(lambda: Recorder(echo=True), path)
         client = socket.socket(socket.AF_UNIX)
@@ -187,13 +187,13 @@ def test_unix_server(tmp_path: Path) -> None:
         transport.write(b"over unix")
         assert await protocol.until(9) == b"over unix"
         transport.close()
-        await aloop.wait_for(protocol.lost, 10)
+        await evloop.wait_for(protocol.lost, 10)
         server.close()
 
     run(main)
 
 
-def _accept_once(listener: socket.socket, accepted: aloop.Future[socket.socket]) -> None:
+def _accept_once(listener: socket.socket, accepted: evloop.Future[socket.socket]) -> None:
     if not accepted.done():
         accepted.set_result(listener.accept()[0])
 
@@ -216,20 +216,20 @@ def test_tls_both_ways_on_the_own_loop_with_a_large_transfer(tmp_path: Path) -> 
     payload = bytes(range(256)) * 8192  # 2 MiB: many records, partial sends, pending()
 
     async def main() -> None:
-        loop = aloop.running_loop()
+        loop = evloop.running_loop()
         listener = socket.socket()
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         listener.setblocking(False)
         port = listener.getsockname()[1]
-        accepted: aloop.Future[socket.socket] = loop.create_future()
+        accepted: evloop.Future[socket.socket] = loop.create_future()
         loop.add_reader(listener, _accept_once, listener, accepted)
         plain_client, client = await loop.create_connection(Recorder, "127.0.0.1", port)
         sock = await accepted
         loop.remove_reader(listener)
         plain_server, server = await loop.connect_accepted_socket(
             lambda: Recorder(echo=True), sock)
-        server_tls, client_tls = await aloop.gather(
+        server_tls, client_tls = await evloop.gather(
             loop.start_tls(plain_server, server, server_ctx, server_side=True,
                            ssl_handshake_timeout=10),
             loop.start_tls(plain_client, client, client_ctx, server_hostname="localhost",
@@ -243,8 +243,8 @@ def test_tls_both_ways_on_the_own_loop_with_a_large_transfer(tmp_path: Path) -> 
         client_tls.write(payload)
         assert await client.until(len(payload)) == payload
         client_tls.close()
-        assert await aloop.wait_for(client.lost, 10) is None
-        await aloop.wait_for(server.lost, 10)
+        assert await evloop.wait_for(client.lost, 10) is None
+        await evloop.wait_for(server.lost, 10)
         assert client.events == ["made", "lost"] and server.events[0] == "made"
         listener.close()
 
@@ -266,14 +266,14 @@ def test_tls_server_against_the_standard_librarys_blocking_client(tmp_path: Path
             answers.append(got)
 
     async def main() -> None:
-        loop = aloop.running_loop()
+        loop = evloop.running_loop()
         listener = socket.socket()
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         listener.setblocking(False)
         thread = threading.Thread(target=blocking_client, args=(listener.getsockname()[1],))
         thread.start()
-        accepted: aloop.Future[socket.socket] = loop.create_future()
+        accepted: evloop.Future[socket.socket] = loop.create_future()
         loop.add_reader(listener, _accept_once, listener, accepted)
         sock = await accepted
         loop.remove_reader(listener)
@@ -282,8 +282,8 @@ def test_tls_server_against_the_standard_librarys_blocking_client(tmp_path: Path
                                    ssl_handshake_timeout=10)
         assert isinstance(server, Recorder)
         server.transport = tls
-        await aloop.wait_for(server.lost, 10)
-        await loop.run_in_executor(aloop.Worker("join"), thread.join)
+        await evloop.wait_for(server.lost, 10)
+        await loop.run_in_executor(evloop.Worker("join"), thread.join)
         listener.close()
 
     run(main)
@@ -295,7 +295,7 @@ def test_tls_handshake_times_out_and_fails_on_garbage(tmp_path: Path) -> None:
     server_ctx, _client_ctx = _contexts(tmp_path)
 
     async def main() -> None:
-        loop = aloop.running_loop()
+        loop = evloop.running_loop()
         ours, theirs = socket.socketpair()
         plain, protocol = await loop.connect_accepted_socket(Recorder, ours)
         start = loop.time()

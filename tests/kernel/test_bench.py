@@ -155,7 +155,7 @@ def test_floors_run_and_split_the_gap(kernel_state: AuditStatus, tmp_path: Path)
     assert set(rows.values()) == {"200 / 0"}, rows
     steps = [ln.split("|")[1].strip() for ln in memory.splitlines() if ln.startswith("| ")]
     assert steps[0] == "step" and steps[-1].startswith("running")
-    assert "asyncio without ssl" in steps
+    assert "auditpy's own event loop (system.evloop)" in steps
     sets = [ln.split("|")[1].strip() for ln in stdlib.splitlines() if ln.startswith("| ")]
     assert sets[0] == "standard library imported" and len(sets) == 1 + 4
     assert "| os.writev |" in writes and '| b"".join + os.write |' in writes

@@ -23,7 +23,6 @@ unreadable input, 2 for a usage error.
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import syslog
 from collections.abc import Sequence
@@ -42,8 +41,10 @@ from auditpy.nats.publisher import Publisher
 from auditpy.proto import jetstream as js
 from auditpy.proto.dispatch import FrameError
 from auditpy.proto.plugin_input import INPUT_CHUNK, MAX_INPUT_LINE, InputDecoder
+from auditpy.system import evloop
 from auditpy.system.cmdline import argument_parser
 from auditpy.system.logsetup import PluginLog
+from auditpy.system.service import Signal, SignalReader, hold_signals
 from auditpy.system.spool import QueueError
 from auditpy.system.stdin import StdinReader
 
@@ -62,7 +63,7 @@ class NatsPlugin:
         self.stdin_fd = stdin_fd
         self.decoder = InputDecoder()
         self.exit_code = 0
-        self._done: asyncio.Future[int] | None = None
+        self._done: evloop.Future[int] | None = None
 
     def _finish(self, code: int, why: str) -> None:
         if self._done is not None and not self._done.done():
@@ -88,7 +89,7 @@ class NatsPlugin:
 
     async def _read_input(self) -> None:
         publisher = self.publisher
-        reader = StdinReader(asyncio.get_running_loop(), self.stdin_fd, INPUT_CHUNK)
+        reader = StdinReader(evloop.running_loop(), self.stdin_fd, INPUT_CHUNK)
         try:
             while True:
                 if not reader.pollable:
@@ -122,26 +123,22 @@ class NatsPlugin:
                      f"end of input; {left} records {where}")
 
     async def run(self) -> int:
-        loop = asyncio.get_running_loop()
+        loop = evloop.running_loop()
         self._done = loop.create_future()
-        loop.add_signal_handler(signal.SIGTERM, self._finish, 0, "SIGTERM: exiting")
-        loop.add_signal_handler(signal.SIGINT, self._finish, 0, "SIGINT: exiting")
-        loop.add_signal_handler(signal.SIGHUP, self._reload)
-        loop.add_signal_handler(
-            signal.SIGUSR1, lambda: self.log(syslog.LOG_INFO, self.publisher.state_line()))
-        # The C dispatcher starts plugins with some signals blocked; ours are handled now.
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
-        tasks = [asyncio.create_task(self.publisher.run(), name="publisher"),
-                 asyncio.create_task(self._read_input(), name="input")]
+        # read from a signalfd (system.service), never by handlers: a storm coalesces
+        signals = SignalReader(loop, HANDLED_SIGNALS, self._on_signal)
+        tasks = [evloop.create_task(self.publisher.run(), name="publisher"),
+                 evloop.create_task(self._read_input(), name="input")]
         for task in tasks:
             task.add_done_callback(self._task_done)
         try:
             return await self._done
         finally:
+            signals.close()
             await self.publisher.stop()
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await evloop.gather(*tasks, return_exceptions=True)
             left = len(self.publisher.queue)
             self.log(syslog.LOG_INFO, self.publisher.state_line())
             self.publisher.close()
@@ -149,7 +146,15 @@ class NatsPlugin:
                 self.log(syslog.LOG_INFO,
                          f"{left} records kept in {self.publisher.conf.queue_file}")
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
+    def _on_signal(self, sig: Signal) -> None:
+        if sig.signum in (signal.SIGTERM, signal.SIGINT):
+            self._finish(0, f"{signal.Signals(sig.signum).name}: exiting")
+        elif sig.signum == signal.SIGHUP:
+            self._reload()
+        elif sig.signum == signal.SIGUSR1:
+            self.log(syslog.LOG_INFO, self.publisher.state_line())
+
+    def _task_done(self, task: evloop.Task[None]) -> None:
         if task.cancelled():
             return
         exc = task.exception()
@@ -204,8 +209,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check:
         return 0
     if args.create_stream is not None:
-        return asyncio.run(create_stream(parsed.config, args.create_stream,
+        return evloop.run(create_stream(parsed.config, args.create_stream,
                                          args.duplicate_window, log))
+    # From here on the signals wait for the loop's signalfd (system.service), in every thread
+    hold_signals(HANDLED_SIGNALS)
     try:
         publisher = Publisher(parsed.config, log, program=PROG)
         publisher.open()
@@ -216,4 +223,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"subject {parsed.config.subject}, queue "
         f"{parsed.config.queue_file or 'in memory'} ({len(publisher.queue)} records)")
     plugin = NatsPlugin(args.config, publisher, log)
-    return asyncio.run(plugin.run())
+    return evloop.run(plugin.run())

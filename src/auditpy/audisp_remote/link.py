@@ -5,7 +5,7 @@ transport says (bytes, EOF, loss, flow control) to an `Owner` (the plugin), whic
 report to the delivery core, and `open_link` turns every way a connect can fail into one
 `ConnectError` whose text names the cause.
 
-`Link` is an asyncio Protocol rather than a stream pair: replies are handed over inside
+`Link` is a Protocol (system.transports) rather than a stream pair: replies are handed over inside
 data_received, the moment they arrive, so ACKs that came in just before a reset are never
 discarded along with a buffered stream exception (which would resend, and duplicate,
 records).  Flow control is only recorded here (`paused`); the owner reads it after each
@@ -15,7 +15,6 @@ decision.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import socket
 import ssl
@@ -24,7 +23,7 @@ from typing import Protocol
 
 from auditpy.config.files import reason
 from auditpy.config.remote_conf import RemoteConfig
-from auditpy.system.aio import asyncio_tls
+from auditpy.system import evloop, transports
 
 
 class ConnectError(Exception):
@@ -41,19 +40,19 @@ class Owner(Protocol):
     def link_writable(self, link: Link) -> None: ...
 
 
-class Link(asyncio.Protocol):
+class Link(transports.Protocol):
     """One connection.  Its reports are held until `release` (the owner first has to learn
     that the connect succeeded: a server may answer, or hang up, before that); after `close`
     or `abort` it reports nothing more."""
 
     def __init__(self, owner: Owner) -> None:
         self.owner = owner
-        self.transport: asyncio.Transport | None = None
+        self.transport: transports.Transport | None = None
         #: The transport holds back writes (between pause_writing and resume_writing).
         self.paused = False
         #: We ended it: its events are of no interest any more.
         self.ended = False
-        self.closed = asyncio.Event()
+        self.closed = evloop.Event()
         self._held: list[Callable[[], None]] | None = []
 
     def release(self) -> None:
@@ -88,14 +87,14 @@ class Link(asyncio.Protocol):
             return
         transport.close()
         try:
-            await asyncio.wait_for(self.closed.wait(), grace)
+            await evloop.wait_for(self.closed.wait(), grace)
         except TimeoutError:
             transport.abort()
 
-    # asyncio.Protocol
+    # transports.Protocol
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+    def connection_made(self, transport: transports.Transport) -> None:
+        assert isinstance(transport, transports.Transport)
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
@@ -123,7 +122,7 @@ async def open_link(cfg: RemoteConfig, tls: ssl.SSLContext | None, owner: Owner)
     """Connect to the configured server within max_time_per_record seconds.  Raises
     ConnectError."""
     try:
-        return await asyncio.wait_for(_open(cfg, tls, owner), cfg.max_time_per_record)
+        return await evloop.wait_for(_open(cfg, tls, owner), cfg.max_time_per_record)
     except TimeoutError:
         raise ConnectError(f"timed out after {cfg.max_time_per_record} s") from None
     except ssl.SSLCertVerificationError as exc:
@@ -137,7 +136,7 @@ async def open_link(cfg: RemoteConfig, tls: ssl.SSLContext | None, owner: Owner)
 
 
 async def _open(cfg: RemoteConfig, tls: ssl.SSLContext | None, owner: Owner) -> Link:
-    loop = asyncio.get_running_loop()
+    loop = evloop.running_loop()
     host = cfg.remote_server or ""
     infos = await loop.getaddrinfo(host, cfg.port, type=socket.SOCK_STREAM)
     last: OSError = OSError(errno.EHOSTUNREACH, f"no usable address for {host}")
@@ -171,10 +170,9 @@ async def _start(
     sock: socket.socket, cfg: RemoteConfig, tls: ssl.SSLContext | None, host: str,
     owner: Owner,
 ) -> Link:
-    loop = asyncio.get_running_loop()
+    loop = evloop.running_loop()
     link = Link(owner)
     if tls is not None:
-        asyncio_tls()
         await loop.create_connection(
             lambda: link,
             sock=sock,

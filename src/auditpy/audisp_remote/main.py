@@ -27,13 +27,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     hold_signals(HANDLED_SIGNALS)
 
-    import asyncio
     import syslog
 
     from auditpy.audisp_remote.log import PROG, Log
     from auditpy.audisp_remote.plugin import RemotePlugin
     from auditpy.config.errors import ConfigError
     from auditpy.config.remote_conf import DEFAULT_CONFIG, load_remote_conf
+    from auditpy.system import evloop
     from auditpy.system.cmdline import argument_parser
     from auditpy.system.service import seal_inherited_fds
 
@@ -60,4 +60,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Nothing this process inherited (beyond 0-2) may leak into the helpers it starts.
     seal_inherited_fds()
     plugin = RemotePlugin(args.config, parsed, log)
-    return asyncio.run(plugin.run())
+    return evloop.run(plugin.run())

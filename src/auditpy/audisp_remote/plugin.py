@@ -1,5 +1,5 @@
-"""pyaudisp-remote's I/O shell: the one asyncio loop that carries out the delivery core's
-decisions.
+"""pyaudisp-remote's I/O shell: the one event loop (system.evloop) that carries out the
+delivery core's decisions.
 
 Records come in on stdin (one line per record, or binary dispatcher frames; `input.py`) and
 leave as "managed" frames (`auditpy.proto.remote`) to a server's ``tcp_listen_port``; each
@@ -12,7 +12,7 @@ rule out of here is what lets the rules be tested without sockets or sleeps.
 
 Signals are held from the first instruction of `main` and read here from a signalfd
 (`system.service.SignalReader`), never by handlers: a SIGHUP during start-up waits instead of
-killing the plugin, and a storm of them coalesces instead of overflowing asyncio's wake-up
+killing the plugin, and a storm of them coalesces instead of overflowing a wake-up
 socket and losing the SIGTERM behind it (issue #15).
 
 Helpers (``exec`` actions, init for ``single``/``halt``) are started by
@@ -40,7 +40,6 @@ deliberate differences (the delivery rules are in `delivery.py`):
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 import dataclasses
@@ -81,6 +80,7 @@ from auditpy.config.remote_conf import (
 )
 from auditpy.proto.dispatch import FrameError
 from auditpy.proto.remote import MAX_PAYLOAD
+from auditpy.system import evloop
 from auditpy.system.children import INIT_PATH, ChildHandle, spawn_helper
 from auditpy.system.service import Signal, SignalReader
 from auditpy.system.spool import DiskQueue, MemoryQueue, QueueError, RecordQueue
@@ -119,15 +119,15 @@ class RemotePlugin:
         self._link: Link | None = None
         #: Connections being closed gracefully (aborted if the plugin exits meanwhile).
         self._closing: set[Link] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[evloop.Task[None]] = set()
         self._todo: collections.deque[Decision] = collections.deque()
         self._applying = False
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: evloop.TimerHandle | None = None
         self._timer_at: float | None = None
         self._children: list[ChildHandle] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._space: asyncio.Event | None = None
-        self._exit: asyncio.Future[int] | None = None
+        self._loop: evloop.Loop | None = None
+        self._space: evloop.Event | None = None
+        self._exit: evloop.Future[int] | None = None
 
     @property
     def config(self) -> RemoteConfig:
@@ -247,11 +247,11 @@ class RemotePlugin:
         self._feed(self.core.tick)
 
     def _spawn_task(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
+        task = evloop.running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
+    def _task_done(self, task: evloop.Task[None]) -> None:
         self._tasks.discard(task)
         if task.cancelled():
             return
@@ -313,7 +313,7 @@ class RemotePlugin:
             with contextlib.suppress(ValueError):
                 self._children.remove(handle)
 
-        child.attach(self._loop or asyncio.get_running_loop(), reaped)
+        child.attach(self._loop or evloop.running_loop(), reaped)
 
     # ---- signals
 
@@ -427,7 +427,7 @@ class RemotePlugin:
     # ---- input
 
     async def _read_input(self) -> None:
-        reader = StdinReader(asyncio.get_running_loop(), self.stdin_fd, INPUT_CHUNK)
+        reader = StdinReader(evloop.running_loop(), self.stdin_fd, INPUT_CHUNK)
         #: A regular file is read only as fast as the queue drains: records beyond the
         #: queue's room wait here instead of overflowing.
         backlog: collections.deque[bytes] = collections.deque()
@@ -452,7 +452,7 @@ class RemotePlugin:
                     self._enqueue(records)
                 else:
                     backlog.extend(records)
-                    await asyncio.sleep(0)
+                    await evloop.sleep(0)
         finally:
             reader.close()
         records, cut = self._decoder.finish()
@@ -482,9 +482,9 @@ class RemotePlugin:
     # ---- running
 
     async def run(self) -> int:
-        loop = asyncio.get_running_loop()
+        loop = evloop.running_loop()
         self._loop = loop
-        self._space = asyncio.Event()
+        self._space = evloop.Event()
         self._exit = loop.create_future()
         signals = SignalReader(loop, HANDLED_SIGNALS, self._on_signal)
         try:
@@ -517,7 +517,7 @@ class RemotePlugin:
             tasks = list(self._tasks)
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await evloop.gather(*tasks, return_exceptions=True)
             if self._timer is not None:
                 self._timer.cancel()
             for link in (self._link, *self._closing):

@@ -2,10 +2,6 @@
 
 import sys
 
-from auditpy.system.aio import asyncio_without_ssl
-
-asyncio_without_ssl()  # before the dispatcher's modules import asyncio (system.aio)
-
-from auditpy.audispd.main import main  # noqa: E402
+from auditpy.audispd.main import main
 
 sys.exit(main())

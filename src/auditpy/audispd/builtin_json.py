@@ -14,7 +14,6 @@ reported (file:line) and the previous one stays in force.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 
@@ -23,6 +22,7 @@ from auditpy.config.errors import ConfigError
 from auditpy.config.jsonout import JsonConfig, load_json_conf
 from auditpy.config.plugins import PluginConfig, parse_json_args
 from auditpy.jsonout.pipeline import JsonPipeline
+from auditpy.system import evloop
 
 log = logging.getLogger("auditpy.audispd")
 
@@ -31,7 +31,7 @@ class JsonPlugin(PluginRunner):
     def __init__(self, config: PluginConfig, ctx: RunnerContext) -> None:
         super().__init__(config, ctx)
         self.pipeline: JsonPipeline | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: evloop.TimerHandle | None = None
         self._node_names: dict[bytes, str] = {}
         #: records offered since the last flush (one read of the dispatcher's input)
         self._batch: list[Record] = []

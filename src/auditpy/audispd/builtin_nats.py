@@ -6,7 +6,7 @@ program (`auditpy.nats.publisher`), so the two behave alike.
 
 Why a thread: the publisher fsyncs its queue before sending and parses an acknowledgement
 per record; on the dispatcher's own loop either would delay the other plugins.  In its own
-thread (with its own asyncio loop) it costs the dispatcher one locked list append per
+thread (with its own event loop) it costs the dispatcher one locked list append per
 record: `offer` hands lines over, `flush` wakes the thread once per read of the
 dispatcher's input.  The hand-over holds at most ``q_depth`` lines; beyond that records are
 dropped, counted, and ``overflow_action`` applies, as for any plugin.  The publisher's own
@@ -18,7 +18,6 @@ records they were in the audit log (``recover_from``) when it starts again.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import syslog
@@ -30,6 +29,7 @@ from auditpy.config.nats_conf import PUBLISHER, NatsConf, load_nats_conf
 from auditpy.config.plugins import PluginConfig, parse_nats_args
 from auditpy.nats.publisher import Publisher
 from auditpy.proto.records import AUDIT_EOE
+from auditpy.system import evloop
 from auditpy.system.spool import QueueError
 
 log = logging.getLogger("auditpy.audispd")
@@ -54,9 +54,9 @@ class NatsPlugin(PluginRunner):
         self._handoff: list[bytes] = []
         self._wake_pending = False
         self._thread: threading.Thread | None = None
-        self._engine: asyncio.AbstractEventLoop | None = None
+        self._engine: evloop.Loop | None = None
         self._ready = threading.Event()
-        self._quit: asyncio.Event | None = None
+        self._quit: evloop.Event | None = None
         self._drain_seconds = STOP_DRAIN
 
     def describe(self) -> str:
@@ -113,20 +113,20 @@ class NatsPlugin(PluginRunner):
                  parsed.config.queue_file or "in memory", len(publisher.queue))
 
     def _main(self) -> None:
-        asyncio.run(self._run())
+        evloop.run(self._run())
 
     async def _run(self) -> None:
         publisher = self.publisher
         assert publisher is not None
-        self._engine = asyncio.get_running_loop()
-        self._quit = asyncio.Event()
-        task = asyncio.create_task(publisher.run())
+        self._engine = evloop.running_loop()
+        self._quit = evloop.Event()
+        task = evloop.create_task(publisher.run())
         self._ready.set()
         try:
             await self._quit.wait()
             self._take()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(publisher.drain(self._drain_seconds),
+                await evloop.wait_for(publisher.drain(self._drain_seconds),
                                        self._drain_seconds + 1)
             await publisher.stop()
         finally:
@@ -164,9 +164,12 @@ class NatsPlugin(PluginRunner):
             self._drain_seconds = min(max(drain, 0.5), STOP_DRAIN)
             with contextlib.suppress(RuntimeError):
                 engine.call_soon_threadsafe(quit_.set)
-            await asyncio.get_running_loop().run_in_executor(
-                None, thread.join, self._drain_seconds + 5.0
-            )
+            joiner = evloop.Worker(f"{self.name}-join")
+            try:
+                await evloop.running_loop().run_in_executor(
+                    joiner, thread.join, self._drain_seconds + 5.0)
+            finally:
+                joiner.shutdown(wait=False)
         self._thread = None
         publisher = self.publisher
         log.info("plugin %s stopped; %d records handed over, %d dropped; %d queued",

@@ -16,7 +16,7 @@ plugin); TERM/INT stop; USR2 resume after an overflow suspend; CONT write
 RUN_DIR/audispd.state. They are held blocked from the first instruction of `main` and read
 from a signalfd on the loop (`system.service.SignalReader`): a storm of them coalesces, none
 is lost, and none can kill the dispatcher while it starts. SIGCHLD is not used: every child
-is watched by its pidfd on the one asyncio loop, and nothing waits for "any child".
+is watched by its pidfd on the one event loop (system.evloop), and nothing waits for "any child".
 
 The record path never waits for the file system: settings and plugin files are read by a
 worker thread at start and on every reload (20,000 plugin files take about a second), while
@@ -51,7 +51,6 @@ file with errors only takes its own plugin out (4.2 rejects the whole reload).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -90,6 +89,7 @@ from auditpy.config.plugins import (
 )
 from auditpy.proto import dispatch as wire
 from auditpy.proto.dispatch import FIGURE_KEYS, figures_line
+from auditpy.system import evloop
 from auditpy.system.children import INIT_PATH, ChildHandle, spawn_helper
 from auditpy.system.node import node_name
 from auditpy.system.service import Signal, SignalReader, write_state_file
@@ -224,7 +224,7 @@ def read_configuration(options: Options, current: DispatcherSettings | None) -> 
 class Dispatcher:
     def __init__(
         self,
-        loop: asyncio.AbstractEventLoop,
+        loop: evloop.Loop,
         options: Options,
         *,
         runner_factory: RunnerFactory = make_runner,
@@ -245,23 +245,23 @@ class Dispatcher:
         self.records_in = 0
         self._inbuf = bytearray()
         self._reading = False
-        self._done: asyncio.Future[int] = loop.create_future()
+        self._done: evloop.Future[int] = loop.create_future()
         self._signals: SignalReader | None = None
         #: the plugins are started: a reload may run (one asked for earlier waits for this)
         self._started = False
-        self._reload_task: asyncio.Task[None] | None = None
+        self._reload_task: evloop.Task[None] | None = None
         self._reload_again = False
         self._overflow_reports = 0
         self._runlevel_requested = False
         self._reported_drops: dict[int, int] = {}
-        self._report_timer: asyncio.TimerHandle | None = None
+        self._report_timer: evloop.TimerHandle | None = None
         self._helpers: list[ChildHandle] = []
         #: runners a reload is stopping (no longer in `plugins`)
         self._retiring: list[PluginRunner] = []
         #: the counters of runners that were replaced or stopped, by plugin name
         self._carried: dict[str, dict[str, int]] = {}
         self._figures_failed = False
-        self._figures_timer: asyncio.TimerHandle | None = None
+        self._figures_timer: evloop.TimerHandle | None = None
 
     # -- start and stop -------------------------------------------------------------------
 
@@ -348,9 +348,9 @@ class Dispatcher:
         if task is not None and not task.done():
             # One still reading files gives up at once (`_read_configuration`); one applying
             # its plan starts nothing more, and its stops are bounded.
-            await asyncio.wait([task])
+            await evloop.wait([task])
         runners = list(self.plugins.values())
-        await asyncio.gather(
+        await evloop.gather(
             *(
                 r.stop(drain=SHUTDOWN_DRAIN, term_timeout=self.options.shutdown_timeout)
                 for r in runners
@@ -562,20 +562,20 @@ class Dispatcher:
         plugins; None if the dispatcher is told to stop meanwhile."""
         options = self.options
         future = self._off_loop(lambda: read_configuration(options, current))
-        waits: list[asyncio.Future[Any]] = [future, self._done]
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        waits: list[evloop.Future[Any]] = [future, self._done]
+        await evloop.wait(waits, return_when=evloop.FIRST_COMPLETED)
         if not future.done():
             future.cancel()  # the thread's result, when it comes, goes nowhere
             return None
         return future.result()
 
-    def _off_loop(self, work: Callable[[], T]) -> asyncio.Future[T]:
+    def _off_loop(self, work: Callable[[], T]) -> evloop.Future[T]:
         """Run `work` in a thread of its own; its result comes back through the loop.
 
         A daemon thread, not an executor's: a dispatcher told to stop while it reads
         100,000 plugin files exits at once instead of waiting for the read."""
         loop = self.loop
-        future: asyncio.Future[T] = loop.create_future()
+        future: evloop.Future[T] = loop.create_future()
 
         def settle(result: T | None, error: BaseException | None) -> None:
             if future.done():
@@ -634,7 +634,7 @@ class Dispatcher:
 
         self._retiring = [runner for runner, _ in stopping]
         try:
-            results = await asyncio.gather(
+            results = await evloop.gather(
                 *(
                     r.stop(term_timeout=self.options.stop_timeout, keep=heir is not None)
                     for r, heir in stopping

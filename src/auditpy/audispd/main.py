@@ -17,7 +17,6 @@ unkillable by the OOM killer.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
@@ -31,6 +30,7 @@ from auditpy.audispd.dispatcher import (
     Options,
 )
 from auditpy.audispd.runner import BACKOFF_INITIAL, BACKOFF_MAX, STABLE_AFTER, STOP_TIMEOUT
+from auditpy.system import evloop
 from auditpy.system.children import INIT_PATH
 from auditpy.system.cmdline import argument_parser
 from auditpy.system.logsetup import message_handler
@@ -68,7 +68,7 @@ def _setup_logging(foreground: bool, debug: bool) -> None:
 
 
 async def _amain(options: Options) -> int:
-    dispatcher = Dispatcher(asyncio.get_running_loop(), options)
+    dispatcher = Dispatcher(evloop.running_loop(), options)
     return await dispatcher.run()
 
 
@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report_interval=args.report_interval,
     )
     try:
-        return asyncio.run(_amain(options))
+        return evloop.run(_amain(options))
     except Exception:
         log.exception("pyaudispd failed")
         return 1

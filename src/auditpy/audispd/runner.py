@@ -24,7 +24,6 @@ to the new process.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import dataclasses
 import enum
@@ -37,6 +36,7 @@ from operator import add, sub
 from auditpy.config.files import check_plugin_program
 from auditpy.config.plugins import PluginConfig
 from auditpy.proto import dispatch as wire
+from auditpy.system import evloop
 from auditpy.system.children import ChildHandle, spawn
 from auditpy.system.fedchild import Backoff, Batch, FedChild
 
@@ -230,7 +230,7 @@ class _Chunk:
 class RunnerContext:
     """What every supervisor shares with the dispatcher; updated in place on reload."""
 
-    loop: asyncio.AbstractEventLoop
+    loop: evloop.Loop
     q_depth: int = 2000
     max_restarts: int = 10
     backoff_initial: float = BACKOFF_INITIAL
@@ -263,10 +263,10 @@ def describe_status(status: int | None) -> str:
     return f"exit status {status}"
 
 
-async def _within(future: asyncio.Future[None], timeout: float) -> bool:
+async def _within(future: evloop.Future[None], timeout: float) -> bool:
     """Whether `future` completes within `timeout` seconds (without cancelling it)."""
     if not future.done():
-        await asyncio.wait([future], timeout=timeout)
+        await evloop.wait([future], timeout=timeout)
     return future.done()
 
 
@@ -376,11 +376,11 @@ class ExternalPlugin(PluginRunner):
         self.queued = 0
         #: the running process, None between runs
         self.fed: FedChild | None = None
-        self._exited: asyncio.Future[None] | None = None
-        self._drained: asyncio.Future[None] | None = None
-        self._restart_timer: asyncio.TimerHandle | None = None
-        self._stable_timer: asyncio.TimerHandle | None = None
-        self._kill_timer: asyncio.TimerHandle | None = None
+        self._exited: evloop.Future[None] | None = None
+        self._drained: evloop.Future[None] | None = None
+        self._restart_timer: evloop.TimerHandle | None = None
+        self._stable_timer: evloop.TimerHandle | None = None
+        self._kill_timer: evloop.TimerHandle | None = None
 
     # The restart budget lives in the shared back-off policy.
     @property
@@ -572,8 +572,8 @@ class ExternalPlugin(PluginRunner):
         exited = self._exited
         if drain > 0 and self.queue and not fed.closed:
             self._drained = self.ctx.loop.create_future()
-            await asyncio.wait(
-                [self._drained, exited], timeout=drain, return_when=asyncio.FIRST_COMPLETED
+            await evloop.wait(
+                [self._drained, exited], timeout=drain, return_when=evloop.FIRST_COMPLETED
             )
             self._drained = None
         fed.close_input()  # end of input: a well-behaved plugin exits by itself

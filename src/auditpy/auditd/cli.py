@@ -149,9 +149,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Before anything slow: a signal the daemon handles, sent while it is starting, waits
     # for the daemon's loop instead of killing it. Never undone: the process ends with it.
     signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
-    from auditpy.system.aio import asyncio_without_ssl
-
-    asyncio_without_ssl()  # TLS (tcp_listen_port with transport TLS) loads ssl when used
     from auditpy.system.service import hold_signals, seal_inherited_fds
 
     hold_signals(HANDLED_SIGNALS)

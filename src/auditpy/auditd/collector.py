@@ -30,7 +30,6 @@ SIGKILL); that record was not acknowledged and is written whole by whoever gets 
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 import glob
@@ -50,6 +49,7 @@ from auditpy.proto import jetstream as js
 from auditpy.proto import nats as wire
 from auditpy.proto.nats import Msg
 from auditpy.proto.remote import is_error_reply
+from auditpy.system import evloop
 
 if TYPE_CHECKING:
     from auditpy.config.auditd_conf import AuditdConfig
@@ -167,7 +167,7 @@ class NatsCollector:
     synchronous so the daemon can call them from start-up, signal handlers and shutdown."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, conf: NatsConf, sink: CollectorSink,
+        self, loop: evloop.Loop, conf: NatsConf, sink: CollectorSink,
         *, own_log: str | None, source: str = "",
     ) -> None:
         self.loop = loop
@@ -177,20 +177,20 @@ class NatsCollector:
         self.source = source
         self.client = Client(options_for(conf, "pyauditd-collector"))
         self.index = LogIndex(self._index_paths)
-        self._task: asyncio.Task[None] | None = None
+        self._task: evloop.Task[None] | None = None
         self._stopping = False
         self._stop = Stop()
         self._inbox = ""
         self._received: list[_Pending] = []
         self._received_at = 0.0
-        self._process_handle: asyncio.Handle | None = None
+        self._process_handle: evloop.Handle | None = None
         #: remaining counts of our outstanding pull requests, oldest first
         self._pulls: collections.deque[int] = collections.deque()
         self._paused_until = 0.0
-        self._resume: asyncio.TimerHandle | None = None
+        self._resume: evloop.TimerHandle | None = None
         #: (PONG future, stream seqs, ack subjects) of acknowledgements not yet confirmed
         self._unconfirmed: collections.deque[
-            tuple[asyncio.Future[None], list[int], list[bytes]]] = collections.deque()
+            tuple[evloop.Future[None], list[int], list[bytes]]] = collections.deque()
         #: stream seq -> ack subject of records written whose acknowledgement may be lost
         self._in_doubt: dict[int, bytes] = {}
         self._in_doubt_since = 0.0
@@ -220,7 +220,7 @@ class NatsCollector:
         log.info("NATS collector: consumer %s of stream %s at %s", self.conf.consumer,
                  self.conf.stream, ",".join(str(s) for s in self.conf.servers))
 
-    def _done(self, task: asyncio.Task[None]) -> None:
+    def _done(self, task: evloop.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
             log.error("NATS collector stopped by an internal error: %r", task.exception())
         self.running = False
@@ -242,8 +242,8 @@ class NatsCollector:
         task = self._task
         if task is None:
             return
-        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-            await asyncio.wait_for(asyncio.shield(task), timeout)
+        with contextlib.suppress(TimeoutError, evloop.CancelledError):
+            await evloop.wait_for(evloop.shield(task), timeout)
         if not task.done():
             task.cancel()
             with contextlib.suppress(BaseException):
@@ -474,8 +474,8 @@ class NatsCollector:
         future.add_done_callback(lambda f, e=entry: self._confirmed(f, e))  # type: ignore[misc]
 
     def _confirmed(
-        self, future: asyncio.Future[None],
-        entry: tuple[asyncio.Future[None], list[int], list[bytes]],
+        self, future: evloop.Future[None],
+        entry: tuple[evloop.Future[None], list[int], list[bytes]],
     ) -> None:
         if future.cancelled() or future.exception() is not None:
             return  # the connection is gone; _connection_lost keeps them in doubt
@@ -506,7 +506,7 @@ class NatsCollector:
 
 
 def collector_from_config(
-    loop: asyncio.AbstractEventLoop, config: AuditdConfig, sink: CollectorSink
+    loop: evloop.Loop, config: AuditdConfig, sink: CollectorSink
 ) -> NatsCollector | None:
     """A started collector when auditd.conf names a ``nats_collector`` file, else None.
     Raises ConfigError (the file went bad since the daemon checked it)."""
@@ -528,7 +528,7 @@ def collector_from_config(
 
 
 def reconfigure_collector(
-    current: NatsCollector | None, loop: asyncio.AbstractEventLoop, config: AuditdConfig,
+    current: NatsCollector | None, loop: evloop.Loop, config: AuditdConfig,
     sink: CollectorSink,
 ) -> NatsCollector | None:
     """SIGHUP: keep a collector whose file and settings are unchanged; otherwise stop it

@@ -1,4 +1,4 @@
-"""pyauditd's running state: one asyncio loop reading the kernel, writing the log, and
+"""pyauditd's running state: one event loop (system.evloop) reading the kernel, writing the log, and
 answering signals.
 
 Data flows one way: kernel socket -> `proto.records` (filter, format) -> the log file and the
@@ -14,8 +14,6 @@ stop) that run one at a time in the order asked.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import os
@@ -75,6 +73,7 @@ from auditpy.proto.records import (
     NOT_EVENTS,
     LineFormatter,
 )
+from auditpy.system import evloop
 from auditpy.system.children import SpawnChild, spawn_child
 from auditpy.system.logsetup import syslog_notifier
 from auditpy.system.netlink import KernelConnection, NetlinkError
@@ -160,10 +159,10 @@ class Operations:
     an operation already waiting is not queued again, so a storm of signals costs one run
     of each. A failing operation is logged and the next one runs."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: evloop.Loop) -> None:
         self._loop = loop
         self._waiting: list[tuple[str, Callable[[], Awaitable[None]]]] = []
-        self._task: asyncio.Task[None] | None = None
+        self._task: evloop.Task[None] | None = None
         self.running: str | None = None
 
     def ask(self, name: str, operation: Callable[[], Awaitable[None]]) -> None:
@@ -190,7 +189,7 @@ class Operations:
     async def idle(self) -> None:
         """Wait until nothing runs or waits (tests, shutdown)."""
         while self._task is not None:
-            await asyncio.shield(self._task)
+            await evloop.shield(self._task)
 
 
 def space_settings(config: AuditdConfig) -> SpaceSettings:
@@ -253,7 +252,7 @@ class Daemon:
         self.counters = Counters()
         self.serials = DaemonSerials()
         self.formatter = make_formatter(config)
-        self.loop = asyncio.new_event_loop()
+        self.loop = evloop.Loop()
         self._open_kernel = open_kernel
         self._spawn = spawn
         self._handle_signals = handle_signals
@@ -272,7 +271,7 @@ class Daemon:
         self.space = SpacePolicy(space_settings(config))
         self._write_failing = False
         self._size_action_done = False
-        self._stop: asyncio.Future[int] = self.loop.create_future()
+        self._stop: evloop.Future[int] = self.loop.create_future()
         self._stopping = False
         #: the tcp_listen_port listener and the NATS collector
         self.network = NetworkIntake(self.loop, self.counters, DaemonHooks(
@@ -286,21 +285,21 @@ class Daemon:
         self.operations = Operations(self.loop)
         self._signals: SignalReader | None = None
         #: kernel requests, which may sleep while the kernel's queue is full
-        self._requests = concurrent.futures.ThreadPoolExecutor(1, "kernel-requests")
+        self._requests = evloop.Worker("kernel-requests")
         #: reading auditd.conf and the plugin directory, which may be slow
-        self._files = concurrent.futures.ThreadPoolExecutor(1, "config-files")
+        self._files = evloop.Worker("config-files")
         self._reading = False
         self._last_read = 0.0
         #: set once the record stream has been caught up for SETTLE_SECONDS (see `_request`)
-        self._settled = asyncio.Event()
+        self._settled = evloop.Event()
         self._settled.set()
-        self._settle_timer: asyncio.TimerHandle | None = None
+        self._settle_timer: evloop.TimerHandle | None = None
         #: the last signal of each number, whose sender a DAEMON_* record names
         self._last_signal: dict[int, Signal] = {}
         self.serials_seen = SerialWatch()
         self.ledger = LossTicker(self._say_loss)
         self.losses = self.ledger.losses
-        self._ticker: asyncio.Task[None] | None = None
+        self._ticker: evloop.Task[None] | None = None
         self._next_report = 0.0
         #: the Prometheus endpoint (metrics_listen), None when not serving
         self.metrics: MetricsServer | None = None
@@ -394,7 +393,7 @@ class Daemon:
         if ticker is not None:
             ticker.cancel()
             if not self.loop.is_running():
-                self.loop.run_until_complete(asyncio.gather(ticker, return_exceptions=True))
+                self.loop.run_until_complete(evloop.gather(ticker, return_exceptions=True))
         if self.metrics is not None:
             self.metrics.close()
             self.metrics = None
@@ -417,8 +416,8 @@ class Daemon:
         if self.kernel is not None:
             self.kernel.close()
             self.kernel = None
-        self._requests.shutdown(wait=False, cancel_futures=True)
-        self._files.shutdown(wait=False, cancel_futures=True)
+        self._requests.shutdown(wait=False, cancel_pending=True)
+        self._files.shutdown(wait=False, cancel_pending=True)
         self.loop.close()
 
     def _abort(self, op: str, reason: Exception) -> None:
@@ -468,7 +467,7 @@ class Daemon:
         if self._settled.is_set():
             return True
         try:
-            await asyncio.wait_for(self._settled.wait(), timeout)
+            await evloop.wait_for(self._settled.wait(), timeout)
         except TimeoutError:
             return False
         return True
@@ -790,7 +789,7 @@ class Daemon:
         it can be asked without holding anyone up) and the periodic state report."""
         next_poll = 0.0
         while True:
-            await asyncio.sleep(TICK_SECONDS)
+            await evloop.sleep(TICK_SECONDS)
             now = time.monotonic()
             self.ledger.tick(now, self.dispatcher)
             interval = self.config.report_interval

@@ -18,7 +18,6 @@ in the same bounded queue, so a plugin gets what happened while its dispatcher w
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import logging
 import os
@@ -27,6 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from auditpy.proto.dispatch import parse_figures
+from auditpy.system import evloop
 from auditpy.system.children import ChildHandle, SpawnChild, spawn_child
 from auditpy.system.fedchild import Backoff, Batch, FedChild
 
@@ -47,7 +47,7 @@ HELD_SIGNALS = tuple(signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP})
 class DispatcherLink:
     def __init__(
         self,
-        loop: asyncio.AbstractEventLoop,
+        loop: evloop.Loop,
         argv: Sequence[str],
         *,
         max_pending_bytes: int,
@@ -68,7 +68,7 @@ class DispatcherLink:
         self._pending_bytes = 0
         self._stopping = False
         self._backoff = Backoff(RESTART_DELAY[0], RESTART_DELAY[1], STABLE_AFTER)
-        self._restart: asyncio.TimerHandle | None = None
+        self._restart: evloop.TimerHandle | None = None
         #: should a dispatcher run: None until the owner has read the plugin directory
         self._want: bool | None = None
         self.records_offered = 0

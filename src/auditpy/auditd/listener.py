@@ -5,7 +5,7 @@ for the reply to each frame before sending the next.  The reply says what became
 record (ACK, DISKLOW, DISKFULL, DISKERROR), so the listener cannot answer before the daemon
 has tried to write.  Why the code is shaped the way it is:
 
-* It runs on the daemon's own asyncio loop, like everything else in pyauditd: no threads,
+* It runs on the daemon's event loop, like everything else in pyauditd: no threads,
   so the log file, the counters and the dispatcher link need no locks.
 * Records that arrive from any number of clients within one loop iteration are handed to
   the daemon as one batch (one ``write(2)``), and every frame of the batch then gets the
@@ -42,7 +42,6 @@ C daemon's, plus two ops of our own: ``limit`` (global cap) and ``tls`` (failed 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import logging
@@ -81,7 +80,7 @@ from auditpy.proto.remote import (
     ProtocolError,
     type_name,
 )
-from auditpy.system.aio import asyncio_tls
+from auditpy.system import evloop, transports
 
 if TYPE_CHECKING:
     import ssl
@@ -263,7 +262,7 @@ def _clean(payload: bytes) -> bytes:
 # One connection
 
 
-class _Client(asyncio.BufferedProtocol):
+class _Client(transports.BufferedProtocol):
     """One peer, from accept to close.  `close` is the only way out, and runs once."""
 
     def __init__(self, listener: RemoteListener, sock: socket.socket, ip: str, port: int) -> None:
@@ -272,13 +271,13 @@ class _Client(asyncio.BufferedProtocol):
         self.ip = ip
         self.port = port
         self.peer = f"{ip}:{port}"
-        self.transport: asyncio.BaseTransport | None = None
+        self.transport: transports.Transport | None = None
         self.reader = FrameReader()
         # recv_into target: input is read at most one maximum frame at a time, and the
         # reader keeps less than one frame between reads.
         self._raw = bytearray(MAX_FRAME)
         self._buffer = memoryview(self._raw)
-        # the loop's clock (asyncio's loop.time is time.monotonic), without its method call
+        # the loop's clock (evloop's Loop.time is time.monotonic), without its method call
         self._now = time.monotonic
         self.last_rx = self._now()
         #: when the first byte of the frame being received arrived (valid while the reader
@@ -294,9 +293,9 @@ class _Client(asyncio.BufferedProtocol):
         #: a protocol fault seen after frames that still deserve their replies
         self.fault: str | None = None
 
-    # -- asyncio callbacks ----------------------------------------------------------------
+    # -- protocol callbacks ---------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+    def connection_made(self, transport: transports.Transport) -> None:
         self.transport = transport
         self.sock = None  # the transport owns it now
         self._limit_output(transport)
@@ -304,7 +303,7 @@ class _Client(asyncio.BufferedProtocol):
             self.listener.accepted(self)
         else:
             # Nothing may be read as plain text before start_tls takes over.
-            assert isinstance(transport, asyncio.ReadTransport)
+            assert isinstance(transport, transports.Transport)
             transport.pause_reading()
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -429,8 +428,8 @@ class _Client(asyncio.BufferedProtocol):
 
     # -- the daemon's side ----------------------------------------------------------------
 
-    def _limit_output(self, transport: asyncio.BaseTransport) -> None:
-        if isinstance(transport, asyncio.WriteTransport):
+    def _limit_output(self, transport: transports.Transport) -> None:
+        if isinstance(transport, transports.Transport):
             limit = self.listener.settings.max_output
             transport.set_write_buffer_limits(high=limit, low=limit // 2)
 
@@ -438,7 +437,7 @@ class _Client(asyncio.BufferedProtocol):
         pending = self.replies
         self.replies = []
         transport = self.transport
-        if self.closed or not isinstance(transport, asyncio.WriteTransport):
+        if self.closed or not isinstance(transport, transports.Transport):
             return
         pack = HEADER.pack
         kind, text = reply.msg_type, reply.text
@@ -458,7 +457,7 @@ class _Client(asyncio.BufferedProtocol):
 
     def send_ending(self) -> None:
         transport = self.transport
-        if self.accepted and not self.closed and isinstance(transport, asyncio.WriteTransport):
+        if self.accepted and not self.closed and isinstance(transport, transports.Transport):
             transport.write(HEADER.pack(MAGIC, 0, 0, TYPE_ENDING, 0, 0))
 
     def close(self, reason: str, level: int = logging.INFO, abort: bool = False) -> None:
@@ -470,7 +469,7 @@ class _Client(asyncio.BufferedProtocol):
         log.log(level, "client %s: %s - closing connection", self.peer, reason)
         transport = self.transport
         if transport is not None:
-            if abort and isinstance(transport, asyncio.WriteTransport):
+            if abort and isinstance(transport, transports.Transport):
                 transport.abort()
             else:
                 transport.close()
@@ -485,16 +484,16 @@ class _Client(asyncio.BufferedProtocol):
 # Plain TCP connections
 
 
-class _PlainTransport(asyncio.Transport):
+class _PlainTransport(transports.Transport):
     """A plain TCP connection, served from the listener's own epoll (`_PlainSockets`): one
-    loop callback takes every client with something to read, where asyncio's transports
-    cost a callback, a read-ready wrapper and a write path of their own per client and
-    wakeup (py-spy, bench/fanin.py: most of the server's Python time). Only what `_Client`
-    uses: write with a bound on unsent output (pause_writing), close (after what is
-    unsent), abort, and connection_lost called soon after, as asyncio calls it."""
+    loop callback takes every client with something to read, where a transport per client
+    costs a callback, a read-ready wrapper and a write path of their own per client and
+    wakeup (py-spy with asyncio's, bench/fanin.py: most of the server's Python time). Only
+    what `_Client` uses: write with a bound on unsent output (pause_writing), close (after what is
+    unsent), abort, and connection_lost called soon after, as StreamTransport calls it."""
 
     def __init__(self, owner: _PlainSockets, sock: socket.socket,
-                 protocol: asyncio.BufferedProtocol) -> None:
+                 protocol: transports.BufferedProtocol) -> None:
         super().__init__({"socket": sock, "peername": sock.getpeername()})
         self._owner = owner
         self._sock: socket.socket | None = sock
@@ -537,7 +536,7 @@ class _PlainTransport(asyncio.Transport):
             self._protocol.eof_received()
             self.close()
 
-    # -- asyncio.Transport --------------------------------------------------------------------
+    # -- transports.Transport --------------------------------------------------------------------
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         sock = self._sock
@@ -637,7 +636,7 @@ class _PlainSockets:
     `after` runs once every ready connection has been read (the batch write and replies
     then go out in the same wakeup, not one loop iteration later)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, after: Callable[[], None]) -> None:
+    def __init__(self, loop: evloop.Loop, after: Callable[[], None]) -> None:
         self.loop = loop
         self._after = after
         self._epoll: select.epoll | None = None
@@ -692,7 +691,7 @@ class RemoteListener:
     daemon can call them at start-up, from a signal handler and from shutdown alike."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, settings: ListenerSettings, sink: RemoteSink
+        self, loop: evloop.Loop, settings: ListenerSettings, sink: RemoteSink
     ) -> None:
         self.loop = loop
         self.settings = settings
@@ -700,12 +699,12 @@ class RemoteListener:
         self.sockets: list[socket.socket] = []
         self.clients: set[_Client] = set()
         self._per_addr: dict[str, int] = {}
-        self._setups: set[asyncio.Task[None]] = set()
+        self._setups: set[evloop.Task[None]] = set()
         self._lines: list[bytes] = []
         self._waiting: list[_Client] = []
-        self._flush_handle: asyncio.Handle | None = None
-        self._sweeper: asyncio.TimerHandle | None = None
-        self._paused_accept: asyncio.TimerHandle | None = None
+        self._flush_handle: evloop.Handle | None = None
+        self._sweeper: evloop.TimerHandle | None = None
+        self._paused_accept: evloop.TimerHandle | None = None
         self._closing: set[_Client] = set()
         self._plain = _PlainSockets(loop, self._flush_now)
         #: no client can have been idle evict_min_idle before this time (see _make_room)
@@ -796,7 +795,7 @@ class RemoteListener:
         """Give closing connections (a TLS close_notify, the last ENDING) a moment."""
         deadline = self.loop.time() + timeout
         while (self._setups or self._closing) and self.loop.time() < deadline:
-            await asyncio.sleep(0.01)
+            await evloop.sleep(0.01)
 
     def lost(self, client: _Client) -> None:
         """The transport of a client we closed is gone too."""
@@ -915,20 +914,19 @@ class RemoteListener:
             if tls is None or client.closed:
                 return
             raw = client.transport
-            assert isinstance(raw, asyncio.WriteTransport)
+            assert isinstance(raw, transports.StreamTransport)
             client.handshaking = True
-            asyncio_tls()
             transport = await self.loop.start_tls(
                 raw, client, tls, server_side=True,
                 ssl_handshake_timeout=self.settings.handshake_timeout,
             )
-        except asyncio.CancelledError:
+        except evloop.CancelledError:
             client.close("connection set-up cancelled")
             raise
         except Exception as exc:  # every handshake failure is the peer's problem
             stage = "TLS handshake" if client.handshaking else "connection set-up"
             client.handshaking = False
-            # ssl is loaded only with TLS configured (system.aio)
+            # ssl is loaded only with TLS configured (system.transports)
             tls_module = sys.modules.get("ssl")
             if isinstance(exc, TimeoutError):
                 why = f"{stage} timed out"
@@ -953,7 +951,7 @@ class RemoteListener:
             self.accepted(client)
         if client.lost_early:
             client.connection_lost(None)
-        elif isinstance(transport, asyncio.ReadTransport) and not transport.is_reading():
+        elif isinstance(transport, transports.Transport) and not transport.is_reading():
             transport.resume_reading()
 
     def accepted(self, client: _Client) -> None:

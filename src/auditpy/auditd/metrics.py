@@ -9,7 +9,6 @@ asked for, from counters the daemon keeps anyway; nothing here asks the kernel.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -17,6 +16,7 @@ from collections.abc import Callable
 
 from auditpy.config.auditd_conf import MetricsAddress
 from auditpy.proto.prometheus import CONTENT_TYPE
+from auditpy.system import evloop, transports
 
 log = logging.getLogger("auditpy")
 
@@ -25,15 +25,15 @@ MAX_CONNECTIONS = 16
 DEADLINE = 5.0
 
 
-class _Scrape(asyncio.Protocol):
+class _Scrape(transports.Protocol):
     def __init__(self, server: MetricsServer) -> None:
         self.server = server
         self.buffer = bytearray()
-        self.transport: asyncio.Transport | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.transport: transports.Transport | None = None
+        self.timer: evloop.TimerHandle | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+    def connection_made(self, transport: transports.Transport) -> None:
+        assert isinstance(transport, transports.Transport)
         self.transport = transport
         if len(self.server.open) >= MAX_CONNECTIONS:
             transport.abort()
@@ -75,14 +75,14 @@ class _Scrape(asyncio.Protocol):
 
 
 class MetricsServer:
-    def __init__(self, loop: asyncio.AbstractEventLoop, address: MetricsAddress, mode: int,
+    def __init__(self, loop: evloop.Loop, address: MetricsAddress, mode: int,
                  render: Callable[[], str]) -> None:
         self.loop = loop
         self.address = address
         self.mode = mode
         self.render = render
         self.open: set[_Scrape] = set()
-        self._server: asyncio.AbstractServer | None = None
+        self._server: transports.Server | None = None
 
     async def start(self) -> None:
         """Raises OSError when the address cannot be used."""

@@ -11,7 +11,6 @@ them registers with the kernel sooner (see the daemon's module).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING
 from auditpy.auditd.counters import Counters, LogCount
 from auditpy.auditd.logfile import LogEvent
 from auditpy.config.auditd_conf import AuditdConfig, changed_keys
+from auditpy.system import evloop
 
 if TYPE_CHECKING:
     from auditpy.auditd.collector import NatsCollector
@@ -52,7 +52,7 @@ class NetworkIntake:
     """The listener and the collector the configuration asks for, and their shared sink."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, counters: Counters, hooks: DaemonHooks
+        self, loop: evloop.Loop, counters: Counters, hooks: DaemonHooks
     ) -> None:
         self._loop = loop
         self._counters = counters

@@ -1,5 +1,5 @@
 """What pyauditd needs before it registers with the kernel, and the registration itself,
-kept apart from the daemon's loop (`auditd.daemon`, which brings in asyncio and the rest).
+kept apart from the daemon's loop (`auditd.daemon`, which brings in the loop and the rest).
 
 While no daemon is registered, the kernel keeps what it audits only when it was booted with
 audit=1 (up to backlog_limit), and drops it otherwise, without counting. A daemon restarted

@@ -1,4 +1,4 @@
-"""A NATS client on asyncio and the standard library, for the JetStream output and collector.
+"""A NATS client on auditpy's own loop, for the JetStream output and the collector.
 
 It is deliberately small: one connection at a time, chosen among the configured servers and
 those the cluster announces (INFO ``connect_urls``); TLS (the server's INFO comes in clear
@@ -15,7 +15,6 @@ again.  A publish while disconnected raises `NotConnected` rather than vanishing
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 import logging
@@ -31,7 +30,7 @@ from auditpy.config.nats_conf import NatsConf, tls_context
 from auditpy.config.tls import client_context
 from auditpy.proto import nats as wire
 from auditpy.proto.nats import Info, Msg, ServerUrl
-from auditpy.system.aio import asyncio_tls
+from auditpy.system import evloop, transports
 
 log = logging.getLogger("auditpy.nats")
 
@@ -92,31 +91,30 @@ def new_token(size: int = 22) -> str:
     return "".join(random.SystemRandom().choice(alphabet) for _ in range(size))
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(transports.Protocol):
     """One socket to one server: parses what it sends, answers its PINGs, and hands every
     message to the subscription it names."""
 
     def __init__(self, client: Client, server: ServerUrl) -> None:
         self.client = client
         self.server = server
-        self.loop = asyncio.get_running_loop()
-        self.transport: asyncio.Transport | None = None
+        self.loop = evloop.running_loop()
+        self.transport: transports.Transport | None = None
         self.parser = wire.Parser()
         self.info: Info | None = None
-        self.info_future: asyncio.Future[Info] = self.loop.create_future()
-        self.pongs: collections.deque[asyncio.Future[None]] = collections.deque()
+        self.info_future: evloop.Future[Info] = self.loop.create_future()
+        self.pongs: collections.deque[evloop.Future[None]] = collections.deque()
         self.closed = False
         self.reason = ""
-        self.lost: asyncio.Future[str] = self.loop.create_future()
+        self.lost: evloop.Future[str] = self.loop.create_future()
         self.pings_out = 0
-        self._ping_timer: asyncio.TimerHandle | None = None
-        self.writable = asyncio.Event()
+        self._ping_timer: evloop.TimerHandle | None = None
+        self.writable = evloop.Event()
         self.writable.set()
 
-    # asyncio.Protocol ------------------------------------------------------------------
+    # transports.Protocol ------------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+    def connection_made(self, transport: transports.Transport) -> None:
         self.transport = transport
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
 
@@ -198,8 +196,8 @@ class _Connection(asyncio.Protocol):
             raise NotConnected(self.reason or "not connected")
         self.transport.write(data)
 
-    def ping(self) -> asyncio.Future[None]:
-        future: asyncio.Future[None] = self.loop.create_future()
+    def ping(self) -> evloop.Future[None]:
+        future: evloop.Future[None] = self.loop.create_future()
         self.write(wire.PING_OP)
         self.pongs.append(future)
         return future
@@ -255,13 +253,13 @@ class Client:
         self._servers: list[ServerUrl] = list(options.servers)
         self._next = random.randrange(len(self._servers))
         self._conn: _Connection | None = None
-        self._last_lost: asyncio.Future[str] | None = None
+        self._last_lost: evloop.Future[str] | None = None
         self._subs: dict[int, Callable[[Msg], None]] = {}
         self._sub_subjects: dict[int, str] = {}
         self._sid = 0
         self._inbox_prefix = f"_INBOX.{new_token()}."
         self._inbox_sid: int | None = None
-        self._requests: dict[str, asyncio.Future[Msg]] = {}
+        self._requests: dict[str, evloop.Future[Msg]] = {}
         self._request_seq = 0
         self.connects = 0
 
@@ -280,7 +278,7 @@ class Client:
         return self._conn.info if self._conn is not None else None
 
     @property
-    def lost(self) -> asyncio.Future[str]:
+    def lost(self) -> evloop.Future[str]:
         """Resolves (to the reason) when the last connection made ends (at once if it has
         ended already, even before the caller looked)."""
         if self._last_lost is None:
@@ -319,7 +317,7 @@ class Client:
             server = self._servers[self._next % len(self._servers)]
             self._next = (self._next + 1) % len(self._servers)
             try:
-                await asyncio.wait_for(self._open(server), self.options.connect_timeout)
+                await evloop.wait_for(self._open(server), self.options.connect_timeout)
             except TimeoutError:
                 failures.append(f"{server}: timed out after {self.options.connect_timeout:g} s")
             except (OSError, NatsError) as exc:
@@ -330,7 +328,7 @@ class Client:
         raise ConnectError("; ".join(failures) or "no server to try")
 
     async def _open(self, server: ServerUrl) -> None:
-        loop = asyncio.get_running_loop()
+        loop = evloop.running_loop()
         options = self.options
         conn = _Connection(self, server)
         transport, _ = await loop.create_connection(lambda: conn, server.host, server.port)
@@ -342,7 +340,6 @@ class Client:
                         or server.tls):
                     raise ConnectError("the server does not offer TLS")
                 context = options.tls or ssl.create_default_context()
-                asyncio_tls()
                 tls_transport = await loop.start_tls(
                     transport, conn, context,
                     server_hostname=options.tls_server_name or server.host,
@@ -415,7 +412,7 @@ class Client:
         if conn is None:
             return
         with contextlib.suppress(TimeoutError, NatsError):
-            await asyncio.wait_for(conn.ping(), timeout)
+            await evloop.wait_for(conn.ping(), timeout)
         conn.close("closed by us", abort=False)
         transport = conn.transport
         if transport is not None:
@@ -468,7 +465,7 @@ class Client:
         """A subject of our own (not under the request inbox) for replies to route."""
         return f"_INBOX.{new_token()}"
 
-    def request_subject(self, future: asyncio.Future[Msg]) -> str:
+    def request_subject(self, future: evloop.Future[Msg]) -> str:
         """A reply subject whose message resolves `future` (the caller publishes)."""
         if self._inbox_sid is None:
             self._inbox_sid = self.subscribe(self._inbox_prefix + "*", self._on_reply)
@@ -492,11 +489,11 @@ class Client:
     ) -> Msg:
         """Publish with a reply subject and wait for the one reply; raises RequestTimeout or
         NotConnected.  A 503 status (nobody listens on `subject`) raises NatsError."""
-        future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+        future: evloop.Future[Msg] = evloop.running_loop().create_future()
         reply = self.request_subject(future)
         try:
             self.publish(subject, payload, reply, headers)
-            msg = await asyncio.wait_for(future, timeout)
+            msg = await evloop.wait_for(future, timeout)
         except TimeoutError:
             raise RequestTimeout(f"no reply on {subject} within {timeout:g} s") from None
         finally:
@@ -507,7 +504,7 @@ class Client:
                 raise NatsError(f"no responders on {subject}")
         return msg
 
-    def ping(self) -> asyncio.Future[None]:
+    def ping(self) -> evloop.Future[None]:
         """A PING now; the future resolves at its PONG, when the server has read everything
         written before it (fails with NotConnected if the connection ends first)."""
         return self._live().ping()
@@ -515,7 +512,7 @@ class Client:
     async def flush(self, timeout: float = 5.0) -> None:
         """Wait until the server has read everything written so far (a PING round trip)."""
         try:
-            await asyncio.wait_for(self._live().ping(), timeout)
+            await evloop.wait_for(self._live().ping(), timeout)
         except TimeoutError:
             raise RequestTimeout(f"no PONG within {timeout:g} s") from None
 
@@ -558,7 +555,7 @@ class Stop:
     ends the waits of its reconnect loop at once, so a stop never waits out a back-off."""
 
     def __init__(self) -> None:
-        self._event = asyncio.Event()
+        self._event = evloop.Event()
 
     def set(self) -> None:
         self._event.set()
@@ -569,14 +566,14 @@ class Stop:
     async def sleep(self, delay: float) -> None:
         """Until `delay` has passed or the stop came."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._event.wait(), delay)
+            await evloop.wait_for(self._event.wait(), delay)
 
-    async def until_lost(self, lost: asyncio.Future[str]) -> str | None:
+    async def until_lost(self, lost: evloop.Future[str]) -> str | None:
         """Until the connection is lost (its reason) or the stop came (None)."""
-        stop = asyncio.ensure_future(self._event.wait())
-        waiters: list[asyncio.Future[Any]] = [lost, stop]
+        stop = evloop.ensure_future(self._event.wait())
+        waiters: list[evloop.Future[Any]] = [lost, stop]
         try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            await evloop.wait(waiters, return_when=evloop.FIRST_COMPLETED)
         finally:
             stop.cancel()
         return lost.result() if lost.done() else None

@@ -3,7 +3,6 @@ subject.  Each function is one request with a JSON reply (`auditpy.proto.jetstre
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import json
@@ -12,6 +11,7 @@ from auditpy.nats.client import Client
 from auditpy.proto import jetstream as js
 from auditpy.proto.jetstream import JetStreamError
 from auditpy.proto.nats import Msg, decode_headers
+from auditpy.system import evloop
 
 
 async def api(
@@ -94,10 +94,10 @@ async def fetch(
 ) -> list[Msg]:
     """One pull request: up to `batch` messages, fewer if the consumer has no more before
     `expires` seconds (for tools and tests; the collector keeps requests outstanding)."""
-    loop = asyncio.get_running_loop()
+    loop = evloop.running_loop()
     inbox = client.new_inbox()
     messages: list[Msg] = []
-    done: asyncio.Future[None] = loop.create_future()
+    done: evloop.Future[None] = loop.create_future()
 
     def got(msg: Msg) -> None:
         if msg.headers is not None and not msg.payload and msg.reply is None:
@@ -115,7 +115,7 @@ async def fetch(
         client.publish(f"{js.API_PREFIX}.CONSUMER.MSG.NEXT.{stream}.{consumer}",
                        json.dumps(request).encode(), inbox)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(done, expires + 5.0)
+            await evloop.wait_for(done, expires + 5.0)
     finally:
         client.unsubscribe(sid)
     return messages

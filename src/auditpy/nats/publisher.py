@@ -34,7 +34,6 @@ plugin program (in its main loop); both hand records to `Publisher.submit` and r
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 import dataclasses
@@ -51,6 +50,7 @@ from auditpy.nats.client import Client, ConnectError, NatsError, Stop, boot_id, 
 from auditpy.proto import jetstream as js
 from auditpy.proto import nats as wire
 from auditpy.proto.nats import Msg
+from auditpy.system import evloop
 from auditpy.system.spool import DiskQueue, MemoryQueue, QueueError, RecordQueue
 
 Log = Callable[[int, str], None]
@@ -211,23 +211,23 @@ class Publisher:
         self.queue: RecordQueue = MemoryQueue()
         self.client = Client(options_for(conf, program))
         self._cursor_fd = -1
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop: evloop.Loop | None = None
         #: queue index i <-> inflight[i]: (token, time sent)
         self._inflight: collections.deque[tuple[int, float]] = collections.deque()
         #: acknowledged tokens that arrived before an older one's
         self._early: set[int] = set()
         #: records acknowledged in order, not yet removed from the queue (see _settle)
         self._acked = 0
-        self._settle_handle: asyncio.Handle | None = None
+        self._settle_handle: evloop.Handle | None = None
         self._token = 0
         self._inbox = b""
         self._inbox_sid: int | None = None
         self._paused_until = 0.0
         self._retry = RETRY[0]
         self._failures_in_row = 0
-        self._resume: asyncio.TimerHandle | None = None
-        self._watchdog: asyncio.TimerHandle | None = None
-        self._sync_timer: asyncio.TimerHandle | None = None
+        self._resume: evloop.TimerHandle | None = None
+        self._watchdog: evloop.TimerHandle | None = None
+        self._sync_timer: evloop.TimerHandle | None = None
         self._in_doubt = False
         #: an acknowledgement overtook an older record still queued: the head check is off
         self._gap_suspected = False
@@ -237,7 +237,7 @@ class Publisher:
         #: the head check runs: nothing may be sent meanwhile
         self._checking = False
         self._stop = Stop()
-        self._space = asyncio.Event()
+        self._space = evloop.Event()
         self._limited: dict[str, float] = {}
         self._overflow_pending = 0
         self._overflow_reported = -1e9
@@ -639,7 +639,7 @@ class Publisher:
     async def run(self) -> None:
         """Connect, send, reconnect, until `stop`.  An unexpected error costs a reconnect,
         never the publisher."""
-        self._loop = asyncio.get_running_loop()
+        self._loop = evloop.running_loop()
         self._attach(self.client)
         while not self._stop.is_set():
             try:
@@ -686,7 +686,7 @@ class Publisher:
         while len(self.queue) and time.monotonic() < deadline:
             self._space.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._space.wait(), min(0.2, deadline - time.monotonic()))
+                await evloop.wait_for(self._space.wait(), min(0.2, deadline - time.monotonic()))
         return not len(self.queue)
 
     async def stop(self) -> None:

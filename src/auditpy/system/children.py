@@ -12,13 +12,12 @@ pidfds only:
   recycled pid) and what is waited on (``waitid(P_PIDFD)`` reaps that child and no other);
 * nothing in the package ever waits for "any child", so no owner's child can be stolen.
 
-`ChildHandle.attach` hands the pidfd to an asyncio loop, so a long-lived process (the
+`ChildHandle.attach` hands the pidfd to the event loop, so a long-lived process (the
 dispatcher) learns about an exit the moment it happens, without SIGCHLD.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import select
@@ -26,6 +25,8 @@ import signal
 import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
+
+from auditpy.system import evloop
 
 #: The program every auditpy process runs to change the runlevel (the SINGLE and HALT actions).
 INIT_PATH = "/sbin/init"
@@ -40,7 +41,7 @@ class ChildHandle:
 
     Register it with `attach(loop, on_exit)`: the pidfd becomes readable when the child
     exits, the callback reaps it with waitid(P_PIDFD) once, unregisters the reader before
-    the pidfd is closed (so asyncio never holds a stale fd number), then calls on_exit.
+    the pidfd is closed (so the loop never holds a stale fd number), then calls on_exit.
     `wait()` and `terminate()` are the blocking equivalents for shutdown paths and tests.
     """
 
@@ -52,7 +53,7 @@ class ChildHandle:
         self._pidfd = pidfd
         self._reaped = False
         self._status: int | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop: evloop.Loop | None = None
 
     def __repr__(self) -> str:
         state = f"status={self._status}" if self._reaped else "running"
@@ -94,7 +95,7 @@ class ChildHandle:
 
     def attach(
         self,
-        loop: asyncio.AbstractEventLoop,
+        loop: evloop.Loop,
         on_exit: Callable[[ChildHandle], None] | None = None,
     ) -> None:
         """Watch the pidfd from `loop`; `on_exit` runs once, after the child is reaped."""

@@ -1,4 +1,4 @@
-"""A child process fed through a socketpair on its stdin, from an asyncio loop.
+"""A child process fed through a socketpair on its stdin, from the event loop.
 
 pyauditd feeds its dispatcher this way, and pyaudispd each plugin program. Both must never
 wait for the child: a reader that stops (descheduled, stuck, dying) may cost only its own
@@ -23,13 +23,13 @@ loop is slowed and stopped, a plugin that crashes once a day is never locked out
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import math
 import socket
 import time
 from collections.abc import Callable, Sequence
 
+from auditpy.system import evloop
 from auditpy.system.children import ChildHandle, stdin_pair
 
 #: 2**this times the initial delay is far beyond any maximum; it keeps the power finite.
@@ -88,7 +88,7 @@ class FedChild:
 
     def __init__(
         self,
-        loop: asyncio.AbstractEventLoop,
+        loop: evloop.Loop,
         child: ChildHandle,
         sock: socket.socket,
         *,
@@ -125,7 +125,7 @@ class FedChild:
     @classmethod
     def start(
         cls,
-        loop: asyncio.AbstractEventLoop,
+        loop: evloop.Loop,
         spawn: Callable[[int], ChildHandle],
         send_buffer: int,
         *,

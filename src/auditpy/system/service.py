@@ -4,8 +4,9 @@ Signals are the part that must never go wrong. An audit daemon is signalled by o
 init systems and scripts, sometimes thousands of times in a burst, and must neither die of a
 signal that arrives before it is ready, nor lose a SIGTERM among a storm of SIGHUPs, nor hang.
 Python's own signal handling cannot promise that: its C-level handler writes one byte per
-signal to asyncio's wake-up socket, which fills after a few hundred signals (the byte is then
-dropped, with a traceback on stderr), and the handler can block on a lock it already holds.
+signal to the event loop's wake-up socket (asyncio's loop did), which fills after a few hundred
+signals (the byte is then dropped, with a traceback on stderr), and the handler can block on a
+lock it already holds.
 
 So the signals a program handles are blocked in every thread from the first instruction of its
 `main` (`hold_signals`) and never delivered to a handler at all: the event loop reads them
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import asyncio
+    from auditpy.system import evloop
 
 
 #: What a handler learns about a signal: its number and who sent it (0 when unknown).
@@ -83,7 +84,7 @@ class SignalReader:
 
     def __init__(
         self,
-        loop: asyncio.AbstractEventLoop,
+        loop: evloop.Loop,
         signums: Iterable[int],
         handler: SignalHandler,
         *,

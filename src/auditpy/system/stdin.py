@@ -11,21 +11,22 @@ overflow the queue.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import select
 import stat
 
+from auditpy.system import evloop
+
 
 class StdinReader:
     """Chunks of a file descriptor for the loop that owns it; `close` when done."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, chunk: int) -> None:
+    def __init__(self, loop: evloop.Loop, fd: int, chunk: int) -> None:
         self._loop = loop
         self.fd = fd
         self._chunk = chunk
-        self._readable = asyncio.Event()
+        self._readable = evloop.Event()
         self._poller = select.poll()
         try:
             self.pollable = not stat.S_ISREG(os.fstat(fd).st_mode)

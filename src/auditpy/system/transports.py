@@ -1,4 +1,4 @@
-"""Stream connections on auditpy's own loop (system.loop): TCP and Unix sockets, plain or
+"""Stream connections on auditpy's own loop (system.evloop): TCP and Unix sockets, plain or
 TLS, servers and clients, with asyncio's protocol interface.
 
 A protocol gets `connection_made(transport)`, then `data_received(data)` (or, for a
@@ -22,7 +22,7 @@ import logging
 import os
 import socket
 
-from auditpy.system.loop import Future, Loop, TimerHandle, Worker, wait_for
+from auditpy.system.evloop import Future, Loop, TimerHandle, Worker, wait_for
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ _HIGH = 64 * 1024
 class BaseProtocol:
     """What every protocol hears from its transport."""
 
-    def connection_made(self, transport: StreamTransport) -> None:
+    def connection_made(self, transport: Transport) -> None:
         pass
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -77,13 +77,51 @@ class BufferedProtocol(BaseProtocol):
         pass
 
 
+class Transport:
+    """What a protocol may ask of its transport: asyncio's transport interface, as far as
+    auditpy's protocols use it (StreamTransport and the listener's own plain transport)."""
+
+    def __init__(self, extra: dict[str, Any] | None = None) -> None:
+        self._extra: dict[str, Any] = dict(extra) if extra else {}
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._extra.get(name, default)
+
+    def is_closing(self) -> bool:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        raise NotImplementedError
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        raise NotImplementedError
+
+    def get_write_buffer_size(self) -> int:
+        raise NotImplementedError
+
+    def is_reading(self) -> bool:
+        raise NotImplementedError
+
+    def pause_reading(self) -> None:
+        raise NotImplementedError
+
+    def resume_reading(self) -> None:
+        raise NotImplementedError
+
+
 def _tls_errors() -> tuple[type[BaseException], type[BaseException]]:
     import ssl
 
     return ssl.SSLWantReadError, ssl.SSLWantWriteError
 
 
-class StreamTransport:
+class StreamTransport(Transport):
     """One connected stream socket (or SSLSocket) driven by the loop."""
 
     def __init__(self, loop: Loop, sock: socket.socket, protocol: BaseProtocol,
@@ -100,14 +138,17 @@ class StreamTransport:
         self._high = _HIGH
         self._low = _HIGH // 4
         self._paused_protocol = False
+        #: the loop watches the socket for input (not before `_start` has run)
         self._reading = False
+        #: the protocol paused reading (possibly before `_start` ran: in connection_made)
+        self._paused = False
         self._closing = False
         #: TLS only, a renegotiation: a send waits for the socket to be readable, or a
         #: read for it to be writable
         self._send_wants_read = False
         self._read_wants_write = False
         sock.setblocking(False)
-        self._extra: dict[str, Any] = {"socket": sock}
+        super().__init__({"socket": sock})
         with contextlib.suppress(OSError):
             self._extra["peername"] = sock.getpeername()
         with contextlib.suppress(OSError):
@@ -129,16 +170,13 @@ class StreamTransport:
         self._loop.call_soon(self._begin_reading, waiter)
 
     def _begin_reading(self, waiter: Future[None] | None) -> None:
-        if self._sock is not None and not self._closing:
+        if self._sock is not None and not self._closing and not self._paused:
             self._reading = True
             self._loop.add_reader(self._fd, self._on_readable)
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
     # -- asyncio's transport interface
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self._extra.get(name, default)
 
     def get_protocol(self) -> BaseProtocol:
         return self._protocol
@@ -151,15 +189,17 @@ class StreamTransport:
         return self._closing or self._sock is None
 
     def is_reading(self) -> bool:
-        return self._reading and not self._closing
+        return not self._paused and not self._closing and self._sock is not None
 
     def pause_reading(self) -> None:
+        self._paused = True
         if self._reading and self._sock is not None:
             self._reading = False
             self._loop.remove_reader(self._fd)
 
     def resume_reading(self) -> None:
-        if not self._reading and not self._closing and self._sock is not None:
+        was_paused, self._paused = self._paused, False
+        if was_paused and not self._reading and not self._closing and self._sock is not None:
             self._reading = True
             self._loop.add_reader(self._fd, self._on_readable)
             if self._tls and self._sock.pending():  # type: ignore[attr-defined]
@@ -434,6 +474,12 @@ def _resolver_worker() -> Worker:
 async def getaddrinfo(loop: Loop, host: str | None, port: int | str | None, *,
                       family: int = 0, type: int = 0, proto: int = 0, flags: int = 0
                       ) -> list[tuple[Any, ...]]:
+    """socket.getaddrinfo off the loop; an address literal (no DNS) is resolved at once."""
+    try:
+        return socket.getaddrinfo(host, port, family, type, proto,
+                                  flags | socket.AI_NUMERICHOST | socket.AI_NUMERICSERV)
+    except (socket.gaierror, UnicodeError):
+        pass
     return await loop.run_in_executor(_resolver_worker(), socket.getaddrinfo, host, port,
                                       family, type, proto, flags)
 
@@ -465,10 +511,14 @@ def _release(waiter: Future[None]) -> None:
 
 async def create_connection(loop: Loop, factory: Callable[[], BaseProtocol],
                             host: str | None = None, port: int | None = None, *,
-                            sock: socket.socket | None = None
+                            sock: socket.socket | None = None,
+                            ssl: ssl.SSLContext | None = None,
+                            server_hostname: str | None = None,
+                            ssl_handshake_timeout: float | None = None
                             ) -> tuple[StreamTransport, BaseProtocol]:
     """Connect to `host`:`port` (each address it resolves to in turn) or take the
-    connected `sock`; the protocol has had connection_made when this returns."""
+    connected `sock`, with TLS over it when given an `ssl` context; the protocol has had
+    connection_made (with the TLS transport) when this returns."""
     if sock is None:
         infos = await getaddrinfo(loop, host, port, type=socket.SOCK_STREAM)
         if not infos:
@@ -492,8 +542,14 @@ async def create_connection(loop: Loop, factory: Callable[[], BaseProtocol],
                 raise errors[0]
             raise OSError("Multiple exceptions: " + ", ".join(str(e) for e in errors))
     _set_nodelay(sock)
+    tls = False
+    if ssl is not None:
+        sock = await _tls_over(loop, sock, ssl, server_side=False,
+                               server_hostname=server_hostname or host,
+                               timeout=ssl_handshake_timeout)
+        tls = True
     protocol = factory()
-    transport = StreamTransport(loop, sock, protocol)
+    transport = StreamTransport(loop, sock, protocol, tls=tls)
     waiter: Future[None] = loop.create_future()
     transport._start(waiter)
     try:
@@ -518,7 +574,20 @@ async def start_tls(loop: Loop, transport: StreamTransport, protocol: BaseProtoc
     protocol (which gets no second connection_made). `transport` is done with either
     way; a failed or timed out handshake closes the connection and raises."""
     transport.pause_reading()
-    sock = transport._detach()
+    tls_sock = await _tls_over(loop, transport._detach(), context, server_side=server_side,
+                               server_hostname=server_hostname,
+                               timeout=ssl_handshake_timeout)
+    tls = StreamTransport(loop, tls_sock, protocol, tls=True)
+    tls._start(made=False)
+    if tls_sock.pending():
+        loop.call_soon(tls._on_readable)
+    return tls
+
+
+async def _tls_over(loop: Loop, sock: socket.socket, context: ssl.SSLContext, *,
+                    server_side: bool, server_hostname: str | None, timeout: float | None
+                    ) -> ssl.SSLSocket:
+    """`sock` wrapped and its handshake done within `timeout`; closed if that fails."""
     try:
         tls_sock = context.wrap_socket(sock, server_side=server_side,
                                        server_hostname=server_hostname,
@@ -527,15 +596,11 @@ async def start_tls(loop: Loop, transport: StreamTransport, protocol: BaseProtoc
         sock.close()
         raise
     try:
-        await wait_for(_handshake(loop, tls_sock), ssl_handshake_timeout)
+        await wait_for(_handshake(loop, tls_sock), timeout)
     except BaseException:
         tls_sock.close()
         raise
-    tls = StreamTransport(loop, tls_sock, protocol, tls=True)
-    tls._start(made=False)
-    if tls_sock.pending():
-        loop.call_soon(tls._on_readable)
-    return tls
+    return tls_sock
 
 
 async def _handshake(loop: Loop, sock: ssl.SSLSocket) -> None:

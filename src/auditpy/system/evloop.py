@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     import socket
     import ssl
     from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
-    from typing import Any, Generic, TypeVar
+    from typing import Any, Generic, Self, TypeVar
 
     from auditpy.system.transports import BaseProtocol, Server, StreamTransport
 
@@ -212,7 +212,7 @@ class Future(_Generic[T]):
 
     def __init__(self, loop: Loop | None = None) -> None:
         self._loop = loop if loop is not None else running_loop()
-        self._callbacks: list[Callable[[Future[T]], object]] = []
+        self._callbacks: list[Callable[[Any], object]] = []
 
     def get_loop(self) -> Loop:
         return self._loop
@@ -267,13 +267,13 @@ class Future(_Generic[T]):
         self._schedule_callbacks()
         return True
 
-    def add_done_callback(self, fn: Callable[[Future[T]], object]) -> None:
+    def add_done_callback(self, fn: Callable[[Self], object]) -> None:
         if self._state != "PENDING":
             self._loop.call_soon(fn, self)
         else:
             self._callbacks.append(fn)
 
-    def remove_done_callback(self, fn: Callable[[Future[T]], object]) -> int:
+    def remove_done_callback(self, fn: Callable[[Self], object]) -> int:
         kept = [cb for cb in self._callbacks if cb != fn]
         removed = len(self._callbacks) - len(kept)
         self._callbacks[:] = kept
@@ -429,6 +429,7 @@ class Loop:
         self._closed = False
         self._thread: int | None = None
         self._tasks: set[Task[Any]] = set()
+        self._exception_handler: Callable[[Loop, dict[str, Any]], object] | None = None
 
     # -- the clock and scheduling
 
@@ -475,11 +476,16 @@ class Loop:
 
     async def create_connection(self, factory: Callable[[], BaseProtocol],
                                 host: str | None = None, port: int | None = None, *,
-                                sock: socket.socket | None = None
+                                sock: socket.socket | None = None,
+                                ssl: ssl.SSLContext | None = None,
+                                server_hostname: str | None = None,
+                                ssl_handshake_timeout: float | None = None
                                 ) -> tuple[StreamTransport, BaseProtocol]:
         from auditpy.system import transports
 
-        return await transports.create_connection(self, factory, host, port, sock=sock)
+        return await transports.create_connection(
+            self, factory, host, port, sock=sock, ssl=ssl, server_hostname=server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout)
 
     async def connect_accepted_socket(self, factory: Callable[[], BaseProtocol],
                                       sock: socket.socket
@@ -677,7 +683,19 @@ class Loop:
     def all_tasks(self) -> set[Task[Any]]:
         return {task for task in self._tasks if not task.done()}
 
+    def set_exception_handler(
+            self, handler: Callable[[Loop, dict[str, Any]], object] | None) -> None:
+        """Who hears of an error no caller can: a failed callback, a task's unretrieved
+        error (None: the log)."""
+        self._exception_handler = handler
+
     def call_exception_handler(self, context: dict[str, Any]) -> None:
+        if self._exception_handler is not None:
+            try:
+                self._exception_handler(self, context)
+                return
+            except Exception:  # the handler's own failure goes to the log, with the error
+                log.exception("the loop's exception handler failed")
         exc = context.get("exception")
         log.error("%s", context.get("message", "unhandled error in the event loop"),
                   exc_info=exc if isinstance(exc, BaseException) else None)
@@ -694,15 +712,22 @@ class Worker:
                                              tuple[Any, ...]] | None] = collections.deque()
         self._ready = threading.Condition(threading.Lock())
         self._thread: threading.Thread | None = None
+        self._pid = 0
         self._closed = False
 
     def submit(self, loop: Loop, future: Future[T], fn: Callable[..., T],
                args: tuple[Any, ...]) -> None:
+        if self._thread is not None and self._pid != os.getpid():
+            # a forked child: the thread stayed in the parent, and so may the lock
+            self._ready = threading.Condition(threading.Lock())
+            self._calls.clear()
+            self._thread = None
         with self._ready:
             if self._closed:
                 raise RuntimeError(f"worker {self._name} is shut down")
             self._calls.append((loop, future, fn, args))
             if self._thread is None:
+                self._pid = os.getpid()
                 self._thread = threading.Thread(target=self._run, name=self._name,
                                                 daemon=True)
                 self._thread.start()
@@ -724,11 +749,18 @@ class Worker:
             else:
                 loop.call_soon_threadsafe(_settle, future, result, None)
 
-    def shutdown(self, wait: bool = True) -> None:
+    def shutdown(self, wait: bool = True, *, cancel_pending: bool = False) -> None:
+        """No more calls; the thread ends after the one it runs (and, unless
+        `cancel_pending`, after those waiting: their futures are cancelled otherwise)."""
         with self._ready:
             if self._closed:
                 return
             self._closed = True
+            if cancel_pending:
+                for call in self._calls:
+                    if call is not None and not call[0].is_closed():
+                        call[0].call_soon_threadsafe(call[1].cancel)
+                self._calls.clear()
             self._calls.append(None)
             self._ready.notify()
             thread = self._thread
@@ -764,6 +796,11 @@ def ensure_future(awaitable: Awaitable[T], *, loop: Loop | None = None) -> Futur
         return await awaitable
 
     return loop.create_task(wrap())
+
+
+def create_task(coro: Coroutine[Any, Any, T], *, name: str | None = None) -> Task[T]:
+    """A task on the running loop."""
+    return running_loop().create_task(coro, name=name)
 
 
 class _Yield:
@@ -865,7 +902,9 @@ def gather(*awaitables: Awaitable[Any], return_exceptions: bool = False
            ) -> Future[list[Any]]:
     """A future of all their results in order; the first error is its error (or, with
     `return_exceptions`, each error is its place's result). Cancelling it cancels them."""
-    loop = running_loop()
+    # the loop of the first future given (gather may be called before the loop runs)
+    loop = next((a.get_loop() for a in awaitables if isinstance(a, Future)), None)
+    loop = loop if loop is not None else running_loop()
     children = [ensure_future(a, loop=loop) for a in awaitables]
     outer: Future[list[Any]] = loop.create_future()
     if not children:

@@ -1,4 +1,4 @@
-"""auditpy's own event loop (system.loop): the timer heap as a pure structure, the loop's
+"""auditpy's own event loop (system.evloop): the timer heap as a pure structure, the loop's
 file descriptors, threads and tasks, the coroutine helpers, and the same schedule as asyncio's
 for the same program (the property the move from asyncio rests on)."""
 
@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from auditpy.system import loop as aloop
+from auditpy.system import evloop
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -28,7 +28,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 def run(main: Callable[[], Awaitable[Any]]) -> Any:
     async def wrapper() -> Any:
         return await main()
-    return aloop.run(wrapper())
+    return evloop.run(wrapper())
 
 
 # -- the timer heap
@@ -38,8 +38,8 @@ def run(main: Callable[[], Awaitable[Any]]) -> Any:
        st.integers(0, 25))
 def test_timers_come_due_in_deadline_then_schedule_order(
         plan: list[tuple[int, bool]], now: int) -> None:
-    timers = aloop.Timers()
-    loop = aloop.Loop()
+    timers = evloop.Timers()
+    loop = evloop.Loop()
     try:
         handles = [timers.add(loop, when, print, ()) for when, _ in plan]
         for handle, (_when, cancel) in zip(handles, plan, strict=True):
@@ -59,8 +59,8 @@ def test_timers_come_due_in_deadline_then_schedule_order(
 
 
 def test_many_cancelled_timers_are_dropped_at_once() -> None:
-    timers = aloop.Timers()
-    loop = aloop.Loop()
+    timers = evloop.Timers()
+    loop = evloop.Loop()
     try:
         handles = [timers.add(loop, float(i), print, ()) for i in range(400)]
         for handle in handles[1:300]:
@@ -76,7 +76,7 @@ def test_many_cancelled_timers_are_dropped_at_once() -> None:
 
 
 def test_callbacks_run_in_order_and_new_ones_wait_for_the_next_round() -> None:
-    loop = aloop.Loop()
+    loop = evloop.Loop()
     seen: list[object] = []
 
     def first() -> None:
@@ -100,7 +100,7 @@ def test_callbacks_run_in_order_and_new_ones_wait_for_the_next_round() -> None:
 
 
 def test_timers_fire_in_order_after_their_delay() -> None:
-    loop = aloop.Loop()
+    loop = evloop.Loop()
     seen: list[str] = []
     start = loop.time()
     b = loop.call_later(0.03, seen.append, "b")
@@ -115,7 +115,7 @@ def test_timers_fire_in_order_after_their_delay() -> None:
 
 
 def test_readers_and_writers_on_a_socketpair() -> None:
-    loop = aloop.Loop()
+    loop = evloop.Loop()
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
     got: list[bytes] = []
@@ -143,7 +143,7 @@ def test_readers_and_writers_on_a_socketpair() -> None:
 
 
 def test_a_closed_fd_whose_number_is_reused_can_be_watched_again() -> None:
-    loop = aloop.Loop()
+    loop = evloop.Loop()
     a, b = socket.socketpair()
     loop.add_reader(a, print)
     loop.add_writer(a, print)
@@ -166,7 +166,7 @@ def test_a_closed_fd_whose_number_is_reused_can_be_watched_again() -> None:
 
 
 def test_call_soon_threadsafe_wakes_a_waiting_loop() -> None:
-    loop = aloop.Loop()
+    loop = evloop.Loop()
     seen: list[str] = []
 
     def from_thread() -> None:
@@ -185,7 +185,7 @@ def test_call_soon_threadsafe_wakes_a_waiting_loop() -> None:
 
 def test_a_failing_callback_is_logged_and_the_loop_goes_on(
         caplog: pytest.LogCaptureFixture) -> None:
-    loop = aloop.Loop()
+    loop = evloop.Loop()
     seen: list[str] = []
 
     def fails() -> None:
@@ -202,17 +202,17 @@ def test_a_failing_callback_is_logged_and_the_loop_goes_on(
 
 
 def test_only_one_loop_runs_in_a_thread_and_it_is_the_running_one() -> None:
-    outer = aloop.Loop()
-    inner = aloop.Loop()
+    outer = evloop.Loop()
+    inner = evloop.Loop()
 
     async def main() -> None:
-        assert aloop.running_loop() is outer
+        assert evloop.running_loop() is outer
         with pytest.raises(RuntimeError):
             inner.run_forever()
 
     outer.run_until_complete(main())
     with pytest.raises(RuntimeError):
-        aloop.running_loop()
+        evloop.running_loop()
     outer.close()
     inner.close()
 
@@ -222,8 +222,8 @@ def test_only_one_loop_runs_in_a_thread_and_it_is_the_running_one() -> None:
 
 def test_a_task_runs_its_coroutine_to_its_result() -> None:
     async def main() -> int:
-        loop = aloop.running_loop()
-        future: aloop.Future[int] = loop.create_future()
+        loop = evloop.running_loop()
+        future: evloop.Future[int] = loop.create_future()
         loop.call_later(0.01, future.set_result, 41)
         return await future + 1
 
@@ -232,12 +232,12 @@ def test_a_task_runs_its_coroutine_to_its_result() -> None:
 
 def test_an_error_reaches_the_awaiting_task() -> None:
     async def fails() -> None:
-        await aloop.sleep(0)
+        await evloop.sleep(0)
         raise KeyError("inner")
 
     async def main() -> str:
         try:
-            await aloop.running_loop().create_task(fails())
+            await evloop.running_loop().create_task(fails())
         except KeyError as exc:
             return str(exc)
         return "no error"
@@ -248,26 +248,26 @@ def test_an_error_reaches_the_awaiting_task() -> None:
 def test_cancelling_a_task_throws_into_what_it_awaits_and_it_may_go_on() -> None:
     async def stubborn(log: list[str]) -> str:
         try:
-            await aloop.sleep(10)
-        except aloop.CancelledError:
+            await evloop.sleep(10)
+        except evloop.CancelledError:
             log.append("cancelled")
-        await aloop.sleep(0)
+        await evloop.sleep(0)
         return "went on"
 
     async def plain() -> None:
-        await aloop.sleep(10)
+        await evloop.sleep(10)
 
     async def main() -> tuple[str, bool, bool]:
-        loop = aloop.running_loop()
+        loop = evloop.running_loop()
         log: list[str] = []
         task = loop.create_task(stubborn(log))
         other = loop.create_task(plain())
         never_started = loop.create_task(plain())
         never_started.cancel()
-        await aloop.sleep(0)
+        await evloop.sleep(0)
         assert task.cancel() and other.cancel()
         result = await task
-        with pytest.raises(aloop.CancelledError):
+        with pytest.raises(evloop.CancelledError):
             await other
         assert log == ["cancelled"] and not task.cancel()
         return result, other.cancelled(), never_started.cancelled()
@@ -276,12 +276,12 @@ def test_cancelling_a_task_throws_into_what_it_awaits_and_it_may_go_on() -> None
 
 
 def test_a_future_set_twice_or_read_too_early_is_an_error() -> None:
-    loop = aloop.Loop()
+    loop = evloop.Loop()
     future = loop.create_future()
-    with pytest.raises(aloop.InvalidStateError):
+    with pytest.raises(evloop.InvalidStateError):
         future.result()
     future.set_result(1)
-    with pytest.raises(aloop.InvalidStateError):
+    with pytest.raises(evloop.InvalidStateError):
         future.set_result(2)
     assert not future.cancel() and future.result() == 1
     loop.close()
@@ -289,26 +289,26 @@ def test_a_future_set_twice_or_read_too_early_is_an_error() -> None:
 
 def test_wait_for_times_out_and_cancels_what_it_waited_for() -> None:
     async def main() -> None:
-        loop = aloop.running_loop()
-        slow = loop.create_task(aloop.sleep(10))
+        loop = evloop.running_loop()
+        slow = loop.create_task(evloop.sleep(10))
         start = loop.time()
         with pytest.raises(TimeoutError):
-            await aloop.wait_for(slow, 0.02)
+            await evloop.wait_for(slow, 0.02)
         assert slow.cancelled() and loop.time() - start < 5
-        assert await aloop.wait_for(aloop.sleep(0, "quick"), 5) == "quick"
-        assert await aloop.wait_for(aloop.sleep(0, "no timeout"), None) == "no timeout"
+        assert await evloop.wait_for(evloop.sleep(0, "quick"), 5) == "quick"
+        assert await evloop.wait_for(evloop.sleep(0, "no timeout"), None) == "no timeout"
 
     run(main)
 
 
 def test_cancelling_wait_for_cancels_the_inner_one_too() -> None:
     async def main() -> None:
-        loop = aloop.running_loop()
-        inner = loop.create_task(aloop.sleep(10))
-        outer = loop.create_task(aloop.wait_for(inner, 10))
-        await aloop.sleep(0)
+        loop = evloop.running_loop()
+        inner = loop.create_task(evloop.sleep(10))
+        outer = loop.create_task(evloop.wait_for(inner, 10))
+        await evloop.sleep(0)
         outer.cancel()
-        with pytest.raises(aloop.CancelledError):
+        with pytest.raises(evloop.CancelledError):
             await outer
         assert inner.cancelled()
 
@@ -317,11 +317,11 @@ def test_cancelling_wait_for_cancels_the_inner_one_too() -> None:
 
 def test_shield_keeps_the_inner_task_running() -> None:
     async def main() -> str | None:
-        loop = aloop.running_loop()
-        inner = loop.create_task(aloop.sleep(0.02, "done"))
-        outer = aloop.shield(inner)
+        loop = evloop.running_loop()
+        inner = loop.create_task(evloop.sleep(0.02, "done"))
+        outer = evloop.shield(inner)
         outer.cancel()
-        with pytest.raises(aloop.CancelledError):
+        with pytest.raises(evloop.CancelledError):
             await outer
         return await inner
 
@@ -333,34 +333,34 @@ def test_gather_in_order_first_error_and_cancel() -> None:
         raise ValueError("x")
 
     async def main() -> None:
-        loop = aloop.running_loop()
-        assert await aloop.gather(aloop.sleep(0.02, 1), aloop.sleep(0, 2)) == [1, 2]
-        results = await aloop.gather(fails(), aloop.sleep(0, 3), return_exceptions=True)
+        loop = evloop.running_loop()
+        assert await evloop.gather(evloop.sleep(0.02, 1), evloop.sleep(0, 2)) == [1, 2]
+        results = await evloop.gather(fails(), evloop.sleep(0, 3), return_exceptions=True)
         assert isinstance(results[0], ValueError) and results[1] == 3
         with pytest.raises(ValueError):
-            await aloop.gather(fails(), aloop.sleep(0, 3))
-        child = loop.create_task(aloop.sleep(10))
-        everything = aloop.gather(child)
+            await evloop.gather(fails(), evloop.sleep(0, 3))
+        child = loop.create_task(evloop.sleep(10))
+        everything = evloop.gather(child)
         everything.cancel()
-        await aloop.sleep(0)
-        await aloop.sleep(0)
+        await evloop.sleep(0)
+        await evloop.sleep(0)
         assert child.cancelled()
-        assert await aloop.gather() == []
+        assert await evloop.gather() == []
 
     run(main)
 
 
 def test_wait_first_completed_and_timeout() -> None:
     async def main() -> None:
-        loop = aloop.running_loop()
-        fast = loop.create_task(aloop.sleep(0.01, "fast"))
-        slow = loop.create_task(aloop.sleep(10))
-        done, pending = await aloop.wait([fast, slow], return_when=aloop.FIRST_COMPLETED)
+        loop = evloop.running_loop()
+        fast = loop.create_task(evloop.sleep(0.01, "fast"))
+        slow = loop.create_task(evloop.sleep(10))
+        done, pending = await evloop.wait([fast, slow], return_when=evloop.FIRST_COMPLETED)
         assert done == {fast} and pending == {slow}
-        done, pending = await aloop.wait([slow], timeout=0.01)
+        done, pending = await evloop.wait([slow], timeout=0.01)
         assert not done and pending == {slow}
         slow.cancel()
-        done, _ = await aloop.wait([slow, fast])
+        done, _ = await evloop.wait([slow, fast])
         assert done == {slow, fast}
 
     run(main)
@@ -368,8 +368,8 @@ def test_wait_first_completed_and_timeout() -> None:
 
 def test_event_wakes_every_waiter_until_cleared() -> None:
     async def main() -> list[str]:
-        loop = aloop.running_loop()
-        event = aloop.Event()
+        loop = evloop.running_loop()
+        event = evloop.Event()
         seen: list[str] = []
 
         async def waiter(name: str) -> None:
@@ -377,15 +377,15 @@ def test_event_wakes_every_waiter_until_cleared() -> None:
             seen.append(name)
 
         tasks = [loop.create_task(waiter(n)) for n in "ab"]
-        await aloop.sleep(0)
+        await evloop.sleep(0)
         assert not seen
         event.set()
-        await aloop.gather(*tasks)
+        await evloop.gather(*tasks)
         assert event.is_set() and await event.wait()
         event.clear()
         assert not event.is_set()
         with pytest.raises(TimeoutError):
-            await aloop.wait_for(event.wait(), 0.01)
+            await evloop.wait_for(event.wait(), 0.01)
         return seen
 
     assert run(main) == ["a", "b"]
@@ -393,15 +393,15 @@ def test_event_wakes_every_waiter_until_cleared() -> None:
 
 def test_a_worker_runs_calls_in_order_off_the_loop() -> None:
     async def main() -> None:
-        loop = aloop.running_loop()
-        worker = aloop.Worker("test-worker")
+        loop = evloop.running_loop()
+        worker = evloop.Worker("test-worker")
         order: list[int] = []
 
         def call(n: int) -> str:
             order.append(n)
             return threading.current_thread().name
 
-        names = await aloop.gather(*(loop.run_in_executor(worker, call, n) for n in range(5)))
+        names = await evloop.gather(*(loop.run_in_executor(worker, call, n) for n in range(5)))
         assert order == list(range(5)) and set(names) == {"test-worker"}
 
         def fails() -> None:
@@ -421,19 +421,40 @@ def test_a_worker_runs_calls_in_order_off_the_loop() -> None:
     run(main)
 
 
+def test_a_worker_used_before_a_fork_works_in_the_child() -> None:
+    """Its thread stays in the parent (and its lock may be held there): the child gets a
+    thread of its own at its first call (the resolver is such a worker)."""
+    worker = evloop.Worker("forked")
+
+    async def call() -> int:
+        return await evloop.running_loop().run_in_executor(worker, os.getpid)
+
+    parent = evloop.run(call())
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if the call ran on a thread of the child
+        code = 1
+        try:
+            code = 0 if evloop.run(evloop.wait_for(call(), 5)) == os.getpid() else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0 and parent == os.getpid()
+    worker.shutdown()
+
+
 def test_run_cancels_what_main_left_running_and_closes_the_loop() -> None:
-    left: list[aloop.Task[None]] = []
+    left: list[evloop.Task[None]] = []
     seen: list[str] = []
 
     async def forever() -> None:
         try:
-            await aloop.sleep(100)
+            await evloop.sleep(100)
         finally:
             seen.append("cleaned up")
 
     async def main() -> None:
-        left.append(aloop.running_loop().create_task(forever()))
-        await aloop.sleep(0)
+        left.append(evloop.running_loop().create_task(forever()))
+        await evloop.sleep(0)
 
     run(main)
     assert seen == ["cleaned up"] and left[0].cancelled()
@@ -441,7 +462,7 @@ def test_run_cancels_what_main_left_running_and_closes_the_loop() -> None:
 
 
 def test_the_loop_loads_neither_asyncio_nor_typing() -> None:
-    code = ("import sys; import auditpy.system.loop; "
+    code = ("import sys; import auditpy.system.evloop; "
             "bad = [m for m in ('asyncio', 'typing', 'concurrent.futures', 'inspect', "
             "'dataclasses') if m in sys.modules]; assert not bad, bad")
     result = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True,
@@ -512,6 +533,6 @@ def _schedule(lib: Any, new_loop: Callable[[], Any], programs: list[list[tuple[A
 @given(st.lists(st.lists(_STEP, max_size=6), min_size=1, max_size=4))
 def test_the_same_programs_run_in_the_same_order_as_on_asyncio(
         programs: list[list[tuple[Any, ...]]]) -> None:
-    ours = _schedule(aloop, aloop.Loop, programs)
+    ours = _schedule(evloop, evloop.Loop, programs)
     theirs = _schedule(asyncio, asyncio.new_event_loop, programs)
     assert ours == theirs
