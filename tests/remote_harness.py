@@ -12,6 +12,7 @@ import collections
 import dataclasses
 from collections.abc import Callable, Iterable
 
+from auditpy import structs
 from auditpy.audisp_remote import delivery as dl
 from auditpy.config.remote_conf import Action, RemoteConfig
 from auditpy.proto import remote as rp
@@ -37,7 +38,7 @@ def make_config(**keys: object) -> RemoteConfig:
             kind, _, exe = value.partition(" ")
             value = Action(kind, exe or None)
         values[key] = value
-    return dataclasses.replace(base, **values)  # type: ignore[arg-type]
+    return structs.replace(base, **values)
 
 
 @dataclasses.dataclass

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import os
 import re
 import signal
@@ -23,6 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from auditpy import structs
 from auditpy.audisp_remote import delivery
 from auditpy.audisp_remote import input as remote_input
 from auditpy.audisp_remote import main as remote_main
@@ -1056,7 +1056,7 @@ def test_actions_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
     async def scenario() -> None:
         def act(kind: str) -> bool:
-            plugin.core.config = dataclasses.replace(plugin.config,
+            plugin.core.config = structs.replace(plugin.config,
                                                      disk_full_action=rc.Action(kind))
             return plugin.act("disk_full_action", f"test {kind}")
 

@@ -4,7 +4,6 @@ numbers of loop turns (no processes, no root)."""
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from auditpy import structs
 from auditpy.audispd.dispatcher import Dispatcher, Options
 from auditpy.audispd.plan import Action, ReloadPlan, Running, Step, plan_reload, what_changed
 from auditpy.audispd.runner import STOP_TIMEOUT, PluginRunner, Record, RunnerContext, State
@@ -60,7 +60,7 @@ def plugin_files(draw: st.DrawFn) -> tuple[dict[str, PluginConfig], list[PluginP
 def running_states(draw: st.DrawFn) -> dict[str, Running]:
     names = draw(st.lists(st.sampled_from(NAMES), unique=True))
     return {
-        name: Running(dataclasses.replace(draw(configs_for(name)), active=True),
+        name: Running(structs.replace(draw(configs_for(name)), active=True),
                       draw(st.sampled_from(list(State))))
         for name in names
     }

@@ -6,7 +6,6 @@ page leaves it open (line length, unterminated last line, which actions allow wh
 
 from __future__ import annotations
 
-import dataclasses
 import grp
 import os
 import stat
@@ -17,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from auditpy import structs
 from auditpy.config.auditd_conf import (
     KEYWORDS,
     MAX_LINE_BYTES,
@@ -89,7 +89,7 @@ def test_defaults_are_the_c_code_defaults() -> None:
 
 
 def test_every_keyword_is_an_attribute() -> None:
-    attributes = {f.name for f in dataclasses.fields(AuditdConfig)}
+    attributes = {f.name for f in structs.fields(AuditdConfig)}
     assert set(KEYWORDS) <= attributes
 
 
@@ -785,7 +785,7 @@ def test_valid_configs_round_trip(data: st.DataObject) -> None:
     text_values, expected = data.draw(_valid_settings())
     text = data.draw(_render(text_values))
     config, _ = parse_auditd_conf(text)
-    assert config == dataclasses.replace(AuditdConfig(), **expected)
+    assert config == structs.replace(AuditdConfig(), **expected)
 
 
 # --------------------------------------------------------------------------------------

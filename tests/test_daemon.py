@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import logging
 import os
 import signal
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from auditpy import structs
 from auditpy.auditd import daemon as daemon_module
 from auditpy.auditd.daemon import COALESCE_SECONDS, Daemon, Options
 from auditpy.auditd.logfile import AuditLog, LogFileError
@@ -114,7 +114,7 @@ class FakeKernel:
 
     def get_status(self) -> AuditStatus:
         self._call("get_status")
-        return dataclasses.replace(self.status, pid=self.pid)
+        return structs.replace(self.status, pid=self.pid)
 
     def set_status(self, status: AuditStatus) -> None:
         self._call("set_status")
@@ -454,7 +454,7 @@ def test_the_socket_buffer_follows_whether_the_kernel_waits_or_drops(harness: Ha
     assert kernel.rcvbuf == RCVBUF
 
     def report_with(wait: int) -> None:
-        kernel.status = dataclasses.replace(kernel.status, backlog_wait_time=wait)
+        kernel.status = structs.replace(kernel.status, backlog_wait_time=wait)
         state = harness.root / "run" / "auditd.state"
         state.unlink(missing_ok=True)
         harness.signal(signal.SIGCONT)  # the state report asks the kernel for its status
@@ -526,12 +526,12 @@ def test_start_makes_no_request_that_could_sleep_once_registered(
     wait for itself for backlog_wait_time. So start reads the status and disables before
     registering, and only enables after (while audit was disabled nothing was queued)."""
     h = Harness(tmp_path)
-    h.daemon.options = dataclasses.replace(h.options, enable=enable)
+    h.daemon.options = structs.replace(h.options, enable=enable)
     original = FakeKernel.__init__
 
     def init(self: FakeKernel, *, multicast: bool, rcvbuf: int) -> None:
         original(self, multicast=multicast, rcvbuf=rcvbuf)
-        self.status = dataclasses.replace(self.status, enabled=enabled)
+        self.status = structs.replace(self.status, enabled=enabled)
     monkeypatch.setattr(FakeKernel, "__init__", init)
     h.daemon.start()
     try:

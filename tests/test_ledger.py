@@ -3,7 +3,6 @@ dispatcher's figures, and the daemon's accounting (fake kernel, real metrics end
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import signal
 import socket
@@ -13,6 +12,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from auditpy import structs
 from auditpy.auditd.ledger import SAY_FIRST, LossReporter, SerialWatch, serial_of
 from auditpy.proto.dispatch import figures_line, parse_figures
 from auditpy.proto.prometheus import Family, exposition
@@ -154,7 +154,7 @@ def test_the_ledger_balances_and_losses_reach_the_log(tmp_path: Path) -> None:
                 + m["auditpy_eoe_records_total"]) == m["auditpy_records_received_total"]
         # The loss was said in syslog at once, and in the log as soon as it could be.
         h.run_until(lambda: h.daemon.kernel_status is not None)  # its first figures
-        h.kernel.status = dataclasses.replace(h.kernel.status, lost=h.kernel.status.lost + 7)
+        h.kernel.status = structs.replace(h.kernel.status, lost=h.kernel.status.lost + 7)
         h.run_until(lambda: any("cause=kernel records=7" in ln for ln in h.lines()), 15)
         h.signal(signal.SIGCONT)
         state = tmp_path / "run" / "auditd.state"

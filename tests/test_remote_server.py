@@ -16,7 +16,6 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +56,7 @@ from auditpy.proto.remote import (
     FrameReader,
     pack_frame,
 )
+from auditpy.structs import replace
 from auditpy.system import evloop
 
 from .conftest import make_pki, on_loop, wait_for

@@ -19,7 +19,6 @@ same as TERM.  Exit status 1 for a configuration error, 2 for bad arguments.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import logging
 import os
@@ -29,6 +28,7 @@ import sys
 from collections.abc import Sequence
 from typing import Final
 
+from auditpy import structs
 from auditpy.config.errors import ConfigError
 from auditpy.config.jsonout import JsonConfig, load_json_conf
 from auditpy.jsonout.decode import FrameError, StreamDecoder
@@ -51,7 +51,7 @@ def _config(path: str | None, output: str | None) -> JsonConfig:
         for warning in warnings:
             log.warning("%s", warning)
     if output is not None:
-        config = dataclasses.replace(config, output=output)
+        config = structs.replace(config, output=output)
     return config
 
 

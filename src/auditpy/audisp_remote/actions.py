@@ -13,9 +13,9 @@ record, SIGHUP and SIGUSR2 forget it (`forget_warnings`), as in the C plugin.
 from __future__ import annotations
 
 import syslog
-from dataclasses import dataclass
 
 from auditpy.config.remote_conf import Action
+from auditpy.structs import dataclass
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,7 +42,6 @@ import collections
 import enum
 import syslog
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Final
 
 from auditpy.audisp_remote.actions import ActionPolicy
@@ -67,6 +66,7 @@ from auditpy.proto.remote import (
     pack_frame,
     type_name,
 )
+from auditpy.structs import dataclass, field
 
 #: Frames in flight at once.  Large enough to keep a loopback or LAN link busy while the
 #: server writes each record; small, because after a crash or a lost connection these are

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import os
 import signal
 import ssl
@@ -51,6 +50,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from auditpy import structs
 from auditpy.audisp_remote.delivery import (
     Close,
     Connect,
@@ -351,7 +351,7 @@ class RemotePlugin:
         self._tls = tls
         for problem in parsed.warnings:
             self.log(syslog.LOG_WARNING, str(problem))
-        self._feed(self.core.reload, dataclasses.replace(new, **fixed))
+        self._feed(self.core.reload, structs.replace(new, **fixed))
 
     # ---- the queue
 

@@ -14,9 +14,9 @@ reported (file:line) and the previous one stays in force.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
+from auditpy import structs
 from auditpy.audispd.runner import PluginRunner, Record, RunnerContext, State
 from auditpy.config.errors import ConfigError
 from auditpy.config.jsonout import JsonConfig, load_json_conf
@@ -56,7 +56,7 @@ class JsonPlugin(PluginRunner):
         for warning in warnings:
             log.warning("plugin %s: %s", self.name, warning)
         if config.end_of_event_timeout is None:
-            config = dataclasses.replace(
+            config = structs.replace(
                 config, end_of_event_timeout=self.ctx.end_of_event_timeout)
         return config
 

@@ -58,8 +58,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
 
 from auditpy.audispd.plan import ReloadPlan, Running, Step, plan_reload
 from auditpy.audispd.runner import (
@@ -89,14 +87,20 @@ from auditpy.config.plugins import (
 )
 from auditpy.proto import dispatch as wire
 from auditpy.proto.dispatch import FIGURE_KEYS, figures_line
+from auditpy.structs import dataclass, field
 from auditpy.system import evloop
 from auditpy.system.children import INIT_PATH, ChildHandle, spawn_helper
 from auditpy.system.node import node_name
 from auditpy.system.service import Signal, SignalReader, write_state_file
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, TypeVar
+
 log = logging.getLogger("auditpy.audispd")
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    T = TypeVar("T")
 
 STATE_FILE = "audispd.state"
 #: SIGTERM to SIGKILL when the dispatcher itself stops.

@@ -25,10 +25,10 @@ from __future__ import annotations
 import enum
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
 from auditpy.audispd.runner import State
 from auditpy.config.plugins import PluginConfig, PluginProblem
+from auditpy.structs import dataclass
 
 
 class Step(enum.Enum):

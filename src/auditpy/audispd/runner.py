@@ -25,17 +25,17 @@ to the new process.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import enum
 import logging
 import signal
-from dataclasses import dataclass
 from itertools import accumulate, repeat
 from operator import add, sub
 
+from auditpy import structs
 from auditpy.config.files import check_plugin_program
 from auditpy.config.plugins import PluginConfig
 from auditpy.proto import dispatch as wire
+from auditpy.structs import dataclass
 from auditpy.system import evloop
 from auditpy.system.children import ChildHandle, spawn
 from auditpy.system.fedchild import Backoff, Batch, FedChild
@@ -458,7 +458,7 @@ class ExternalPlugin(PluginRunner):
                     self.config.path,
                 )
             self.backoff.refill()
-            self.config = dataclasses.replace(self.config, identity=identity)
+            self.config = structs.replace(self.config, identity=identity)
         return None
 
     def _stable(self, fed: FedChild) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from auditpy.auditctl.link import Link
 from auditpy.proto.netlink import (
@@ -32,6 +31,7 @@ from auditpy.rules import data as d
 from auditpy.rules.listing import format_rule
 from auditpy.rules.parse import Environment
 from auditpy.rules.ruleset import Plan, Problem, build_plan, version_key
+from auditpy.structs import dataclass, field
 
 __all__ = ["build_plan"]
 

@@ -20,12 +20,15 @@ import errno
 import os
 import syslog
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
 
 from auditpy.config.auditd_conf import AuditdConfig
 from auditpy.config.files import exec_helper_problems
+from auditpy.structs import dataclass
 from auditpy.system.children import INIT_PATH, ChildHandle, spawn_helper
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
 
 SENDMAIL_PATH = "/usr/lib/sendmail"
 
@@ -167,10 +170,11 @@ def send_mail(
     return child
 
 
-class Suspendable(Protocol):
-    """The log object (AuditLog) as seen by an exec action."""
+if TYPE_CHECKING:
+    class Suspendable(Protocol):
+        """The log object (AuditLog) as seen by an exec action."""
 
-    def suspend(self) -> None: ...
+        def suspend(self) -> None: ...
 
 
 @dataclass(slots=True)

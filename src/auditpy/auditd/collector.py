@@ -38,7 +38,6 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
 
 from auditpy.auditd.listener import ACK, Reply
@@ -49,6 +48,7 @@ from auditpy.proto import jetstream as js
 from auditpy.proto import nats as wire
 from auditpy.proto.nats import Msg
 from auditpy.proto.remote import is_error_reply
+from auditpy.structs import dataclass
 from auditpy.system import evloop
 
 if TYPE_CHECKING:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+
+from auditpy.structs import dataclass, field
 
 
 @dataclass

@@ -24,7 +24,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from itertools import compress
 from operator import not_
-from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from auditpy import AUDIT_VERSION
 from auditpy.auditd import daemon_records
@@ -74,14 +73,18 @@ from auditpy.proto.records import (
     LineFormatter,
 )
 from auditpy.system import evloop
-from auditpy.system.children import SpawnChild, spawn_child
+from auditpy.system.children import spawn_child
 from auditpy.system.logsetup import syslog_notifier
 from auditpy.system.netlink import KernelConnection, NetlinkError
 from auditpy.system.node import node_name
 from auditpy.system.service import Signal, SignalReader, write_state_file
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Protocol, TypeVar
+
     from auditpy.auditd.metrics import MetricsServer
+    from auditpy.system.children import SpawnChild
 
 # What only some configurations use (the network listener, the metrics endpoint, ENRICHED,
 # the plugin directory) is imported where it is first needed: a daemon restarted after a
@@ -110,44 +113,47 @@ TICK_SECONDS = 1.0
 #: How often the kernel's counters are asked for (when it can be asked without harm).
 KERNEL_POLL_SECONDS = 5.0
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    T = TypeVar("T")
 
 
-class KernelLink(Protocol):
-    """The kernel as the daemon uses it (`system.netlink.KernelConnection`); tests give the
-    daemon a fake one. The record stream is read on the loop's thread; the requests are
-    made from the daemon's request thread only, since the kernel may make them sleep."""
+if TYPE_CHECKING:
+    class KernelLink(Protocol):
+        """The kernel as the daemon uses it (`system.netlink.KernelConnection`); tests give the
+        daemon a fake one. The record stream is read on the loop's thread; the requests are
+        made from the daemon's request thread only, since the kernel may make them sleep."""
 
-    multicast: bool
+        multicast: bool
 
-    def fileno(self) -> int: ...
+        def fileno(self) -> int: ...
 
-    def recv_columns(self, limit: int) -> tuple[list[int], list[bytes], int]:
-        """Up to about `limit` records, without blocking: their types, their payloads, and
-        how many ENOBUFS errors were seen."""
-        ...
+        def recv_columns(self, limit: int) -> tuple[list[int], list[bytes], int]:
+            """Up to about `limit` records, without blocking: their types, their payloads, and
+            how many ENOBUFS errors were seen."""
+            ...
 
-    def state(self) -> dict[str, str]: ...
+        def state(self) -> dict[str, str]: ...
 
-    def state_counts(self) -> dict[str, int]: ...
+        def state_counts(self) -> dict[str, int]: ...
 
-    def register(self, pid: int) -> None: ...
+        def register(self, pid: int) -> None: ...
 
-    def unregister(self) -> None: ...
+        def unregister(self) -> None: ...
 
-    def get_status(self) -> AuditStatus: ...
+        def get_status(self) -> AuditStatus: ...
 
-    def set_status(self, status: AuditStatus) -> None: ...
+        def set_status(self, status: AuditStatus) -> None: ...
 
-    def signal_info(self) -> SignalInfo | None: ...
+        def signal_info(self) -> SignalInfo | None: ...
 
-    def set_rcvbuf(self, size: int) -> None: ...
+        def set_rcvbuf(self, size: int) -> None: ...
 
-    def close(self) -> None: ...
+        def close(self) -> None: ...
 
 
-class OpenKernel(Protocol):
-    def __call__(self, *, multicast: bool, rcvbuf: int) -> KernelLink: ...
+if TYPE_CHECKING:
+    class OpenKernel(Protocol):
+        def __call__(self, *, multicast: bool, rcvbuf: int) -> KernelLink: ...
 
 
 def open_kernel(*, multicast: bool, rcvbuf: int) -> KernelLink:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from auditpy.proto.netlink import SignalInfo
+from auditpy.structs import dataclass
 
 UNSET = 4294967295
 

@@ -21,8 +21,12 @@ Rules (C auditd 3.0.x, docs/auditd.conf.5 and the reference notes section 3.6):
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from typing import Protocol
+
+from auditpy.structs import dataclass
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
 
 MIB = 1024 * 1024
 #: The C daemon never lets the log consume the last few blocks of the file system.
@@ -35,20 +39,21 @@ SPACE_ACTIONS = frozenset(
 )
 
 
-class StatvfsLike(Protocol):
-    """What the policy reads from os.statvfs_result (tests pass small fakes)."""
+if TYPE_CHECKING:
+    class StatvfsLike(Protocol):
+        """What the policy reads from os.statvfs_result (tests pass small fakes)."""
 
-    @property
-    def f_bsize(self) -> int: ...
+        @property
+        def f_bsize(self) -> int: ...
 
-    @property
-    def f_frsize(self) -> int: ...
+        @property
+        def f_frsize(self) -> int: ...
 
-    @property
-    def f_blocks(self) -> int: ...
+        @property
+        def f_blocks(self) -> int: ...
 
-    @property
-    def f_bavail(self) -> int: ...
+        @property
+        def f_bavail(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)

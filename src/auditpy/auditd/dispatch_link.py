@@ -27,8 +27,12 @@ from collections.abc import Callable, Sequence
 
 from auditpy.proto.dispatch import parse_figures
 from auditpy.system import evloop
-from auditpy.system.children import ChildHandle, SpawnChild, spawn_child
+from auditpy.system.children import ChildHandle, spawn_child
 from auditpy.system.fedchild import Backoff, Batch, FedChild
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from auditpy.system.children import SpawnChild
 
 log = logging.getLogger("auditpy")
 

@@ -22,9 +22,13 @@ import enum
 import re
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import Final
+
+from auditpy.structs import dataclass, field
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 #: Records the kernel writes only inside a syscall event, which always ends with an EOE
 #: record of the same serial: their serials need not be read (the EOE's is), which keeps

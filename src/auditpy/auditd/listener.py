@@ -50,7 +50,6 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final, Protocol
 
 from auditpy.auditd.logfile import LogEvent
@@ -80,6 +79,7 @@ from auditpy.proto.remote import (
     ProtocolError,
     type_name,
 )
+from auditpy.structs import dataclass, replace
 from auditpy.system import evloop, transports
 
 if TYPE_CHECKING:

@@ -20,10 +20,13 @@ import syslog
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Final
 
+from auditpy.structs import dataclass, field
 from auditpy.system.logsetup import syslog_notifier
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 MIB = 1024 * 1024
 

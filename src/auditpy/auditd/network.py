@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from auditpy.auditd.counters import Counters, LogCount
 from auditpy.auditd.logfile import LogEvent
 from auditpy.config.auditd_conf import AuditdConfig, changed_keys
+from auditpy.structs import dataclass
 from auditpy.system import evloop
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from auditpy.auditd.collector import NatsCollector
     from auditpy.auditd.dispatch_link import DispatcherLink

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import fields
-from typing import TYPE_CHECKING
 
 from auditpy import AUDIT_VERSION
 from auditpy.auditd.counters import Counters, state_report
 from auditpy.config.auditd_conf import AuditdConfig
+from auditpy.structs import fields
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from auditpy.auditd.diskspace import SpacePolicy
     from auditpy.auditd.logfile import AuditLog

@@ -14,14 +14,17 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
 
 from auditpy.auditd.logfile import AuditLog, LogFileError, LogSettings
 from auditpy.config.auditd_conf import AuditdConfig, load_auditd_conf
 from auditpy.proto.netlink import STATUS_ENABLED, AuditStatus
+from auditpy.structs import dataclass
 from auditpy.system.logsetup import syslog_notifier
 from auditpy.system.netlink import KernelConnection
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
 
 log = logging.getLogger("auditpy")
 
@@ -133,12 +136,13 @@ def enabled_wanted(enable: str, current: int) -> int | None:
     return None if wanted == current else wanted
 
 
-class Registering(Protocol):
-    def get_status(self) -> AuditStatus: ...
+if TYPE_CHECKING:
+    class Registering(Protocol):
+        def get_status(self) -> AuditStatus: ...
 
-    def set_status(self, status: AuditStatus) -> None: ...
+        def set_status(self, status: AuditStatus) -> None: ...
 
-    def register(self, pid: int) -> None: ...
+        def register(self, pid: int) -> None: ...
 
 
 def register_with(kernel: Registering, enable: str) -> tuple[AuditStatus, int | None]:

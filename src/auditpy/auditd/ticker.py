@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from auditpy.auditd.ledger import Cause, LossReporter
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from auditpy.auditd.dispatch_link import DispatcherLink
     from auditpy.proto.netlink import AuditStatus

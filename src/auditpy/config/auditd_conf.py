@@ -32,15 +32,13 @@ have accepted in a surprising way, or reports more):
 
 from __future__ import annotations
 
-import dataclasses
 import grp
 import os
 import re
 import stat
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Final
 
+from auditpy import structs
 from auditpy.config.errors import ConfigError, ConfigProblem
 from auditpy.config.files import (
     UntrustedFile,
@@ -51,6 +49,11 @@ from auditpy.config.files import (
 )
 from auditpy.config.lines import LineTooLong, UnterminatedLine, fold, token_lines
 from auditpy.config.tls import TLSSetupError, server_context
+from auditpy.structs import dataclass, field
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Final
 
 #: 3.0.9 reads lines into a 160-byte buffer with fgets(); the newline and the terminating
 #: NUL must fit too, so a line may hold at most 158 bytes.  Longer lines are skipped.
@@ -164,7 +167,7 @@ class AuditdConfig:
             for name in _PATH_ATTRIBUTES
             if (value := getattr(self, name)) is not None and not value.startswith("/")
         }
-        return dataclasses.replace(self, **updates) if updates else self
+        return structs.replace(self, **updates) if updates else self
 
 
 #: Path-valued settings that the parser leaves as given, relative or not.
@@ -220,7 +223,7 @@ def metrics_address(value: str) -> MetricsAddress:
 
 def changed_keys(old: AuditdConfig, new: AuditdConfig) -> set[str]:
     """Attribute names whose values differ, so a reload re-applies only what changed."""
-    names = (f.name for f in dataclasses.fields(AuditdConfig))
+    names = (f.name for f in structs.fields(AuditdConfig))
     return {name for name in names if getattr(old, name) != getattr(new, name)}
 
 
@@ -244,7 +247,8 @@ class _Line:
     warnings: list[str] = field(default_factory=list)
 
 
-_Parser = Callable[[_Line], dict[str, Any]]
+if TYPE_CHECKING:
+    _Parser = Callable[[_Line], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -669,7 +673,7 @@ def _sanity_check(parse: _Parse) -> None:
 
 def _parse(text: str, path: str) -> _Parse:
     defaults = AuditdConfig()
-    state = {f.name: getattr(defaults, f.name) for f in dataclasses.fields(AuditdConfig)}
+    state = {f.name: getattr(defaults, f.name) for f in structs.fields(AuditdConfig)}
     parse = _Parse(path, state)
     # fgets() ends lines at '\n' only; the sanity checks run once a line is complete.
     parse.lines = text.count("\n")

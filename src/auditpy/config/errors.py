@@ -4,7 +4,8 @@ every problem found, not only the first, so one round of editing fixes them all.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+
+from auditpy.structs import dataclass
 
 
 @dataclass(frozen=True)

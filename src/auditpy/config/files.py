@@ -20,8 +20,12 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
-from typing import Final
+
+from auditpy.structs import dataclass
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 #: Larger than any configuration file this package reads can reasonably be.
 MAX_CONFIG_BYTES: Final = 64 * 1024

@@ -51,19 +51,19 @@ peer_logs      C    glob of the logs of the other collectors of this consumer, r
 
 from __future__ import annotations
 
-import dataclasses
 import socket
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
+from auditpy import structs
 from auditpy.config.errors import ConfigError, ConfigProblem
 from auditpy.config.files import UntrustedFile, read_config_file, reason, tls_file_problems
 from auditpy.config.lines import fold, token_lines
 from auditpy.config.tls import client_context
 from auditpy.proto.jetstream import check_name
 from auditpy.proto.nats import ServerUrl, check_subject, parse_server_url
+from auditpy.structs import dataclass, field
 
 if TYPE_CHECKING:
     import ssl
@@ -291,7 +291,7 @@ def parse_nats_conf(text: str, path: str, role: str = PUBLISHER) -> ParsedNatsCo
             continue
         values[keyword] = value
         lines[keyword] = number
-    config = dataclasses.replace(NatsConf(), **values)  # type: ignore[arg-type]
+    config = structs.replace(NatsConf(), **values)
     if not errors:
         errors += _cross_checks(config, lines, path, warnings)
     if errors:

@@ -28,13 +28,11 @@ surprising way or accepting input that C would silently mis-read:
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import syslog
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
-from typing import Final
 
+from auditpy import structs
 from auditpy.config.auditd_conf import load_auditd_conf
 from auditpy.config.errors import ConfigError, ConfigProblem
 from auditpy.config.files import (
@@ -44,6 +42,11 @@ from auditpy.config.files import (
     reason,
 )
 from auditpy.config.lines import bounded_uint, fold, token_lines
+from auditpy.structs import dataclass, field
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 #: 4.1.4+ reads lines into a 512-byte buffer.
 MAX_LINE_BYTES: Final = 512
@@ -341,7 +344,7 @@ def parse_plugin_conf(
         updates["path_line"] = where["path"]
         if builtin is not None:
             updates["type"] = "builtin"
-    config = dataclasses.replace(config, **updates)  # type: ignore[arg-type]
+    config = structs.replace(config, **updates)
 
     if config.type == "builtin" and config.builtin is None and "path" in where:
         error(
@@ -502,7 +505,7 @@ def load_plugin_file(path: str) -> tuple[PluginConfig | None, list[PluginProblem
         identity, why = check_plugin_program(config.path)
         if why is not None:
             return None, [*problems, PluginProblem(path, config.path_line, why)]
-        config = dataclasses.replace(config, identity=identity)
+        config = structs.replace(config, identity=identity)
     return config, problems
 
 
@@ -568,4 +571,4 @@ def load_dispatcher_settings(
     plugin_dir = overrides.get("plugin_dir")
     if isinstance(plugin_dir, str) and not plugin_dir.startswith("/"):
         overrides["plugin_dir"] = os.path.join(base_dir, plugin_dir)
-    return dataclasses.replace(settings, **overrides), warnings + more  # type: ignore[arg-type]
+    return structs.replace(settings, **overrides), warnings + more

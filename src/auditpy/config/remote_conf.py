@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Final
 
 from auditpy.config.errors import ConfigError, ConfigProblem
@@ -22,6 +21,7 @@ from auditpy.config.files import (
 )
 from auditpy.config.lines import bounded_uint, fold, token_lines
 from auditpy.config.tls import client_context
+from auditpy.structs import dataclass, field
 
 DEFAULT_CONFIG: Final = "/etc/audit/audisp-remote.conf"
 #: Lines longer than this are rejected; the C parser uses a smaller buffer, but paths to

@@ -4,10 +4,9 @@ PEM file or a key that does not match its certificate before anything changes.""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from auditpy.config.files import reason
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     # Imported where a context is made: ssl costs every process megabytes of memory, and
     # only a configuration with TLS needs it.

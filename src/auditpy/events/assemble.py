@@ -26,10 +26,10 @@ hands out the oldest event first and so holds every later one behind an incomple
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 from auditpy.proto.msgtypes import MSG_TYPE_NAMES
+from auditpy.structs import dataclass, field
 
 __all__ = [
     "AUDIT_EOE",

@@ -9,8 +9,9 @@ process table (the caller updates the table before asking here), as in laurel.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Final
+
+from auditpy.structs import dataclass
 
 __all__ = ["EventFilter", "split_keys"]
 

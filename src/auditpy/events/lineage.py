@@ -31,13 +31,13 @@ from __future__ import annotations
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Final, NamedTuple
 
 from auditpy.events.fields import Value
 from auditpy.events.filters import split_keys
 from auditpy.proto.interp_tables import ELF_TO_MACHINE
 from auditpy.proto.syscalls import SYSCALL_NAMES
+from auditpy.structs import dataclass, field
 
 __all__ = [
     "DEFAULT_CAPACITY",

@@ -22,7 +22,6 @@ import select
 import socket
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import IO, Any
@@ -34,6 +33,7 @@ from auditpy.events.fields import Value, parse_body
 from auditpy.jsonout.decode import StreamDecoder
 from auditpy.jsonout.pipeline import NO_ACCESS, JsonPipeline, ProcAccess
 from auditpy.jsonout.sinks import Sink
+from auditpy.structs import dataclass, field
 
 __all__ = ["AuditEvent", "AuditRecord", "follow", "log_files", "read_lines", "read_log"]
 

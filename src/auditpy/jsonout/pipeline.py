@@ -12,7 +12,6 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from auditpy.config.jsonout import JsonConfig
@@ -42,6 +41,7 @@ from auditpy.events.lineage import (
 from auditpy.events.render import LineRenderer
 from auditpy.jsonout import procfs
 from auditpy.jsonout.sinks import Sink, open_sink
+from auditpy.structs import dataclass
 
 __all__ = ["JsonPipeline", "PipelineStats", "ProcAccess"]
 

@@ -25,7 +25,8 @@ import stat
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+
+from auditpy.structs import dataclass
 
 __all__ = ["FileSink", "Sink", "SinkStats", "SocketSink", "StreamSink", "open_sink"]
 

@@ -22,7 +22,6 @@ import os
 import random
 import ssl
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from auditpy import AUDIT_VERSION
@@ -30,6 +29,7 @@ from auditpy.config.nats_conf import NatsConf, tls_context
 from auditpy.config.tls import client_context
 from auditpy.proto import nats as wire
 from auditpy.proto.nats import Info, Msg, ServerUrl
+from auditpy.structs import dataclass, field
 from auditpy.system import evloop, transports
 
 log = logging.getLogger("auditpy.nats")

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import os
 import socket
 import syslog
@@ -44,6 +43,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Final
 
+from auditpy import structs
 from auditpy.config.nats_conf import NatsConf
 from auditpy.nats import jetstream as jsapi
 from auditpy.nats.client import Client, ConnectError, NatsError, Stop, boot_id, options_for
@@ -630,7 +630,7 @@ class Publisher:
         for key, value in fixed.items():
             if getattr(conf, key) != value:
                 self.log(syslog.LOG_WARNING, f"{key} changes only at restart; keeping {value}")
-        self.conf = dataclasses.replace(conf, **fixed)
+        self.conf = structs.replace(conf, **fixed)
         self.ids = Identities(self.conf, self.ids.boot)
         old = self.client
         self._attach(Client(options_for(self.conf, self.program)))

@@ -18,8 +18,9 @@ from __future__ import annotations
 import json
 import re
 import zlib
-from dataclasses import dataclass
 from typing import Final
+
+from auditpy.structs import dataclass
 
 API_PREFIX: Final = "$JS.API"
 MSG_ID: Final = "Nats-Msg-Id"

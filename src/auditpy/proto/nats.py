@@ -27,8 +27,9 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Final
+
+from auditpy.structs import dataclass, field
 
 CRLF: Final = b"\r\n"
 #: The server's default max_control_line; a longer line from a server is a broken stream.

@@ -5,7 +5,8 @@
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, fields
+
+from auditpy.structs import dataclass, fields
 
 NETLINK_AUDIT = 9
 AUDIT_NLGRP_READLOG = 1

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Final
+
+from auditpy.structs import dataclass, field
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 

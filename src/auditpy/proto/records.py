@@ -8,10 +8,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from itertools import compress, repeat
 from operator import itemgetter, ne
-from typing import TYPE_CHECKING
 
 from auditpy.proto.msgtypes import MSG_TYPE_NAMES
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     # Only the daemon builds an Enricher; the dispatcher, which needs type names from here,
     # does not load its tables.

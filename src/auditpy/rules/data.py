@@ -8,7 +8,8 @@ same rule.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+
+from auditpy.structs import dataclass, field
 
 # Filter lists (linux/audit.h).
 AUDIT_FILTER_USER = 0x00

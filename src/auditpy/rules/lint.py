@@ -18,10 +18,9 @@ matches decides (always: a record, never: none). So rules cost by number and by 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from auditpy.rules import data as d
 from auditpy.rules.ruleset import Location, Plan, PlannedRule, covers
+from auditpy.structs import dataclass
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ import grp
 import os
 import pwd
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from auditpy.proto.interp_tables import UNAME_TO_MACHINE
 from auditpy.proto.msgtypes import MSG_TYPE_NAMES
@@ -30,6 +29,7 @@ from auditpy.rules.tables import (
     MACHINE_ELF,
 )
 from auditpy.rules.uring import URING_OPS
+from auditpy.structs import dataclass, field
 
 #: glibc's AF_MAX: `saddr_fam` values must be below it.
 AF_MAX = 46

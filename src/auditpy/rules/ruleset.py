@@ -11,13 +11,13 @@ can apply it all or restore what was there.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 
 from auditpy.proto.syscalls import SYSCALL_NAMES
 from auditpy.rules import data as d
 from auditpy.rules.listing import format_rule
 from auditpy.rules.parse import Command, Environment, RuleError, parse_args, split_rule_line
 from auditpy.rules.tables import MACHINE_ELF
+from auditpy.structs import dataclass, field
 
 _MACHINE_BY_ELF = {elf: machine for machine, elf in MACHINE_ELF.items()}
 

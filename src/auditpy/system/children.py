@@ -24,9 +24,12 @@ import select
 import signal
 import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Protocol
 
 from auditpy.system import evloop
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
 
 #: The program every auditpy process runs to change the runlevel (the SINGLE and HALT actions).
 INIT_PATH = "/sbin/init"
@@ -200,18 +203,19 @@ def _inheritable_fds() -> list[int]:
     return found
 
 
-class SpawnChild(Protocol):
-    """`spawn_child`'s signature, for owners that take their spawner as a parameter."""
+if TYPE_CHECKING:
+    class SpawnChild(Protocol):
+        """`spawn_child`'s signature, for owners that take their spawner as a parameter."""
 
-    def __call__(
-        self,
-        argv: Sequence[str],
-        *,
-        stdin_fd: int | None = None,
-        env: Mapping[str, str] | None = None,
-        new_session: bool = False,
-        blocked_signals: Iterable[int] = (),
-    ) -> ChildHandle: ...
+        def __call__(
+            self,
+            argv: Sequence[str],
+            *,
+            stdin_fd: int | None = None,
+            env: Mapping[str, str] | None = None,
+            new_session: bool = False,
+            blocked_signals: Iterable[int] = (),
+        ) -> ChildHandle: ...
 
 
 def spawn_child(

@@ -15,7 +15,10 @@ import ctypes
 import mmap
 import os
 import struct
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: struct nlmsghdr: len u32, type u16, flags u16, seq u32, pid u32.
 NLMSG_HDRLEN = 16

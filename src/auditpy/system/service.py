@@ -26,10 +26,13 @@ import signal
 import struct
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
+from auditpy.structs import dataclass
+
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from auditpy.system import evloop
 
 

@@ -1,0 +1,162 @@
+"""auditpy.structs against the standard dataclasses: the same class text, decorated by each,
+behaves the same (construction, defaults and factories, repr, equality, hashing, frozen
+assignment, slots, inheritance, replace, fields, pickling), without importing inspect."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from auditpy import structs
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+_OPTIONS = st.fixed_dictionaries({
+    "frozen": st.booleans(), "slots": st.booleans(), "eq": st.booleans()})
+_FIELD = st.tuples(
+    st.sampled_from(["int", "str", "list[int]"]),
+    st.sampled_from(["none", "default", "factory", "repr_off", "compare_off", "no_init"]),
+)
+
+
+def _class_text(fields: list[tuple[str, str]], options: dict[str, bool], lib: str) -> str:
+    head = ", ".join(f"{k}={v}" for k, v in options.items())
+    lines = [f"@{lib}.dataclass({head})", "class C:"]
+    started_defaults = False
+    for i, (kind, how) in enumerate(fields):
+        value = {"int": "7", "str": "'s'", "list[int]": None}[kind]
+        factory = {"int": "int", "str": "str", "list[int]": "list"}[kind]
+        if how == "none" and started_defaults:
+            how = "factory"
+        if how == "default" and value is None:
+            how = "factory"
+        spec = {
+            "none": "",
+            "default": f" = {value}",
+            "factory": f" = {lib}.field(default_factory={factory})",
+            "repr_off": f" = {lib}.field(default_factory={factory}, repr=False)",
+            "compare_off": f" = {lib}.field(default_factory={factory}, compare=False)",
+            "no_init": f" = {lib}.field(default_factory={factory}, init=False)",
+        }[how]
+        started_defaults = started_defaults or how != "none"
+        lines.append(f"    f{i}: {kind}{spec}")
+    if not fields:
+        lines.append("    pass")
+    return "\n".join(lines)
+
+
+def _build(text: str, lib: Any) -> type:
+    namespace: dict[str, Any] = {"dataclasses": dataclasses, "structs": structs}
+    exec(text, namespace)
+    return namespace["C"]  # type: ignore[no-any-return]
+
+
+def _outcome(action: Any) -> tuple[str, Any]:
+    try:
+        return "ok", action()
+    except Exception as exc:  # the kind of error is what is compared
+        return "error", type(exc).__name__.replace("FrozenInstanceError", "Frozen")
+
+
+@given(st.lists(_FIELD, max_size=5), _OPTIONS, st.data())
+def test_the_same_class_behaves_as_the_standard_dataclass(
+        fields: list[tuple[str, str]], options: dict[str, bool], data: st.DataObject) -> None:
+    ours = _build(_class_text(fields, options, "structs"), structs)
+    theirs = _build(_class_text(fields, options, "dataclasses"), dataclasses)
+    init_names = [f.name for f in dataclasses.fields(theirs) if f.init]
+    assert [f.name for f in structs.fields(ours) if f.init] == init_names
+    assert ours.__match_args__ == theirs.__match_args__  # type: ignore[attr-defined]
+    required = {f.name for f in dataclasses.fields(theirs) if f.init
+                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    values = {}
+    for name in init_names:
+        kind = fields[int(name[1:])][0]
+        strategy = {"int": st.integers(), "str": st.text(max_size=3),
+                    "list[int]": st.lists(st.integers(), max_size=2)}[kind]
+        if name in required or data.draw(st.booleans()):
+            values[name] = data.draw(strategy)
+    a_ours, a_theirs = ours(**values), theirs(**values)
+    b_ours, b_theirs = ours(**values), theirs(**values)
+    assert repr(a_ours) == repr(a_theirs)
+    assert (a_ours == b_ours) == (a_theirs == b_theirs)
+    assert (a_ours == 1) == (a_theirs == 1)
+    assert _outcome(lambda: hash(a_ours) == hash(b_ours)) == _outcome(
+        lambda: hash(a_theirs) == hash(b_theirs))
+    assert ("__slots__" in ours.__dict__) == ("__slots__" in theirs.__dict__)
+    for name in [f.name for f in dataclasses.fields(theirs)]:
+        assert _outcome(lambda n=name: setattr(a_ours, n, 1)) == _outcome(
+            lambda n=name: setattr(a_theirs, n, 1))
+    if not (options["frozen"] and options["slots"]):
+        # (3.11's frozen slots classes raise TypeError here: their __setattr__ names the
+        # class that slots replaced; ours raises FrozenInstanceError, as 3.12's do)
+        assert _outcome(lambda: setattr(a_ours, "other", 1)) == _outcome(
+            lambda: setattr(a_theirs, "other", 1))
+    if init_names:
+        changed = {init_names[0]: values.get(init_names[0], 0)}
+        assert repr(structs.replace(b_ours, **changed)) == repr(
+            dataclasses.replace(b_theirs, **changed))
+
+
+@structs.dataclass(frozen=True)
+class Base:
+    a: int
+
+
+@structs.dataclass(frozen=True, slots=True)
+class Sub(Base):
+    b: int = 0
+
+
+def test_inheritance_post_init_and_pickling() -> None:
+    @structs.dataclass
+    class Counted:
+        n: int
+        seen: list[int] = structs.field(default_factory=list)
+
+        def __post_init__(self) -> None:
+            self.seen.append(self.n)
+
+    sub = Sub(1, 2)
+    assert repr(sub) == "Sub(a=1, b=2)"
+    assert [f.name for f in structs.fields(sub)] == ["a", "b"] and structs.is_record(Sub)
+    assert structs.replace(sub, b=5) == Sub(1, 5) and hash(sub) == hash(Sub(1, 2))
+    assert pickle.loads(pickle.dumps(Sub(3, 4))) == Sub(3, 4)
+    with pytest.raises(structs.FrozenInstanceError):
+        sub.a = 3  # type: ignore[misc]
+    counted = Counted(4)
+    assert counted.seen == [4] and Counted(4, [1]).seen == [1, 4]
+    assert structs.asdict(counted) == {"n": 4, "seen": [4]}
+    with pytest.raises(ValueError, match="mutable default"):
+        structs.dataclass(type("Bad", (), {"__annotations__": {"x": "list[int]"}, "x": []}))
+    with pytest.raises(TypeError, match="non-default argument"):
+        structs.dataclass(type("Order", (), {"__annotations__": {"x": "int", "y": "int"},
+                                             "x": 1}))
+    with pytest.raises(TypeError):
+        structs.fields(object())
+
+
+def test_no_inspect_ast_or_dis() -> None:
+    code = textwrap.dedent("""
+        import sys
+        from auditpy.structs import dataclass, field
+        @dataclass(frozen=True, slots=True)
+        class P:
+            x: int
+            y: list = field(default_factory=list)
+        assert P(1) == P(1)
+        bad = [m for m in ("dataclasses", "inspect", "ast", "dis", "typing") if m in sys.modules]
+        assert not bad, bad
+    """)
+    result = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
+                            timeout=60, env={**os.environ, "PYTHONPATH": str(SRC)})
+    assert result.returncode == 0, result.stderr
