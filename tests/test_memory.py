@@ -109,18 +109,21 @@ def test_the_dispatcher_imports_builtins_only_when_configured() -> None:
 
 
 def test_the_daemon_imports_what_a_configuration_needs_only_when_configured() -> None:
-    """pyauditd's modules, as its start imports them: no network listener, collector,
-    metrics server or address parser (ipaddress) before a configuration asks for one, and
-    no random (hashlib) for its serials. Without site: this machine's .pth files import
-    some of these themselves."""
+    """pyauditd's modules, as its start imports them, and pyaudispd's: no network listener,
+    collector, metrics server or address parser (ipaddress) before a configuration asks for
+    one, no random (hashlib) for the serials, and no typing, dataclasses or inspect (types
+    are for the type checker, records come from auditpy.structs). Without site: this
+    machine's .pth files import some of these themselves."""
     result = _run("""
         import sys
         before = set(sys.modules)
         import auditpy.auditd.cli, auditpy.auditd.daemon, auditpy.config.plugins
         from auditpy.config.auditd_conf import metrics_address
+        import auditpy.audispd.main, auditpy.audispd.dispatcher
         loaded = [m for m in ("ssl", "ipaddress", "random", "hashlib", "auditpy.auditd.listener",
                               "auditpy.auditd.collector", "auditpy.auditd.metrics",
-                              "auditpy.nats") if m in sys.modules and m not in before]
+                              "auditpy.nats", "typing", "dataclasses", "inspect", "asyncio")
+                  if m in sys.modules and m not in before]
         assert not loaded, loaded
         assert metrics_address("[::1]:9101").host == "::1" and "ipaddress" in sys.modules
     """, "-S", PYTHONPATH=str(SRC))
