@@ -126,6 +126,9 @@ def test_the_daemon_imports_what_a_configuration_needs_only_when_configured() ->
                   if m in sys.modules and m not in before]
         assert not loaded, loaded
         assert metrics_address("[::1]:9101").host == "::1" and "ipaddress" in sys.modules
+        import auditpy.auditd.listener, auditpy.auditd.metrics  # plain TCP, metrics
+        heavy = [m for m in ("typing", "dataclasses", "inspect") if m in sys.modules]
+        assert not heavy, heavy
     """, "-S", PYTHONPATH=str(SRC))
     assert result.returncode == 0, result.stderr
 

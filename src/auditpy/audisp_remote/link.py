@@ -94,7 +94,6 @@ class Link(transports.Protocol):
     # transports.Protocol
 
     def connection_made(self, transport: transports.Transport) -> None:
-        assert isinstance(transport, transports.Transport)
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:

@@ -3,11 +3,10 @@ the README's sample scrape, the metrics and the state report say the same things
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from auditpy.auditd.ledger import Cause
 from auditpy.proto.prometheus import Family
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from auditpy.auditd.daemon import Daemon
 

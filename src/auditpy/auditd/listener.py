@@ -50,7 +50,6 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Final, Protocol
 
 from auditpy.auditd.logfile import LogEvent
 from auditpy.config.tls import server_context
@@ -82,8 +81,10 @@ from auditpy.proto.remote import (
 from auditpy.structs import dataclass, replace
 from auditpy.system import evloop, transports
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import ssl
+    from typing import Final, Protocol
 
     from auditpy.config.auditd_conf import AuditdConfig
 
@@ -150,16 +151,17 @@ def reply_for(events: LogEvent, *, space_low: bool) -> Reply:
     return DISKLOW if space_low else ACK
 
 
-class RemoteSink(Protocol):
-    """What the listener needs from the daemon."""
+if TYPE_CHECKING:
+    class RemoteSink(Protocol):
+        """What the listener needs from the daemon."""
 
-    def remote_records(self, lines: list[bytes]) -> Reply:
-        """Store these complete log lines (each ends in a newline); the reply for them."""
-        ...
+        def remote_records(self, lines: list[bytes]) -> Reply:
+            """Store these complete log lines (each ends in a newline); the reply for them."""
+            ...
 
-    def remote_daemon_record(self, msg_type: int, text: str) -> None:
-        """Log one of the daemon's own records (DAEMON_ACCEPT, DAEMON_CLOSE)."""
-        ...
+        def remote_daemon_record(self, msg_type: int, text: str) -> None:
+            """Log one of the daemon's own records (DAEMON_ACCEPT, DAEMON_CLOSE)."""
+            ...
 
 
 # --------------------------------------------------------------------------------------
@@ -303,7 +305,6 @@ class _Client(transports.BufferedProtocol):
             self.listener.accepted(self)
         else:
             # Nothing may be read as plain text before start_tls takes over.
-            assert isinstance(transport, transports.Transport)
             transport.pause_reading()
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -429,15 +430,14 @@ class _Client(transports.BufferedProtocol):
     # -- the daemon's side ----------------------------------------------------------------
 
     def _limit_output(self, transport: transports.Transport) -> None:
-        if isinstance(transport, transports.Transport):
-            limit = self.listener.settings.max_output
-            transport.set_write_buffer_limits(high=limit, low=limit // 2)
+        limit = self.listener.settings.max_output
+        transport.set_write_buffer_limits(high=limit, low=limit // 2)
 
     def send_replies(self, reply: Reply) -> None:
         pending = self.replies
         self.replies = []
         transport = self.transport
-        if self.closed or not isinstance(transport, transports.Transport):
+        if self.closed or transport is None:
             return
         pack = HEADER.pack
         kind, text = reply.msg_type, reply.text
@@ -457,7 +457,7 @@ class _Client(transports.BufferedProtocol):
 
     def send_ending(self) -> None:
         transport = self.transport
-        if self.accepted and not self.closed and isinstance(transport, transports.Transport):
+        if self.accepted and not self.closed and transport is not None:
             transport.write(HEADER.pack(MAGIC, 0, 0, TYPE_ENDING, 0, 0))
 
     def close(self, reason: str, level: int = logging.INFO, abort: bool = False) -> None:
@@ -469,7 +469,7 @@ class _Client(transports.BufferedProtocol):
         log.log(level, "client %s: %s - closing connection", self.peer, reason)
         transport = self.transport
         if transport is not None:
-            if abort and isinstance(transport, transports.Transport):
+            if abort:
                 transport.abort()
             else:
                 transport.close()
@@ -951,7 +951,7 @@ class RemoteListener:
             self.accepted(client)
         if client.lost_early:
             client.connection_lost(None)
-        elif isinstance(transport, transports.Transport) and not transport.is_reading():
+        elif not transport.is_reading():
             transport.resume_reading()
 
     def accepted(self, client: _Client) -> None:

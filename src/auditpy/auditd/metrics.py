@@ -33,7 +33,6 @@ class _Scrape(transports.Protocol):
         self.timer: evloop.TimerHandle | None = None
 
     def connection_made(self, transport: transports.Transport) -> None:
-        assert isinstance(transport, transports.Transport)
         self.transport = transport
         if len(self.server.open) >= MAX_CONNECTIONS:
             transport.abort()

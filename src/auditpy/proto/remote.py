@@ -25,10 +25,13 @@ react sensibly to a reply type it does not know by name.
 from __future__ import annotations
 
 import struct
-from typing import Final
 
 from auditpy.proto.records import MAX_AUDIT_MESSAGE_LENGTH
 from auditpy.structs import dataclass
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 MAGIC: Final = 0xFF0000FE
 MAGIC_BYTES: Final = MAGIC.to_bytes(4, "little")
