@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""What one wakeup of the event loop costs: asyncio's loop against auditpy's own loop
-(auditpy.system.evloop), a bare `selectors` loop and a bare `select.epoll` loop, each woken by
-a byte on a socketpair and calling one callback that reads it, in this process: the cost per
-wakeup that the own loop will save pyauditd once it runs on it (the fan-in server wakes once
-per batch of clients, the daemon about fifty times a second at low rates).
+"""What one wakeup of the event loop costs: auditpy's own loop (auditpy.system.evloop, which
+every program runs on) against asyncio's, a bare `selectors` loop and a bare `select.epoll`
+loop, each woken by a byte on a socketpair and calling one callback that reads it, in this
+process (the fan-in server wakes once per batch of clients, the daemon about fifty times a
+second at low rates).
 
     python3 bench/loops.py [--wakeups 100000] [--rounds 5]
 
@@ -122,8 +122,8 @@ def epoll_loop(wakeups: int) -> float:
 
 
 LOOPS: dict[str, Callable[[int], float]] = {
-    "asyncio (pyauditd's loop)": asyncio_loop,
-    "auditpy.system.evloop": own_loop,
+    "asyncio": asyncio_loop,
+    "auditpy.system.evloop (pyauditd's loop)": own_loop,
     "selectors.DefaultSelector": selectors_loop,
     "select.epoll": epoll_loop,
 }

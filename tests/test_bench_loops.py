@@ -16,6 +16,6 @@ def test_loops_prints_each_loop() -> None:
     rows = {line.split("|")[1].strip(): float(line.split("|")[2])
             for line in proc.stdout.splitlines()
             if line.startswith("| ") and not line.startswith("| loop")}
-    assert set(rows) == {"asyncio (pyauditd's loop)", "auditpy.system.evloop",
+    assert set(rows) == {"asyncio", "auditpy.system.evloop (pyauditd's loop)",
                          "selectors.DefaultSelector", "select.epoll"}
     assert all(value > 0 for value in rows.values())
