@@ -275,6 +275,24 @@ def test_cancelling_a_task_throws_into_what_it_awaits_and_it_may_go_on() -> None
     assert run(main) == ("went on", True, True)
 
 
+def test_a_misused_await_is_an_error_the_task_hears_about() -> None:
+    other = evloop.Loop()
+
+    class Odd:
+        def __await__(self) -> Any:
+            yield 5
+
+    async def main() -> str:
+        with pytest.raises(RuntimeError, match="another loop"):
+            await other.create_future()
+        with pytest.raises(RuntimeError, match="not a Future"):
+            await Odd()
+        return "went on"
+
+    assert run(main) == "went on"
+    other.close()
+
+
 def test_a_future_set_twice_or_read_too_early_is_an_error() -> None:
     loop = evloop.Loop()
     future = loop.create_future()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import heapq
 import logging
 import os
@@ -314,6 +315,8 @@ class Task(Future[T]):
         self._name = name or str(getattr(coro, "__qualname__", "task"))
         self._waiting_on: Future[Any] | None = None
         self._must_cancel = False
+        #: a misuse the coroutine hears about at its next step (as asyncio tells it)
+        self._misuse: RuntimeError | None = None
         self._loop._tasks.add(self)
         self._loop.call_soon(self._step)
 
@@ -336,7 +339,8 @@ class Task(Future[T]):
         if self.done():
             return
         self._waiting_on = None
-        throw = None
+        throw: BaseException | None = self._misuse
+        self._misuse = None
         if self._must_cancel:
             self._must_cancel = False
             throw = CancelledError()
@@ -357,45 +361,25 @@ class Task(Future[T]):
         except BaseException as exc:
             super().set_exception(exc)
         else:
-            if isinstance(yielded, Future):
-                if yielded._loop is not self._loop:
-                    self._loop.call_soon(self._throw, RuntimeError(
-                        f"task {self._name} awaits a future of another loop"))
-                elif yielded is self:
-                    self._loop.call_soon(self._throw, RuntimeError(
-                        f"task {self._name} awaits itself"))
-                else:
-                    self._waiting_on = yielded
-                    yielded.add_done_callback(self._step)
-                    if self._must_cancel and yielded.cancel():
-                        self._must_cancel = False
-            elif yielded is None:  # a bare yield: let everything else run once
-                self._loop.call_soon(self._step)
+            if isinstance(yielded, Future) and yielded._loop is self._loop and (
+                    yielded is not self):
+                self._waiting_on = yielded
+                yielded.add_done_callback(self._step)
+                if self._must_cancel and yielded.cancel():
+                    self._must_cancel = False
             else:
-                self._loop.call_soon(self._throw, RuntimeError(
-                    f"task {self._name} yielded {yielded!r}, not a Future"))
+                if isinstance(yielded, Future):
+                    self._misuse = RuntimeError(
+                        f"task {self._name} awaits itself" if yielded is self else
+                        f"task {self._name} awaits a future of another loop")
+                elif yielded is not None:  # None: a bare yield, everything else runs once
+                    self._misuse = RuntimeError(
+                        f"task {self._name} yielded {yielded!r}, not a Future")
+                self._loop.call_soon(self._step)
         finally:
             _running_task.task = None
             if self.done():
                 self._loop._tasks.discard(self)
-
-    def _throw(self, exc: BaseException) -> None:
-        """Step the coroutine with `exc` thrown into it (a misuse it should hear about)."""
-        if self.done():
-            return
-        try:
-            yielded = self._coro.throw(exc)
-        except StopIteration as stop:
-            super().set_result(stop.value)
-            self._loop._tasks.discard(self)
-        except BaseException as error:
-            super().set_exception(error)
-            self._loop._tasks.discard(self)
-        else:
-            self._coro.close()
-            super().set_exception(RuntimeError(f"task {self._name} ignored {exc!r}: "
-                                               f"yielded {yielded!r}"))
-            self._loop._tasks.discard(self)
 
     def __repr__(self) -> str:
         return f"<Task {self._name} {self._state.lower()}>"
@@ -777,7 +761,8 @@ def _settle(future: Future[T], result: T, exc: BaseException | None) -> None:
         future.set_result(result)
 
 
-def _release(waiter: Future[Any], *_args: object) -> None:
+def release(waiter: Future[Any], *_args: object) -> None:
+    """Wake whoever awaits `waiter` (a callback for timers, readers and futures alike)."""
     if not waiter.done():
         waiter.set_result(None)
 
@@ -815,7 +800,7 @@ async def sleep(delay: float, result: T | None = None) -> T | None:
         return result
     loop = running_loop()
     future: Future[None] = loop.create_future()
-    timer = loop.call_later(delay, _release, future)
+    timer = loop.call_later(delay, release, future)
     try:
         await future
     finally:
@@ -833,8 +818,8 @@ async def wait_for(awaitable: Awaitable[T], timeout: float | None) -> T:
     if future.done():
         return future.result()
     waiter: Future[None] = loop.create_future()
-    timer = loop.call_later(max(timeout, 0.0), _release, waiter)
-    wake = _releaser(waiter)
+    timer = loop.call_later(max(timeout, 0.0), release, waiter)
+    wake = functools.partial(release, waiter)
     future.add_done_callback(wake)
     try:
         try:
@@ -855,17 +840,11 @@ async def wait_for(awaitable: Awaitable[T], timeout: float | None) -> T:
         timer.cancel()
 
 
-def _releaser(waiter: Future[Any]) -> Callable[[Future[Any]], None]:
-    def release(_future: Future[Any]) -> None:
-        _release(waiter)
-    return release
-
-
 async def _cancel_and_wait(future: Future[Any]) -> None:
     """Cancel `future` and wait until it is done (a task may take steps to end)."""
     loop = future.get_loop()
     waiter: Future[None] = loop.create_future()
-    future.add_done_callback(_releaser(waiter))
+    future.add_done_callback(functools.partial(release, waiter))
     future.cancel()
     await waiter
 
@@ -957,13 +936,13 @@ async def wait(futures: Iterable[Future[Any]], timeout: float | None = None,
     if (return_when == FIRST_COMPLETED and done) or len(done) == len(fs):
         return done, fs - done
     waiter: Future[None] = loop.create_future()
-    timer = loop.call_later(timeout, _release, waiter) if timeout is not None else None
+    timer = loop.call_later(timeout, release, waiter) if timeout is not None else None
     left = [len(fs) - len(done)]
 
     def one_done(_f: Future[Any]) -> None:
         left[0] -= 1
         if return_when == FIRST_COMPLETED or left[0] == 0:
-            _release(waiter)
+            release(waiter)
 
     for f in fs:
         f.add_done_callback(one_done)
@@ -992,7 +971,7 @@ class Event:
         if not self._value:
             self._value = True
             for waiter in self._waiters:
-                _release(waiter)
+                release(waiter)
 
     def clear(self) -> None:
         self._value = False

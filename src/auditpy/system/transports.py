@@ -22,7 +22,7 @@ import logging
 import os
 import socket
 
-from auditpy.system.evloop import Future, Loop, TimerHandle, Worker, wait_for
+from auditpy.system.evloop import Future, Loop, TimerHandle, Worker, release, wait_for
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -494,7 +494,7 @@ async def sock_connect(loop: Loop, sock: socket.socket, address: Any) -> None:
         raise OSError(err, f"Connect call failed {address}: {os.strerror(err)}")
     writable: Future[None] = loop.create_future()
     fd = sock.fileno()
-    loop.add_writer(fd, _release, writable)
+    loop.add_writer(fd, release, writable)
     try:
         await writable
     finally:
@@ -502,11 +502,6 @@ async def sock_connect(loop: Loop, sock: socket.socket, address: Any) -> None:
     err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
     if err:
         raise OSError(err, f"Connect call failed {address}: {os.strerror(err)}")
-
-
-def _release(waiter: Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
 
 
 async def create_connection(loop: Loop, factory: Callable[[], BaseProtocol],
@@ -612,14 +607,14 @@ async def _handshake(loop: Loop, sock: ssl.SSLSocket) -> None:
             return
         except want_read:
             ready: Future[None] = loop.create_future()
-            loop.add_reader(fd, _release, ready)
+            loop.add_reader(fd, release, ready)
             try:
                 await ready
             finally:
                 loop.remove_reader(fd)
         except want_write:
             ready = loop.create_future()
-            loop.add_writer(fd, _release, ready)
+            loop.add_writer(fd, release, ready)
             try:
                 await ready
             finally:
