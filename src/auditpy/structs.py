@@ -249,10 +249,6 @@ def fields(obj: Any) -> tuple[Field, ...]:
         raise TypeError(f"{obj!r} is not a record class or instance") from None
 
 
-def is_record(obj: Any) -> bool:
-    return hasattr(obj, _FIELDS)
-
-
 def replace(obj: T, /, **changes: Any) -> T:
     """A copy of `obj` with `changes`, made through its __init__ (as dataclasses.replace)."""
     for f in getattr(obj, _FIELDS).values():
@@ -264,8 +260,3 @@ def replace(obj: T, /, **changes: Any) -> T:
         if f.name not in changes:
             changes[f.name] = getattr(obj, f.name)
     return obj.__class__(**changes)
-
-
-def asdict(obj: Any) -> dict[str, Any]:
-    """The fields' values by name (one level: records inside stay records)."""
-    return {f.name: getattr(obj, f.name) for f in fields(obj)}

@@ -323,9 +323,6 @@ class Task(Future[T]):
     def get_name(self) -> str:
         return self._name
 
-    def get_coro(self) -> Coroutine[Any, Any, T]:
-        return self._coro
-
     def cancel(self, msg: object = None) -> bool:
         if self.done():
             return False
@@ -344,7 +341,6 @@ class Task(Future[T]):
         if self._must_cancel:
             self._must_cancel = False
             throw = CancelledError()
-        _running_task.task = self
         try:
             yielded = self._coro.send(None) if throw is None else self._coro.throw(throw)
         except StopIteration as stop:
@@ -377,23 +373,11 @@ class Task(Future[T]):
                         f"task {self._name} yielded {yielded!r}, not a Future")
                 self._loop.call_soon(self._step)
         finally:
-            _running_task.task = None
             if self.done():
                 self._loop._tasks.discard(self)
 
     def __repr__(self) -> str:
         return f"<Task {self._name} {self._state.lower()}>"
-
-
-class _RunningTask(threading.local):
-    task: Task[Any] | None = None
-
-
-_running_task = _RunningTask()
-
-
-def current_task() -> Task[Any] | None:
-    return _running_task.task
 
 
 class Loop:

@@ -178,13 +178,6 @@ class StreamTransport(Transport):
 
     # -- asyncio's transport interface
 
-    def get_protocol(self) -> BaseProtocol:
-        return self._protocol
-
-    def set_protocol(self, protocol: BaseProtocol) -> None:
-        self._protocol = protocol
-        self._buffered = isinstance(protocol, BufferedProtocol)
-
     def is_closing(self) -> bool:
         return self._closing or self._sock is None
 
@@ -226,17 +219,6 @@ class StreamTransport(Transport):
             self._loop.add_writer(self._fd, self._on_writable)
         self._out += data
         self._check_limits()
-
-    def writelines(self, parts: list[bytes]) -> None:
-        self.write(b"".join(parts))
-
-    def can_write_eof(self) -> bool:
-        return not self._tls
-
-    def write_eof(self) -> None:
-        if self._sock is not None and not self._tls and not self._out:
-            with contextlib.suppress(OSError):
-                self._sock.shutdown(socket.SHUT_WR)
 
     def close(self) -> None:
         """Close once what is unsent has gone (connection_lost(None) then)."""
