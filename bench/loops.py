@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import select
 import selectors
 import socket
@@ -23,6 +24,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -52,8 +54,9 @@ class PingPong:
         self.theirs.close()
 
 
-def asyncio_loop(wakeups: int) -> float:
-    loop = asyncio.new_event_loop()
+def on_loop(new_loop: Callable[[], Any], wakeups: int) -> float:
+    """The ping-pong on an asyncio-style loop (asyncio's or auditpy's: the same calls)."""
+    loop = new_loop()
     pair = PingPong(wakeups)
     done = loop.create_future()
 
@@ -69,27 +72,7 @@ def asyncio_loop(wakeups: int) -> float:
     loop.remove_reader(pair.ours.fileno())
     loop.close()
     pair.close()
-    return spent
-
-
-def own_loop(wakeups: int) -> float:
-    loop = Loop()
-    pair = PingPong(wakeups)
-    done = loop.create_future()
-
-    def readable() -> None:
-        pair.readable()
-        if not pair.left and not done.done():
-            done.set_result(None)
-
-    loop.add_reader(pair.ours.fileno(), readable)
-    start = pair.start()
-    loop.run_until_complete(done)
-    spent = time.process_time() - start
-    loop.remove_reader(pair.ours.fileno())
-    loop.close()
-    pair.close()
-    return spent
+    return float(spent)
 
 
 def selectors_loop(wakeups: int) -> float:
@@ -122,8 +105,8 @@ def epoll_loop(wakeups: int) -> float:
 
 
 LOOPS: dict[str, Callable[[int], float]] = {
-    "asyncio": asyncio_loop,
-    "auditpy.system.evloop (pyauditd's loop)": own_loop,
+    "asyncio": functools.partial(on_loop, asyncio.new_event_loop),
+    "auditpy.system.evloop (pyauditd's loop)": functools.partial(on_loop, Loop),
     "selectors.DefaultSelector": selectors_loop,
     "select.epoll": epoll_loop,
 }

@@ -193,9 +193,25 @@ def test_unix_server(tmp_path: Path) -> None:
     run(main)
 
 
-def _accept_once(listener: socket.socket, accepted: evloop.Future[socket.socket]) -> None:
-    if not accepted.done():
-        accepted.set_result(listener.accept()[0])
+def _listening() -> socket.socket:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.setblocking(False)
+    return listener
+
+
+async def _accepted(listener: socket.socket) -> socket.socket:
+    """The next connection `listener` accepts, waited for on the loop (as the listener's
+    own accept does before connect_accepted_socket)."""
+    loop = evloop.running_loop()
+    ready: evloop.Future[None] = loop.create_future()
+    loop.add_reader(listener, evloop.release, ready)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(listener)
+    return listener.accept()[0]
 
 
 def _contexts(pki: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
@@ -217,16 +233,10 @@ def test_tls_both_ways_on_the_own_loop_with_a_large_transfer(tmp_path: Path) -> 
 
     async def main() -> None:
         loop = evloop.running_loop()
-        listener = socket.socket()
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        listener.setblocking(False)
+        listener = _listening()
         port = listener.getsockname()[1]
-        accepted: evloop.Future[socket.socket] = loop.create_future()
-        loop.add_reader(listener, _accept_once, listener, accepted)
         plain_client, client = await loop.create_connection(Recorder, "127.0.0.1", port)
-        sock = await accepted
-        loop.remove_reader(listener)
+        sock = await _accepted(listener)
         plain_server, server = await loop.connect_accepted_socket(
             lambda: Recorder(echo=True), sock)
         server_tls, client_tls = await evloop.gather(
@@ -267,16 +277,10 @@ def test_tls_server_against_the_standard_librarys_blocking_client(tmp_path: Path
 
     async def main() -> None:
         loop = evloop.running_loop()
-        listener = socket.socket()
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        listener.setblocking(False)
+        listener = _listening()
         thread = threading.Thread(target=blocking_client, args=(listener.getsockname()[1],))
         thread.start()
-        accepted: evloop.Future[socket.socket] = loop.create_future()
-        loop.add_reader(listener, _accept_once, listener, accepted)
-        sock = await accepted
-        loop.remove_reader(listener)
+        sock = await _accepted(listener)
         plain, server = await loop.connect_accepted_socket(lambda: Recorder(echo=True), sock)
         tls = await loop.start_tls(plain, server, server_ctx, server_side=True,
                                    ssl_handshake_timeout=10)

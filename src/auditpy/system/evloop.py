@@ -97,17 +97,24 @@ class Handle:
         return self._cancelled
 
     def _run(self) -> None:
-        try:
-            self._callback(*self._args)
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._loop.call_exception_handler(
-                {"message": f"Exception in callback {self._callback!r}", "exception": exc})
+        call_guarded(self._loop, self._callback, *self._args)
 
     def __repr__(self) -> str:
         state = " cancelled" if self._cancelled else ""
         return f"<{type(self).__name__} {self._callback!r}{state}>"
+
+
+def call_guarded(loop: Loop, callback: Callable[..., T], *args: Any) -> T | None:
+    """`callback(*args)`, whose error goes to the loop's exception handler instead of the
+    caller (None then): a callback's failure must not end the loop or the connection."""
+    try:
+        return callback(*args)
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except BaseException as exc:
+        loop.call_exception_handler(
+            {"message": f"Exception in callback {callback!r}", "exception": exc})
+        return None
 
 
 class TimerHandle(Handle):

@@ -22,7 +22,15 @@ import logging
 import os
 import socket
 
-from auditpy.system.evloop import Future, Loop, TimerHandle, Worker, release, wait_for
+from auditpy.system.evloop import (
+    Future,
+    Loop,
+    TimerHandle,
+    Worker,
+    call_guarded,
+    release,
+    wait_for,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -282,19 +290,10 @@ class StreamTransport(Transport):
         size = len(self._out)
         if not self._paused_protocol and size > self._high:
             self._paused_protocol = True
-            self._call_protocol(self._protocol.pause_writing)
+            call_guarded(self._loop, self._protocol.pause_writing)
         elif self._paused_protocol and size <= self._low:
             self._paused_protocol = False
-            self._call_protocol(self._protocol.resume_writing)
-
-    def _call_protocol(self, method: Callable[[], object]) -> None:
-        try:
-            method()
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._loop.call_exception_handler(
-                {"message": f"protocol.{method.__name__}() failed", "exception": exc})
+            call_guarded(self._loop, self._protocol.resume_writing)
 
     def _on_readable(self) -> None:
         if self._send_wants_read:
@@ -341,14 +340,7 @@ class StreamTransport(Transport):
 
     def _eof(self) -> None:
         self.pause_reading()
-        keep_open = False
-        try:
-            keep_open = bool(self._protocol.eof_received())
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._loop.call_exception_handler(
-                {"message": "protocol.eof_received() failed", "exception": exc})
+        keep_open = bool(call_guarded(self._loop, self._protocol.eof_received))
         if self._tls or not keep_open:
             self.close()
 
