@@ -44,6 +44,9 @@ from auditpy.proto.netlink import (
 from auditpy.proto.records import MAX_AUDIT_MESSAGE_LENGTH
 from auditpy.system.mmsg import RecordBatchReader
 
+#: as a plain int: socket's flags are an IntFlag enum, whose `&` runs in Python on every read
+_DONTWAIT = int(socket.MSG_DONTWAIT)
+
 #: The audit daemon's receive buffer in the C tools: nlmsghdr + MAX_AUDIT_MESSAGE_LENGTH.
 RECV_SIZE = NLMSG_HDRLEN + MAX_AUDIT_MESSAGE_LENGTH
 #: Datagrams per recvmmsg call (about 1.1 MiB of buffers, touched only as far as records go).
@@ -297,7 +300,7 @@ class AuditSocket:
         types: list[int] = []
         payloads: list[bytes] = []
         enobufs = 0
-        flags = socket.MSG_DONTWAIT
+        flags = _DONTWAIT
         read = 0
         while read < limit:
             try:
@@ -324,7 +327,7 @@ class AuditSocket:
         records: list[tuple[int, bytes]] = []
         enobufs = 0
         recvmsg = self.sock.recvmsg
-        flags = socket.MSG_DONTWAIT
+        flags = _DONTWAIT
         unicast = not self.multicast
         for _ in range(limit):
             try:
