@@ -197,10 +197,21 @@ while True:
 """
 
 
+def _inside_a_write(path: Path, size: int) -> bool:
+    """The file is past `size` and ends inside a record: a write() is copying its batch."""
+    if path.stat().st_size <= size:
+        return False
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) != b"\n"
+
+
 def test_records_stay_whole_across_kill_9_in_the_middle_of_writes(logdir: Path) -> None:
-    """The attack itself: SIGKILL a writer of large batches, restart, write, repeat.  A kill
-    lands inside a write() most of the time, leaving half a record; every restart must
-    find the file whole again before it appends."""
+    """The attack itself: SIGKILL a writer of large batches, restart, write, repeat.  Each
+    kill is sent while the file does not end in a newline, that is while a write() is
+    copying its batch in, so that it leaves half a record (a kill sent at a random moment
+    landed between writes in every one of eight kills about half the time: the writer also
+    formats each batch); every restart must find the file whole again before it appends."""
     path = logdir / "audit.log"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     torn_seen = repaired = 0
@@ -211,9 +222,9 @@ def test_records_stay_whole_across_kill_9_in_the_middle_of_writes(logdir: Path) 
         )
         try:
             assert child.stdout is not None and child.stdout.readline() == b"ready\n"
-            # the child spends nearly all its time inside write(); kill it at any point
             size = (kill + 1) * 2_000_000
-            wait_for(lambda: path.stat().st_size > size, 20, interval=0.005)  # noqa: B023
+            wait_for(lambda: _inside_a_write(path, size), 20, "a write in progress",  # noqa: B023
+                     interval=0.001)
         finally:
             child.send_signal(signal.SIGKILL)
             child.wait()
