@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from auditpy.events.assemble import (
+    DONE_MEMORY,
     END_OF_INPUT,
     LATE,
     MALFORMED,
@@ -193,6 +194,29 @@ def test_eoe_completes_and_late_records_are_counted() -> None:
     assert late.incomplete == LATE and late.types() == [1307]
     assert assembler.add(1320, b"9.000:9", b"") == ()
     assert assembler.stats.orphan_eoe == 1
+
+
+def test_completed_ids_are_remembered_for_two_generations_then_forgotten() -> None:
+    """EOEs and late records are recognised for at least DONE_MEMORY completed events,
+    per node (an id completed on one node is new on another), and at most twice that."""
+    assembler = Assembler(clock=lambda: 0.0)
+    for serial in range(1, 2 * DONE_MEMORY + 1):
+        [event] = assembler.add(1100, b"1.000:%d" % serial, b"x=1")  # one-record events
+        assert event.incomplete is None
+    # the newest DONE_MEMORY are remembered: their EOE is consumed, not an orphan
+    newest = b"1.000:%d" % (2 * DONE_MEMORY)
+    assert assembler.add(1320, newest, b"") == ()
+    assert assembler.stats.orphan_eoe == 0
+    [late] = assembler.add(1100, b"1.000:%d" % (DONE_MEMORY + 1), b"y=1")
+    assert late.incomplete == LATE
+    # the same id on another node is another event
+    assert assembler.add(1320, newest, b"", node="h2") == ()
+    assert assembler.stats.orphan_eoe == 1
+    # past two generations an id is forgotten: its EOE is an orphan, counted
+    for serial in range(2 * DONE_MEMORY + 1, 4 * DONE_MEMORY + 1):
+        assembler.add(1100, b"2.000:%d" % serial, b"x=1")
+    assert assembler.add(1320, b"1.000:1", b"") == ()
+    assert assembler.stats.orphan_eoe == 2
 
 
 def test_interleaved_events_and_nodes_are_separate() -> None:

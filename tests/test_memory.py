@@ -111,8 +111,9 @@ def test_the_dispatcher_imports_builtins_only_when_configured() -> None:
 def test_the_daemon_imports_what_a_configuration_needs_only_when_configured() -> None:
     """pyauditd's modules, as its start imports them, and pyaudispd's: no network listener,
     collector, metrics server or address parser (ipaddress) before a configuration asks for
-    one, no random (hashlib) for the serials, and no typing, dataclasses or inspect (types
-    are for the type checker, records come from auditpy.structs). Without site: this
+    one, no random (hashlib) for the serials, and no typing, dataclasses or inspect, neither
+    with the listener, metrics, ENRICHED or builtin_json configured (types are for the type
+    checker, records come from auditpy.structs). Without site: this
     machine's .pth files import some of these themselves."""
     result = _run("""
         import sys
@@ -127,6 +128,8 @@ def test_the_daemon_imports_what_a_configuration_needs_only_when_configured() ->
         assert not loaded, loaded
         assert metrics_address("[::1]:9101").host == "::1" and "ipaddress" in sys.modules
         import auditpy.auditd.listener, auditpy.auditd.metrics  # plain TCP, metrics
+        import auditpy.proto.enrich  # log_format = ENRICHED
+        import auditpy.audispd.builtin_json  # whole events as JSON in the dispatcher
         heavy = [m for m in ("typing", "dataclasses", "inspect") if m in sys.modules]
         assert not heavy, heavy
     """, "-S", PYTHONPATH=str(SRC))

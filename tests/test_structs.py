@@ -1,6 +1,7 @@
 """auditpy.structs against the standard dataclasses: the same class text, decorated by each,
 behaves the same (construction, defaults and factories, repr, equality, hashing, frozen
-assignment, slots, inheritance, replace, fields, pickling), without importing inspect."""
+assignment, slots, inheritance, replace, fields, pickling), without importing inspect; and
+its NamedTuple against typing's."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +109,57 @@ def test_the_same_class_behaves_as_the_standard_dataclass(
             dataclasses.replace(b_theirs, **changed))
 
 
+_TUPLE_FIELD = st.sampled_from(["plain", "default", "none_default"])
+
+
+def _tuple_text(fields: list[str], lib: str) -> str:
+    lines = [f"class T({lib}.NamedTuple):", '    """A tuple."""']
+    started_defaults = False
+    for i, how in enumerate(fields):
+        if how == "plain" and started_defaults:
+            how = "default"
+        spec = {"plain": "", "default": f" = {i}", "none_default": " = None"}[how]
+        started_defaults = started_defaults or how != "plain"
+        lines.append(f"    f{i}: int | None{spec}")
+    lines += ["", "    @property", "    def size(self) -> int:", "        return len(self)",
+              "", "    def first(self) -> object:", "        return self[0] if self else None"]
+    return "\n".join(lines)
+
+
+@given(st.lists(_TUPLE_FIELD, max_size=5), st.data())
+def test_the_same_named_tuple_behaves_as_typings(fields: list[str], data: st.DataObject
+                                                 ) -> None:
+    built = []
+    for lib, module in (("structs", structs), ("typing", typing)):
+        namespace: dict[str, Any] = {"__name__": "here", lib: module}
+        exec("from __future__ import annotations\n" + _tuple_text(fields, lib), namespace)
+        built.append(namespace["T"])
+    ours, theirs = built
+    assert ours._fields == theirs._fields
+    assert ours._field_defaults == theirs._field_defaults
+    assert ours.__doc__ == theirs.__doc__ and ours.__module__ == theirs.__module__ == "here"
+    assert list(ours.__annotations__) == list(theirs.__annotations__)
+    args = data.draw(st.lists(st.integers(), min_size=0, max_size=len(fields) + 1))
+    a_ours, a_theirs = _outcome(lambda: ours(*args)), _outcome(lambda: theirs(*args))
+    assert a_ours[0] == a_theirs[0]
+    if a_ours[0] == "ok":
+        one, other = a_ours[1], a_theirs[1]
+        assert repr(one) == repr(other) and tuple(one) == tuple(other)
+        assert one == other and hash(one) == hash(other)
+        assert one.size == other.size and one.first() == other.first()
+        assert one._asdict() == other._asdict()
+        assert _outcome(lambda: one._replace(f0=5)) == _outcome(lambda: other._replace(f0=5))
+        assert _outcome(lambda: setattr(one, "f0", 1)) == _outcome(
+            lambda: setattr(other, "f0", 1))
+
+
+def test_named_tuple_refuses_what_typing_refuses() -> None:
+    for lib, module in (("structs", structs), ("typing", typing)):
+        for body in ("    x: int = 1\n    y: int", "    x: int\n    def _replace(self): pass"):
+            with pytest.raises((TypeError, AttributeError)):
+                exec(f"class T({lib}.NamedTuple):\n{body}", {lib: module})
+
+
 @structs.dataclass(frozen=True)
 class Base:
     a: int
@@ -115,6 +168,11 @@ class Base:
 @structs.dataclass(frozen=True, slots=True)
 class Sub(Base):
     b: int = 0
+
+
+class Pair(structs.NamedTuple):
+    a: int
+    b: int = 2
 
 
 def test_inheritance_post_init_and_pickling() -> None:
@@ -131,6 +189,7 @@ def test_inheritance_post_init_and_pickling() -> None:
     assert [f.name for f in structs.fields(sub)] == ["a", "b"]
     assert structs.replace(sub, b=5) == Sub(1, 5) and hash(sub) == hash(Sub(1, 2))
     assert pickle.loads(pickle.dumps(Sub(3, 4))) == Sub(3, 4)
+    assert pickle.loads(pickle.dumps(Pair(3))) == Pair(3, 2) == (3, 2)
     with pytest.raises(structs.FrozenInstanceError):
         sub.a = 3  # type: ignore[misc]
     counted = Counted(4)
@@ -147,12 +206,16 @@ def test_inheritance_post_init_and_pickling() -> None:
 def test_no_inspect_ast_or_dis() -> None:
     code = textwrap.dedent("""
         import sys
-        from auditpy.structs import dataclass, field
+        from auditpy.structs import NamedTuple, dataclass, field
         @dataclass(frozen=True, slots=True)
         class P:
             x: int
             y: list = field(default_factory=list)
         assert P(1) == P(1)
+        class N(NamedTuple):
+            x: int
+            y: int = 2
+        assert N(1) == (1, 2)
         bad = [m for m in ("dataclasses", "inspect", "ast", "dis", "typing") if m in sys.modules]
         assert not bad, bad
     """)

@@ -7,6 +7,10 @@ module does the same work for the subset auditpy uses (`frozen`, `slots`, `eq`, 
 inheritance, `replace` and `fields`), and type checkers treat its `dataclass` as they treat
 the standard one (PEP 681). The generated methods are the standard ones' equivalents: an
 `__init__` compiled once per class, tuple comparison for `__eq__`, the same hashing rules.
+
+`NamedTuple` is typing.NamedTuple's class syntax for the same reason: typing weighs half a
+megabyte, and the class it makes is collections.namedtuple's, which is what is built here
+(type checkers see typing's).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any, TypeVar, dataclass_transform
+    from typing import NamedTuple as NamedTuple
 
     T = TypeVar("T")
 else:
@@ -260,3 +265,40 @@ def replace(obj: T, /, **changes: Any) -> T:
         if f.name not in changes:
             changes[f.name] = getattr(obj, f.name)
     return obj.__class__(**changes)
+
+
+if not TYPE_CHECKING:
+    class _NamedTupleMeta(type):
+        """Turns a class body of annotated fields (defaults last), methods and properties
+        into a collections.namedtuple class, as typing.NamedTuple does."""
+
+        def __new__(mcls, name: str, bases: tuple[type, ...], namespace: dict[str, Any]
+                    ) -> type:
+            if not bases:
+                return super().__new__(mcls, name, bases, namespace)
+            if bases != (NamedTuple,):
+                raise TypeError("a NamedTuple class can only derive from NamedTuple")
+            import collections
+
+            names = tuple(namespace.get("__annotations__", {}))
+            defaults = [namespace[f] for f in names if f in namespace]
+            if any(f not in namespace for f in names[len(names) - len(defaults):]):
+                raise TypeError(f"{name}: a field without a default follows one with a "
+                                "default")
+            cls: type = collections.namedtuple(name, names, defaults=defaults,
+                                               module=namespace.get("__module__"))
+            for key, value in namespace.items():
+                if key in names or key in ("__module__", "__dict__", "__weakref__"):
+                    continue
+                if key in _NAMEDTUPLE_OWN:
+                    raise AttributeError(f"cannot overwrite NamedTuple attribute {key}")
+                setattr(cls, key, value)
+            return cls
+
+    #: what collections.namedtuple defines that a class body may not replace
+    _NAMEDTUPLE_OWN = frozenset({"__new__", "__init__", "__slots__", "__getnewargs__",
+                                 "_fields", "_field_defaults", "_make", "_replace",
+                                 "_asdict", "_source"})
+
+    class NamedTuple(metaclass=_NamedTupleMeta):
+        """typing.NamedTuple's class syntax; see the module's docstring."""

@@ -44,13 +44,16 @@ import grp
 import os
 import re
 from collections.abc import Callable
-from typing import Final
 
 from auditpy.config.errors import ConfigError, ConfigProblem
 from auditpy.config.files import UntrustedFile, read_config_file, reason
 from auditpy.config.lines import fold
 from auditpy.proto.msgtypes import MSG_TYPE_NAMES
 from auditpy.structs import dataclass, field
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 __all__ = [
     "DEFAULT_EVENT_TIMEOUT", "DEFAULT_OUTPUT", "JsonConfig", "load_json_conf", "parse_json_conf",

@@ -25,11 +25,22 @@ hands out the oldest event first and so holds every later one behind an incomple
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from typing import Final, Protocol
-
 from auditpy.proto.msgtypes import MSG_TYPE_NAMES
 from auditpy.structs import dataclass, field
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Sequence
+    from typing import Final, Protocol, TypeAlias
+
+    class PayloadRecord(Protocol):
+        """A dispatcher record (pyaudispd's Record has these)."""
+
+        msg_type: int
+        payload: bytes
+
+    #: An event's key: its id, or (node, id) for records with a node name.
+    _Key: TypeAlias = bytes | tuple[str, bytes]
 
 __all__ = [
     "AUDIT_EOE",
@@ -45,9 +56,12 @@ AUDIT_EOE: Final = 1320
 AUDIT_PROCTITLE: Final = 1327
 DEFAULT_TIMEOUT: Final = 2.0
 #: Completed event ids remembered to recognise their EOE and late records, in two
-#: generations of this many (the older is dropped when the newer is full): far more than the
-#: events one read can complete, bounded so that a flood of ids cannot grow it.
-DONE_MEMORY: Final = 4096
+#: generations of this many (the older is dropped when the newer is full). An event's EOE
+#: follows its last record within the few events other CPUs interleave, so this is far more
+#: than needed; bounded so that a flood of ids cannot grow it, and small because every id
+#: held is resident memory. An EOE found past it is counted as an orphan, a late record
+#: past it times out as incomplete instead of being marked late: nothing is lost.
+DONE_MEMORY: Final = 1024
 
 #: Incomplete reasons.
 TIMEOUT: Final = "timeout"
@@ -81,16 +95,11 @@ def is_last_record(msg_type: int, live: bool = False) -> bool:
     )
 
 
-_LAST: Final = frozenset(t for t in range(0, 2200) if is_last_record(t))
-_LAST_LIVE: Final = frozenset(t for t in range(0, 2200) if is_last_record(t, live=True))
+#: Whether a type ends its event, as a byte per type below 2100 (every type from 2100 on
+#: does): a table lookup as cheap as a set's, without a set of two thousand int objects.
+_LAST: Final = bytes(is_last_record(t) for t in range(2100))
+_LAST_LIVE: Final = bytes(is_last_record(t, live=True) for t in range(2100))
 _NO_EVENTS: Final[tuple[Event, ...]] = ()
-
-
-class PayloadRecord(Protocol):
-    """A dispatcher record (pyaudispd's Record has these)."""
-
-    msg_type: int
-    payload: bytes
 
 
 @dataclass(slots=True)
@@ -221,11 +230,12 @@ class Assembler:
         #: types that end an event: a live stream waits for LOGIN's EOE, a log cannot
         self._last = _LAST_LIVE if (clock is not None or manual) else _LAST
         self.stats = AssemblerStats()
-        #: open events by (node, id)
-        self._open: dict[tuple[str | None, bytes], Event] = {}
-        #: recently completed (node, id) -> clock value at completion
-        self._done: dict[tuple[str | None, bytes], float] = {}
-        self._done_before: dict[tuple[str | None, bytes], float] = {}
+        #: open events by key: the id, or (node, id) for a record with a node name (no
+        #: tuple per record for the usual stream without one)
+        self._open: dict[_Key, Event] = {}
+        #: keys of recently completed events, in two generations
+        self._done: set[_Key] = set()
+        self._done_before: set[_Key] = set()
         self._now = 0.0
         #: record time of the last ageing pass (nothing new can be stale at the same time)
         self._aged_at = -1.0
@@ -244,7 +254,7 @@ class Assembler:
         """One record; returns the events completed by it (in completion order)."""
         stats = self.stats
         stats.records += 1
-        key = (node, eid)
+        key: _Key = eid if node is None else (node, eid)
         record_time = False
         if self.manual:
             now = self._now
@@ -255,15 +265,13 @@ class Assembler:
             head = eid.split(b".", 1)[0]
             now = float(head) if head.isdigit() else self._now
             self._now = now
-        last = msg_type in self._last or msg_type >= 2100
+        last = msg_type >= 2100 or self._last[msg_type]
         event = self._open.get(key)
         out: Sequence[Event] = _NO_EVENTS
         if event is None:
-            done = self._done.get(key)
-            if done is None:
-                done = self._done_before.get(key)
+            done = key in self._done or key in self._done_before
             if msg_type == AUDIT_EOE:
-                if done is None:
+                if not done:
                     stats.orphan_eoe += 1
                 # Consumed before anything else happens (libauparse ages nothing on it).
                 return out
@@ -274,12 +282,12 @@ class Assembler:
                 None,
                 now,
             )
-            if done is not None:
+            if done:
                 event.incomplete = LATE
                 stats.late += 1
             if last:
                 out = [event]
-                self._complete(key, now)
+                self._complete(key)
             else:
                 self._open[key] = event
                 if len(self._open) > stats.max_open:
@@ -289,7 +297,7 @@ class Assembler:
             if last:
                 del self._open[key]
                 out = [event]
-                self._complete(key, now)
+                self._complete(key)
         if record_time and self._open and now != self._aged_at:
             aged = self._aged(now)
             if aged:
@@ -342,30 +350,28 @@ class Assembler:
             body = payload[close + 3 :] if payload[close + 1 : close + 3] == b": " else (
                 payload[close + 2 :]
             )
-            key = (node, eid)
+            key: _Key = eid if node is None else (node, eid)
             event = open_.get(key)
-            last = msg_type in last_types or msg_type >= 2100
+            last = msg_type >= 2100 or last_types[msg_type]
             if event is not None:
                 event.records.append((msg_type, body))
                 if last:
                     del open_[key]
                     completed.append(event)
-                    self._complete(key, now)
+                    self._complete(key)
                 continue
-            was_done = self._done.get(key)
-            if was_done is None:
-                was_done = self._done_before.get(key)
+            was_done = key in self._done or key in self._done_before
             if msg_type == AUDIT_EOE:
-                if was_done is None:
+                if not was_done:
                     stats.orphan_eoe += 1
                 continue
             event = Event(eid.decode("ascii", "replace"), node, [(msg_type, body)], None, now)
-            if was_done is not None:
+            if was_done:
                 event.incomplete = LATE
                 stats.late += 1
             if last:
                 completed.append(event)
-                self._complete(key, now)
+                self._complete(key)
             else:
                 open_[key] = event
                 if len(open_) > stats.max_open:
@@ -387,13 +393,13 @@ class Assembler:
         self.stats.events += 1
         return Event("", None, [(0, text)], MALFORMED, self._now)
 
-    def _complete(self, key: tuple[str | None, bytes], now: float) -> None:
+    def _complete(self, key: _Key) -> None:
         self.stats.events += 1
         done = self._done
-        done[key] = now
+        done.add(key)
         if len(done) >= DONE_MEMORY:
             self._done_before = done
-            self._done = {}
+            self._done = set()
 
     def _aged(self, now: float) -> list[Event]:
         """Record-time ageing (log files): events with start + timeout <= now."""
@@ -412,7 +418,7 @@ class Assembler:
                 event = self._open.pop(k)
                 event.incomplete = event.incomplete or TIMEOUT
                 self.stats.timed_out += 1
-                self._complete(k, now)
+                self._complete(k)
                 out.append(event)
         return out
 
@@ -430,7 +436,7 @@ class Assembler:
         for k, event in events:
             event.incomplete = event.incomplete or END_OF_INPUT
             self.stats.flushed += 1
-            self._complete(k, self._now)
+            self._complete(k)
             out.append(event)
         return out
 

@@ -30,14 +30,19 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Callable
-from typing import Any, Final
 
 from auditpy.events.assemble import AUDIT_EOE, Event, is_last_record
-from auditpy.events.fields import Hex, Oct, Value, parse_body
+from auditpy.events.fields import Hex, Oct, parse_body
 from auditpy.proto.interp_tables import ELF_TO_MACHINE, MACHINE_NAMES
 from auditpy.proto.msgtypes import MSG_TYPE_NAMES
 from auditpy.proto.syscalls import SYSCALL_NAMES
 from auditpy.structs import dataclass, field
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Final
+
+    from auditpy.events.fields import Value
 
 __all__ = [
     "EncodeOptions",

@@ -27,7 +27,13 @@ Pure functions and tables only; no I/O.
 from __future__ import annotations
 
 import re
-from typing import Final, TypeAlias
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final, TypeAlias
+
+    Value: TypeAlias = "int | bytes | list[Value] | dict[str, Value] | None"
+    Field: TypeAlias = "tuple[str, Value]"
 
 __all__ = [
     "DEC",
@@ -60,9 +66,6 @@ class Oct(int):
     def __repr__(self) -> str:
         return f"Oct(0o{int(self):o})"
 
-
-Value: TypeAlias = "int | bytes | list[Value] | dict[str, Value] | None"
-Field: TypeAlias = "tuple[str, Value]"
 
 # -- field classes -------------------------------------------------------------------------
 

@@ -9,9 +9,12 @@ process table (the caller updates the table before asking here), as in laurel.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Final
 
 from auditpy.structs import dataclass
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 __all__ = ["EventFilter", "split_keys"]
 

@@ -31,13 +31,17 @@ from __future__ import annotations
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from typing import Final, NamedTuple
 
-from auditpy.events.fields import Value
 from auditpy.events.filters import split_keys
 from auditpy.proto.interp_tables import ELF_TO_MACHINE
 from auditpy.proto.syscalls import SYSCALL_NAMES
-from auditpy.structs import dataclass, field
+from auditpy.structs import NamedTuple, dataclass, field
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
+
+    from auditpy.events.fields import Value
 
 __all__ = [
     "DEFAULT_CAPACITY",

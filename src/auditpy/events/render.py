@@ -21,7 +21,6 @@ or group management records (translated names may change).
 from __future__ import annotations
 
 import re
-from typing import Final, NamedTuple
 
 from auditpy.events.assemble import AUDIT_EOE, Event, is_last_record
 from auditpy.events.encode import (
@@ -35,6 +34,11 @@ from auditpy.events.encode import (
     type_key,
 )
 from auditpy.events.lineage import SyscallFacts, syscall_facts
+from auditpy.structs import NamedTuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 __all__ = ["Layout", "LineRenderer"]
 
@@ -319,7 +323,7 @@ class LineRenderer:
             out.append(',"NODE":' + dumps(text(event.node.encode("utf-8", "surrogateescape"))))
         infos = layout.infos
         for msg_type, positions, single in layout.shape.groups:
-            key = _KEYS.get(msg_type) or dumps(type_key(msg_type))
+            key = dumps(type_key(msg_type))
             if single:
                 frag = infos[positions[0]].frag
                 extra = (syscall_extra if msg_type == AUDIT_SYSCALL
@@ -339,4 +343,3 @@ class LineRenderer:
 
 
 _PLAIN_ID: Final = re.compile(r"[0-9.:]+\Z")
-_KEYS: Final = {t: dumps(type_key(t)) for t in range(1000, 2500)}

@@ -24,16 +24,21 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import IO, Any
 
 from auditpy.config.jsonout import JsonConfig
 from auditpy.events.assemble import Event
 from auditpy.events.encode import dumps, type_key
-from auditpy.events.fields import Value, parse_body
+from auditpy.events.fields import parse_body
 from auditpy.jsonout.decode import StreamDecoder
 from auditpy.jsonout.pipeline import NO_ACCESS, JsonPipeline, ProcAccess
 from auditpy.jsonout.sinks import Sink
 from auditpy.structs import dataclass, field
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import IO, Any
+
+    from auditpy.events.fields import Value
 
 __all__ = ["AuditEvent", "AuditRecord", "follow", "log_files", "read_lines", "read_log"]
 

@@ -3,10 +3,12 @@ frames, told apart as every plugin tells them (`proto.plugin_input.stream_is_bin
 
 from __future__ import annotations
 
-from typing import Final
-
 from auditpy.proto.dispatch import FrameError, unpack_frames
 from auditpy.proto.plugin_input import stream_is_binary
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 __all__ = ["Record", "StreamDecoder"]
 

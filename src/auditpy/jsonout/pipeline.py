@@ -12,7 +12,6 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from typing import Any
 
 from auditpy.config.jsonout import JsonConfig
 from auditpy.events.assemble import Assembler, Event
@@ -25,7 +24,6 @@ from auditpy.events.encode import (
     dumps,
     fragment,
 )
-from auditpy.events.fields import Value
 from auditpy.events.filters import EventFilter, split_keys
 from auditpy.events.lineage import (
     EXEC,
@@ -42,6 +40,12 @@ from auditpy.events.render import LineRenderer
 from auditpy.jsonout import procfs
 from auditpy.jsonout.sinks import Sink, open_sink
 from auditpy.structs import dataclass
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from auditpy.events.fields import Value
 
 __all__ = ["JsonPipeline", "PipelineStats", "ProcAccess"]
 

@@ -34,7 +34,6 @@ import time
 from collections.abc import Iterator
 from itertools import compress, repeat
 from operator import eq, methodcaller, ne
-from typing import Final, cast
 
 from auditpy.proto.interp_tables import (
     ELF_TO_MACHINE,
@@ -55,6 +54,10 @@ from auditpy.proto.interp_tables import (
 from auditpy.proto.msgtypes import MSG_TYPE_NAMES
 from auditpy.proto.records import MAX_AUDIT_MESSAGE_LENGTH
 from auditpy.proto.syscalls import SYSCALL_NAMES
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 __all__ = ["FORMAT_BUF_LEN", "INTERP_SEPARATOR", "MIN_SPACE_LEFT", "Enricher"]
 
@@ -725,10 +728,10 @@ class Enricher:
         for msg_type in kinds:
             group = list(compress(payloads, map(eq, types, repeat(msg_type))))
             if msg_type == _AUDIT_SYSCALL:
-                found = list(map(self._known_syscall_suffix, group))
-                if None in found:
+                known = [s for s in map(self._known_syscall_suffix, group) if s is not None]
+                if len(known) != len(group):
                     return None
-                per_type[msg_type] = iter(cast("list[bytes]", found))
+                per_type[msg_type] = iter(known)
             elif msg_type == _AUDIT_PROCTITLE:
                 # its only "=" is its name's: no needle (each ends in "=") can be in it
                 if any(map(ne, map(_count_equals, group), repeat(1))):
