@@ -506,16 +506,30 @@ def test_fast_path_agrees_with_full_emulation(body: bytes, rtype: int) -> None:
 
 
 def test_generated_tables_cover_the_main_arches() -> None:
+    from auditpy.proto import syscalls
     from auditpy.proto.interp_tables import ELF_TO_MACHINE, MACHINE_NAMES
-    from auditpy.proto.syscalls import SYSCALL_NAMES
+    from auditpy.proto.syscalls import syscall_names
 
     by_name = {name: num for num, name in MACHINE_NAMES.items()}
     assert ELF_TO_MACHINE[0xC000003E] == by_name["x86_64"]
     assert ELF_TO_MACHINE[0x40000003] == by_name["i386"]
-    assert SYSCALL_NAMES[by_name["x86_64"]][59] == "execve"
-    assert SYSCALL_NAMES[by_name["i386"]][11] == "execve"
-    assert SYSCALL_NAMES[by_name["aarch64"]][221] == "execve"
+    assert syscall_names(by_name["x86_64"])[59] == "execve"
+    assert syscall_names(by_name["i386"])[11] == "execve"
+    assert syscall_names(by_name["aarch64"])[221] == "execve"
     assert os.uname().machine in enrich.UNAME_TO_MACHINE or enrich._detect_machine() == -1
+    # made once per machine; a machine without a table has no names and is not remembered
+    assert syscall_names(by_name["x86_64"]) is syscall_names(by_name["x86_64"])
+    assert syscall_names(4242) == {} and 4242 not in syscalls._MADE
+    assert len(syscall_names(by_name["x86_64"])) > 300
+
+
+def test_syscall_kinds_follow_the_record_arch() -> None:
+    from auditpy.events.lineage import CLONE, EXEC, EXIT, FORK, syscall_kind
+
+    assert syscall_kind(0xC000003E, 59) == EXEC and syscall_kind(0x40000003, 11) == EXEC
+    assert syscall_kind(0xC000003E, 57) == FORK and syscall_kind(0xC000003E, 56) == CLONE
+    assert syscall_kind(0xC000003E, 231) == EXIT and syscall_kind(0xC000003E, 39) == 0
+    assert syscall_kind(0x1234, 59) == 0
 
 
 # ---------------------------------------------------------------- the SYSCALL hot path

@@ -19,7 +19,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from auditpy.proto.records import MAX_LINE, LineFormatter, clean_payload, is_event, type_name
+from auditpy.proto.records import (
+    MAX_LINE,
+    LineFormatter,
+    all_events,
+    clean_payload,
+    is_event,
+    type_name,
+)
 
 from .golden import CapturedRecord, read_corpus
 
@@ -68,6 +75,12 @@ def test_event_filter() -> None:
     assert is_event(1005) and is_event(1300) and is_event(2000) and is_event(1100)
     for control in (1000, 1001, 1010, 1011, 1019, 1200, 1299, 1329, 2, 3):
         assert not is_event(control)
+
+
+@given(st.lists(st.one_of(st.integers(0, 2**16 - 1), st.integers(990, 1400),
+                          st.sampled_from([1006, 1300, 1320, 1329, 1200, 999])), max_size=8))
+def test_a_batch_is_all_events_exactly_when_each_record_is(types: list[int]) -> None:
+    assert all_events(types) == all(map(is_event, types))
 
 
 @given(st.integers(0, 2**16 - 1), st.binary(max_size=10000))

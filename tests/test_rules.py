@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from auditpy.proto.syscalls import SYSCALL_NAMES
+from auditpy.proto.syscalls import syscall_names
 from auditpy.rules import data as d
 from auditpy.rules.lint import lint
 from auditpy.rules.listing import format_rule, format_rules
@@ -188,7 +188,7 @@ OPS = ["=", "!=", "<", ">", "<=", ">=", "&", "&="]
 def rule_lines(draw: st.DrawFn) -> str:
     """Random exit-list rules as auditctl takes them."""
     arch = draw(st.sampled_from(["", "b64", "b32"]))
-    table = SYSCALL_NAMES[0 if arch == "b32" else 1]
+    table = syscall_names(0 if arch == "b32" else 1)
     parts = [f"-a {draw(st.sampled_from(['always', 'never']))},exit"]
     if arch:
         parts.append(f"-F arch={arch}")

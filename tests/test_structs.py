@@ -94,6 +94,8 @@ def test_the_same_class_behaves_as_the_standard_dataclass(
     assert (a_ours == 1) == (a_theirs == 1)
     assert _outcome(lambda: hash(a_ours) == hash(b_ours)) == _outcome(
         lambda: hash(a_theirs) == hash(b_theirs))
+    if options["eq"]:  # (without eq, hashes are by identity)
+        assert _outcome(lambda: hash(a_ours)) == _outcome(lambda: hash(a_theirs))
     assert ("__slots__" in ours.__dict__) == ("__slots__" in theirs.__dict__)
     for name in [f.name for f in dataclasses.fields(theirs)]:
         assert _outcome(lambda n=name: setattr(a_ours, n, 1)) == _outcome(

@@ -8,9 +8,9 @@ installed libraries (and ``ausyscall --dump``) at development time and writes pl
 modules that are committed; the daemon itself never loads libaudit.
 
 Writes:
-  src/auditpy/syscalls.py      -- SYSCALL_NAMES[machine][number] -> name
-  src/auditpy/interp_tables.py -- field kinds, machine/arch tables, socket families,
-                                  socketcall/ipc sub-call names
+  src/auditpy/proto/syscalls.py      -- syscall_names(machine)[number] -> name
+  src/auditpy/proto/interp_tables.py -- field kinds, machine/arch tables, socket families,
+                                        socketcall/ipc sub-call names
 
 Run: python3 tools/gen_interp_tables.py   (needs libaudit.so.1, libauparse.so.0, ausyscall)
 """
@@ -236,6 +236,21 @@ def _wrap_items(items: Iterable[str], indent: str, width: int = 99) -> Iterator[
         yield line.rstrip()
 
 
+def _chunks(words: Iterable[str], width: int) -> list[str]:
+    """Space-separated words in strings of at most about `width` characters, each but the
+    last ending in a space (adjacent literals make one string)."""
+    out: list[str] = []
+    line = ""
+    for word in words:
+        if line and len(line) + len(word) + 1 > width:
+            out.append(line)
+            line = ""
+        line += word + " "
+    if line:
+        out.append(line)
+    return out
+
+
 def _dict_lines(
     name: str, ann: str, d: dict[int, str] | dict[int, int] | dict[str, int]
 ) -> list[str]:
@@ -259,19 +274,51 @@ def main() -> None:
         "# (audit userspace 3.0.9).  Do not edit by hand; rerun the generator.",
     ]
     lines = [
-        '"""Syscall number -> name tables per libaudit machine (generated)."""',
+        '"""Syscall number -> name tables per libaudit machine (generated).',
+        "",
+        "Each machine's table is kept as one string and made into a dict the first time it is",
+        "asked for: a process needs one or two machines' names, and a dict of a few hundred",
+        "entries per machine is resident memory in every daemon that imports them.",
+        '"""',
         "",
         *hdr,
         "",
+        "from __future__ import annotations",
+        "",
+        "__all__ = [\"MACHINES\", \"syscall_names\"]",
+        "",
         "# fmt: off",
-        "SYSCALL_NAMES: dict[int, dict[int, str]] = {",
+        "#: machine -> its syscalls as space-separated number and name pairs",
+        "_TABLES: dict[int, str] = {",
     ]
     for m, table in sc.items():
-        lines.append(f"    {m}: {{  # {machine_names[m]}")
-        lines += _wrap_items((f"{k}: {v!r}" for k, v in table.items()), "        ")
-        lines.append("    },")
-    lines += ["}", "# fmt: on", ""]
-    (ROOT / "src/auditpy/syscalls.py").write_text("\n".join(lines))
+        lines.append(f"    {m}: (  # {machine_names[m]}")
+        pairs = (f"{k} {v}" for k, v in table.items())
+        lines += [f"        {chunk!r}" for chunk in _chunks(pairs, 88)]
+        lines.append("    ),")
+    lines += [
+        "}",
+        "# fmt: on",
+        "",
+        "#: the machines that have a table",
+        "MACHINES: tuple[int, ...] = tuple(_TABLES)",
+        "_MADE: dict[int, dict[int, str]] = {}",
+        "",
+        "",
+        "def syscall_names(machine: int) -> dict[int, str]:",
+        '    """Syscall number -> name for a libaudit machine ({} for one without a table); the',
+        '    same dict on every call: callers must not change it."""',
+        "    table = _MADE.get(machine)",
+        "    if table is None:",
+        "        if machine not in _TABLES:",
+        "            return {}",
+        "        words = _TABLES[machine].split()",
+        "        numbers = map(int, words[::2])",
+        "        table = _MADE[machine] = dict(zip(numbers, words[1::2], strict=True))",
+        "    return table",
+        "",
+    ]
+    (ROOT / "src/auditpy/proto/syscalls.py").write_text("\n".join(lines))
 
     lines = [
         '"""Interpretation tables for ENRICHED log lines (generated from libaudit/libauparse)."""',
@@ -324,7 +371,7 @@ def main() -> None:
         "# fmt: on",
         "",
     ]
-    (ROOT / "src/auditpy/interp_tables.py").write_text("\n".join(lines))
+    (ROOT / "src/auditpy/proto/interp_tables.py").write_text("\n".join(lines))
 
 
 if __name__ == "__main__":

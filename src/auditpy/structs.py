@@ -15,6 +15,8 @@ megabyte, and the class it makes is collections.namedtuple's, which is what is b
 
 from __future__ import annotations
 
+from operator import attrgetter
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -153,6 +155,18 @@ def _put(cls: type, name: str, value: object) -> None:
     setattr(cls, name, value)
 
 
+def _key(names: list[str]) -> Callable[[Any], tuple[Any, ...]]:
+    """The tuple of the compared fields, as dataclasses' __eq__ and __hash__ build it, by
+    a C getter shared through closures rather than methods compiled per class (each of
+    those is a code object and a globals dict held for the process's life)."""
+    if len(names) == 1:
+        get = attrgetter(names[0])
+        return lambda obj: (get(obj),)
+    if not names:
+        return lambda obj: ()
+    return attrgetter(*names)
+
+
 def _make(cls: type, frozen: bool, slots: bool, eq: bool, repr_: bool, init: bool) -> type:
     spec = _collect(cls)
     fields = list(spec.values())
@@ -167,7 +181,7 @@ def _make(cls: type, frozen: bool, slots: bool, eq: bool, repr_: bool, init: boo
         source, names = _init_source(cls, fields, frozen, hasattr(cls, "__post_init__"))
         _put(cls, "__init__", _compile(source, names, cls))
     shown = tuple(f.name for f in fields if f.repr)
-    compared = "".join(f"self.{f.name}," for f in fields if f.compare)
+    key = _key([f.name for f in fields if f.compare])
     if repr_ and "__repr__" not in cls.__dict__:
         def __repr__(self: Any) -> str:
             inner = ", ".join(f"{name}={getattr(self, name)!r}" for name in shown)
@@ -176,16 +190,20 @@ def _make(cls: type, frozen: bool, slots: bool, eq: bool, repr_: bool, init: boo
         __repr__.__qualname__ = f"{cls.__qualname__}.__repr__"
         _put(cls, "__repr__", __repr__)
     if eq and "__eq__" not in cls.__dict__:
-        other = compared.replace("self.", "other.")
-        _put(cls, "__eq__", _compile(
-            "def __eq__(self, other):\n"
-            "  if other.__class__ is self.__class__:\n"
-            f"    return ({compared}) == ({other})\n"
-            "  return NotImplemented\n", {}, cls))
+        def __eq__(self: Any, other: Any) -> Any:
+            if other.__class__ is self.__class__:
+                return key(self) == key(other)
+            return NotImplemented
+
+        __eq__.__qualname__ = f"{cls.__qualname__}.__eq__"
+        _put(cls, "__eq__", __eq__)
     if "__hash__" not in cls.__dict__ or cls.__dict__["__hash__"] is None:
         if eq and frozen:
-            _put(cls, "__hash__", _compile(
-                f"def __hash__(self):\n  return hash(({compared}))\n", {}, cls))
+            def __hash__(self: Any) -> int:
+                return hash(key(self))
+
+            __hash__.__qualname__ = f"{cls.__qualname__}.__hash__"
+            _put(cls, "__hash__", __hash__)
         elif eq:
             _put(cls, "__hash__", None)
     _put(cls, "__match_args__", tuple(f.name for f in fields if f.init))

@@ -31,7 +31,7 @@ from auditpy.proto.netlink import (
     STATUS_RATE_LIMIT,
     AuditStatus,
 )
-from auditpy.proto.syscalls import SYSCALL_NAMES
+from auditpy.proto.syscalls import syscall_names
 from auditpy.rules.parse import split_rule_line
 from auditpy.system.netlink import AuditSocket
 
@@ -142,7 +142,7 @@ def inert_rules(draw: st.DrawFn) -> list[str]:
         arch = draw(st.sampled_from(["", "b64", "b32"]))
         if arch:
             args += ["-F", f"arch={arch}"]
-        table = SYSCALL_NAMES[0 if arch == "b32" else 1]
+        table = syscall_names(0 if arch == "b32" else 1)
         calls = draw(st.lists(st.sampled_from(sorted(table.values())), min_size=1,
                               max_size=5, unique=True))
         args += ["-S", ",".join(calls)]

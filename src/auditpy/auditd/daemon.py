@@ -69,8 +69,9 @@ from auditpy.proto.records import (
     DAEMON_ROTATE,
     DAEMON_START,
     MAX_AUDIT_MESSAGE_LENGTH,
-    NOT_EVENTS,
     LineFormatter,
+    all_events,
+    is_event,
 )
 from auditpy.system import evloop
 from auditpy.system.children import spawn_child
@@ -575,9 +576,8 @@ class Daemon:
             self._handle(types, payloads)
 
     def _handle(self, types: list[int], payloads: list[bytes]) -> None:
-        if not NOT_EVENTS.isdisjoint(types):
-            events = [(t, p) for t, p in zip(types, payloads, strict=True)
-                      if t not in NOT_EVENTS]
+        if not all_events(types):
+            events = [(t, p) for t, p in zip(types, payloads, strict=True) if is_event(t)]
             if not events:
                 return
             types = [t for t, _p in events]

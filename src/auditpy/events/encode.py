@@ -35,7 +35,7 @@ from auditpy.events.assemble import AUDIT_EOE, Event, is_last_record
 from auditpy.events.fields import Hex, Oct, parse_body
 from auditpy.proto.interp_tables import ELF_TO_MACHINE, MACHINE_NAMES
 from auditpy.proto.msgtypes import MSG_TYPE_NAMES
-from auditpy.proto.syscalls import SYSCALL_NAMES
+from auditpy.proto.syscalls import syscall_names
 from auditpy.structs import dataclass, field
 
 TYPE_CHECKING = False
@@ -239,7 +239,7 @@ def syscall_name(arch: int, nr: int) -> str | None:
     machine = ELF_TO_MACHINE.get(arch & 0xFFFFFFFF)
     if machine is None:
         return None
-    return SYSCALL_NAMES.get(machine, {}).get(nr)
+    return syscall_names(machine).get(nr)
 
 
 class Encoder:

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable
 
 from auditpy.events.filters import split_keys
 from auditpy.proto.interp_tables import ELF_TO_MACHINE
-from auditpy.proto.syscalls import SYSCALL_NAMES
+from auditpy.proto.syscalls import syscall_names
 from auditpy.structs import NamedTuple, dataclass, field
 
 TYPE_CHECKING = False
@@ -67,21 +67,23 @@ _KINDS: Final = {
     "clone3": FORK,
     "exit_group": EXIT,
 }
-#: machine -> {syscall number: kind}
-_BY_MACHINE: Final = {
-    machine: {nr: _KINDS[name] for nr, name in table.items() if name in _KINDS}
-    for machine, table in SYSCALL_NAMES.items()
-}
-#: AUDIT_ARCH value -> {syscall number: kind}
-_BY_ARCH: Final = {
-    arch: _BY_MACHINE.get(machine, {}) for arch, machine in ELF_TO_MACHINE.items()
-}
+#: AUDIT_ARCH value -> {syscall number: kind}, made when the architecture is first seen
+_BY_ARCH: Final[dict[int, dict[int, int]]] = {}
 _S390: Final = frozenset(a for a, m in ELF_TO_MACHINE.items() if m in (5, 6))
 
 
 def syscall_kind(arch: int, nr: int) -> int:
     """EXEC, FORK, CLONE, EXIT or 0 for a syscall number on an architecture."""
-    return _BY_ARCH.get(arch, {}).get(nr, 0)
+    kinds = _BY_ARCH.get(arch)
+    if kinds is None:
+        machine = ELF_TO_MACHINE.get(arch)
+        if machine is None:
+            return 0
+        kinds = _BY_ARCH[arch] = {
+            number: _KINDS[name] for number, name in syscall_names(machine).items()
+            if name in _KINDS
+        }
+    return kinds.get(nr, 0)
 
 
 # -- cgroups -----------------------------------------------------------------------------

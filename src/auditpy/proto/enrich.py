@@ -53,7 +53,7 @@ from auditpy.proto.interp_tables import (
 )
 from auditpy.proto.msgtypes import MSG_TYPE_NAMES
 from auditpy.proto.records import MAX_AUDIT_MESSAGE_LENGTH
-from auditpy.proto.syscalls import SYSCALL_NAMES
+from auditpy.proto.syscalls import MACHINES, syscall_names
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -133,9 +133,8 @@ _NEEDLES_BY_TYPE: Final = {
     msg_type: _needles(_KINDS_BY_RTYPE.get(RTYPE_REMAP.get(msg_type, msg_type), _DEFAULT_KINDS))
     for msg_type in {*RTYPE_REMAP, *_KINDS_BY_RTYPE}
 }
-_SYSCALL_BYTES: Final = {
-    m: {nr: n.encode() for nr, n in t.items()} for m, t in SYSCALL_NAMES.items()
-}
+#: machine -> {syscall number: name}, made when the machine is first seen
+_SYSCALL_BYTES: Final[dict[int, dict[int, bytes]]] = {}
 _SOCKETCALL_BYTES: Final = {k: v.encode() for k, v in SOCKETCALL_NAMES.items()}
 _IPC_BYTES: Final = {k: v.encode() for k, v in IPC_NAMES.items()}
 _MACHINE_BYTES: Final = {k: v.encode() for k, v in MACHINE_NAMES.items()}
@@ -655,7 +654,11 @@ class Enricher:
             machine = self._machine
             if machine < 0:
                 return value
-        name = _SYSCALL_BYTES.get(machine, {}).get(syscall)
+        names = _SYSCALL_BYTES.get(machine)
+        if names is None:
+            names = {} if machine not in MACHINES else _SYSCALL_BYTES.setdefault(
+                machine, {nr: n.encode() for nr, n in syscall_names(machine).items()})
+        name = names.get(syscall)
         if name is None:
             return b"unknown-syscall(%d)" % syscall
         if name != b"socketcall" and name != b"ipc":

@@ -57,8 +57,15 @@ def is_event(msg_type: int) -> bool:
     return msg_type != AUDIT_REPLACE
 
 
-#: The non-event types a kernel can send, for a set lookup on the hot path.
-NOT_EVENTS = frozenset(t for t in range(0, 1400) if not is_event(t))
+#: The non-event types from 1000 on (every type below is one too): a set of a thousand
+#: more would be resident memory in both daemons for types no batch holds.
+_NOT_EVENTS_FROM_1000 = frozenset(t for t in range(1000, 1400) if not is_event(t))
+
+
+def all_events(types: list[int]) -> bool:
+    """Whether every type of a batch is an event (the usual case), by two passes in C
+    instead of is_event per record."""
+    return not types or (min(types) >= 1000 and _NOT_EVENTS_FROM_1000.isdisjoint(types))
 
 
 def type_name(msg_type: int) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from auditpy.proto.interp_tables import MACHINE_NAMES
 from auditpy.proto.msgtypes import MSG_TYPE_NAMES
-from auditpy.proto.syscalls import SYSCALL_NAMES
+from auditpy.proto.syscalls import syscall_names
 from auditpy.rules import data as d
 from auditpy.rules.parse import detect_machine
 from auditpy.rules.tables import (
@@ -142,7 +142,7 @@ def _syscalls(rule: d.Rule, machine: int) -> str:
     if rule.filter == d.AUDIT_FILTER_URING_EXIT:
         names = URING_OP_NAMES
     else:
-        names = SYSCALL_NAMES.get(machine, {}) if machine >= 0 else {}
+        names = syscall_names(machine) if machine >= 0 else {}
     listed = [names.get(nr, str(nr)) for nr in rule.syscalls()]
     return f" -S {','.join(listed)}" if listed else ""
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from auditpy.proto.interp_tables import UNAME_TO_MACHINE
 from auditpy.proto.msgtypes import MSG_TYPE_NAMES
-from auditpy.proto.syscalls import SYSCALL_NAMES
+from auditpy.proto.syscalls import syscall_names
 from auditpy.rules import data as d
 from auditpy.rules.tables import (
     ERRNO_NAMES,
@@ -43,7 +43,7 @@ _MSGTYPE_BY_NAME = {name.lower(): number for number, name in MSG_TYPE_NAMES.item
 @functools.cache
 def _syscalls_by_name(machine: int) -> dict[str, int]:
     """Name -> number for one machine, built on first use (pyauditctl starts per command)."""
-    return {name.lower(): nr for nr, name in SYSCALL_NAMES.get(machine, {}).items()}
+    return {name.lower(): nr for nr, name in syscall_names(machine).items()}
 #: 64-bit libaudit machines and the 32-bit machine `arch=b32` means on them.
 _MACHINE_32 = {1: 0, 3: 4, 5: 6, 9: 8}
 _MACH_X86, _MACH_86_64, _MACH_PPC64, _MACH_PPC, _MACH_S390X, _MACH_S390 = 0, 1, 3, 4, 5, 6

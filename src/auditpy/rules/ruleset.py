@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from auditpy.proto.syscalls import SYSCALL_NAMES
+from auditpy.proto.syscalls import MACHINES, syscall_names
 from auditpy.rules import data as d
 from auditpy.rules.listing import format_rule
 from auditpy.rules.parse import Command, Environment, RuleError, parse_args, split_rule_line
@@ -214,9 +214,9 @@ def _check_syscalls(plan: Plan, env: Environment) -> None:
         if rule.filter != d.AUDIT_FILTER_EXIT or rule.all_syscalls:
             continue
         machine = rule_machine(rule, env)
-        names = SYSCALL_NAMES.get(machine)
-        if names is None:
+        if machine not in MACHINES:
             continue
+        names = syscall_names(machine)
         missing = [nr for nr in rule.syscalls() if nr not in names]
         if missing:
             arch = "b64" if (rule.arch or 0) & d.ARCH_64BIT or rule.arch is None else "b32"
