@@ -290,6 +290,61 @@ def test_table_is_bounded_and_seeded() -> None:
     assert len(table) == 3 and table.get(1) is None and table.stats.evicted == 2
 
 
+def test_gone_processes_are_forgotten_after_a_pass_without_events() -> None:
+    """A process that is not alive is forgotten once no event used it for a whole pass;
+    a live one, or one an event used since the last pass, stays; a child keeps its
+    forgotten parent."""
+    table = ProcessTable(read_proc=lambda pid: None)
+    table.seed([ProcInfo(1, 0, b"init", b"/sbin/init"), ProcInfo(7, 1, b"old", b"/old")])
+    observe(table, "1.0:1", syscall(59, pid=10, ppid=1, comm="sh", exe="/bin/sh"))
+    observe(table, "1.0:2", syscall(57, pid=10, ppid=1, comm="sh", exe="/bin/sh", exit=11))
+    observe(table, "1.0:3", syscall(59, pid=11, ppid=10, comm="true", exe="/bin/true"))
+    live = {1, 11}
+    assert table.forget_dead(live) == 0  # everything was used since the last pass (none)
+    observe(table, "1.0:4", syscall(110, pid=11, ppid=10))  # 11 used again, 10 and 7 not
+    assert table.forget_dead(live) == 2
+    assert table.get(10) is None and table.get(7) is None and table.get(11) is not None
+    child = table.get(11)
+    assert child is not None and child.parent is not None and child.parent.exec_id == "1.0:1"
+    assert table.enrichment(child)["PPID"] == {
+        "EVENT_ID": b"1.0:1", "comm": b"sh", "exe": b"/bin/sh", "ppid": 1, "pid": 10}
+    observe(table, "1.0:5", syscall(110, pid=11, ppid=10))
+    assert table.forget_dead(set()) == 1  # init (gone, here); 11 was used since the last pass
+    assert table.get(11) is not None
+    assert table.forget_dead(set()) == 1 and len(table) == 0  # 11: not since the last pass
+    assert table.stats.forgotten == 4
+
+
+@given(st.lists(st.one_of(
+    st.tuples(st.just("event"), st.integers(1, 12), st.sampled_from([59, 57, 110, 231])),
+    st.tuples(st.just("forget"), st.frozensets(st.integers(1, 12)), st.just(0)),
+), max_size=40))
+def test_forget_dead_forgets_exactly_the_gone_and_unused(
+        steps: list[tuple[str, object, int]]) -> None:
+    """Against a model that looks at every entry: the pass that stops at the first entry
+    used lately forgets exactly the entries that are gone and were not used since the
+    pass before."""
+    table = ProcessTable(read_proc=lambda pid: None)
+    last_used: dict[int, int] = {}
+    passes = 0
+    for n, (kind, arg, nr) in enumerate(steps):
+        if kind == "event":
+            assert isinstance(arg, int)
+            observe(table, f"1.0:{n}", syscall(nr, pid=arg, ppid=1, exit=arg + 20))
+            for pid in [arg, arg + 20] if nr == 57 else [arg]:
+                if table.get(pid) is not None:
+                    last_used[pid] = passes
+        else:
+            assert isinstance(arg, frozenset)
+            passes += 1
+            expected = {pid for pid in list(last_used)
+                        if table.get(pid) is not None and pid not in arg
+                        and last_used[pid] < passes - 1}
+            before = {pid for pid in last_used if table.get(pid) is not None}
+            assert table.forget_dead(arg) == len(expected)
+            assert {pid for pid in before if table.get(pid) is None} == expected
+
+
 def test_unknown_pids_are_looked_up_once_found() -> None:
     asked = []
 

@@ -21,7 +21,12 @@ from auditpy.config.jsonout import JsonConfig, load_json_conf, parse_json_conf
 from auditpy.config.plugins import parse_json_args
 from auditpy.jsonout.api import follow, log_files, read_lines, read_log
 from auditpy.jsonout.decode import StreamDecoder
-from auditpy.jsonout.pipeline import NO_ACCESS, JsonPipeline, ProcAccess
+from auditpy.jsonout.pipeline import (
+    FORGET_DEAD_SECONDS,
+    NO_ACCESS,
+    JsonPipeline,
+    ProcAccess,
+)
 from auditpy.jsonout.sinks import FileSink, SocketSink
 from auditpy.proto import dispatch as wire
 from tests.audispd_support import Audispd, wait_for
@@ -188,6 +193,38 @@ def test_execve_environment_and_container() -> None:
     assert event["CONTAINER_INFO"] == {"ID": cid}
     assert event["SYSTEMD_INFO"] == {"UNIT": f"docker-{cid}.scope"}
     assert event["SYSCALL"]["PID"] == {"EVENT_ID": "1700000000.100:7"}
+
+
+def test_gone_processes_leave_the_table_every_forget_period() -> None:
+    """Live pipelines let go of processes /proc no longer shows, at most once per
+    FORGET_DEAD_SECONDS; without /proc access (saved logs) nothing is forgotten."""
+    alive = {1}
+    scans: list[int] = []
+
+    def alive_now() -> set[int]:
+        scans.append(1)
+        return set(alive)
+
+    access = ProcAccess(read_proc=lambda pid: None, read_cgroup=None, read_environ=None,
+                        scan=None, user_name=None, group_name=None, live_pids=alive_now)
+    pipe, _sink = pipeline(JsonConfig(), access)
+    for line in EXEC_EVENT:
+        pipe.add_line(line)
+    assert len(pipe.table) == 1  # the exec'd process, pid 4242, not alive here
+    pipe.forget_dead_when_due(100.0)
+    pipe.forget_dead_when_due(100.0 + FORGET_DEAD_SECONDS - 0.1)
+    assert len(scans) == 1 and len(pipe.table) == 1  # it was used since the last pass
+    pipe.forget_dead_when_due(100.0 + FORGET_DEAD_SECONDS)
+    assert len(scans) == 2 and len(pipe.table) == 0
+    assert dict(pipe.state_lines())["processes forgotten (gone from /proc)"] == 1
+    from auditpy.jsonout.procfs import live_pids
+    assert os.getpid() in (live_pids() or ()) and live_pids("/nonexistent") is None
+    kept, _ = pipeline(JsonConfig())
+    for line in EXEC_EVENT:
+        kept.add_line(line)
+    for now in (0.0, 100.0, 200.0):
+        kept.forget_dead_when_due(now)
+    assert len(kept.table) == 1
 
 
 def test_reconfigure_keeps_events_in_flight() -> None:

@@ -128,6 +128,8 @@ class Plugin:
                         code = 1
                         break
                 pipeline.expire()
+                if pipeline.clock is not None:
+                    pipeline.forget_dead_when_due(pipeline.clock())
                 pipeline.flush()
                 if self.flags:
                     flags, self.flags = self.flags, set()

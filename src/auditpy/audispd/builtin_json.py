@@ -90,7 +90,9 @@ class JsonPlugin(PluginRunner):
         if batch:
             self._batch = []
             assembler = pipeline.assembler
-            assembler.set_time(self.ctx.loop.time())
+            now = self.ctx.loop.time()
+            assembler.set_time(now)
+            pipeline.forget_dead_when_due(now)
             node_prefix = batch[0].node
             if all(r.node is node_prefix for r in batch):
                 events = assembler.add_records(batch, self._node(node_prefix))

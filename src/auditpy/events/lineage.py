@@ -8,7 +8,10 @@ a reference to the forking process, and exit_group events mark processes gone.  
 keeps the reference to the process that forked it, so its parent is known even after the
 parent exited and the child was re-parented (the kernel's ``ppid`` then names the reaper).
 The table is seeded from /proc at start and asks /proc (through an injected function) about
-a pid it has never seen.  It is bounded: least recently used entries go first.
+a pid it has never seen.  It is bounded: least recently used entries go first; and
+`forget_dead`, given the pids that are alive, lets go of processes that are gone and that no
+event used for a while, so that it holds what runs now rather than every process that ran
+since the start, up to its capacity.
 
 Enrichment per SYSCALL event, in laurel's layout:
 
@@ -30,7 +33,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 
 from auditpy.events.filters import split_keys
 from auditpy.proto.interp_tables import ELF_TO_MACHINE
@@ -219,6 +222,7 @@ class Process:
         "parent",
         "pid",
         "ppid",
+        "seen",
         "version",
     )
 
@@ -240,6 +244,8 @@ class Process:
         self.version = 0
         #: the caller's cache of what it derives from this entry (keyed by versions)
         self.cache: object = None
+        #: the table's `forget_dead` pass count when an event last used it
+        self.seen = 0
 
     def touch(self) -> None:
         self.version += 1
@@ -261,6 +267,8 @@ class TableStats:
     looked_up: int = 0
     not_found: int = 0
     evicted: int = 0
+    #: gone from /proc and unused for a pass (`forget_dead`)
+    forgotten: int = 0
     extra: dict[str, int] = field(default_factory=dict)
 
 
@@ -285,6 +293,8 @@ class ProcessTable:
         self.read_cgroup = read_cgroup
         self.stats = TableStats()
         self._procs: OrderedDict[int, Process] = OrderedDict()
+        #: `forget_dead` passes so far
+        self._passes = 0
 
     def __len__(self) -> int:
         return len(self._procs)
@@ -302,12 +312,40 @@ class ProcessTable:
         procs = self._procs
         procs[proc.pid] = proc
         procs.move_to_end(proc.pid)
+        proc.seen = self._passes
         while len(procs) > self.capacity:
             _, old = procs.popitem(last=False)
             # A child may still refer to it; its own ancestry is let go so that chains of
             # forked processes cannot hold memory beyond the table's bound.
             old.parent = None
             self.stats.evicted += 1
+
+    def _used(self, proc: Process) -> None:
+        """An event used the entry: it goes last in the eviction order (so the order is
+        also the order of `seen`, which `forget_dead` relies on)."""
+        self._procs.move_to_end(proc.pid)
+        proc.seen = self._passes
+
+    def forget_dead(self, live: Collection[int]) -> int:
+        """Forget the entries of processes that are gone (their pid is not in `live`, the
+        pids alive now) and that no event used since the pass before this one: a process
+        that exited lately stays one more pass, for events of it still on their way.
+        Children keep their reference to a forgotten parent. Returns how many went.
+
+        Entries are in the order events last used them, so the pass looks at the unused
+        ones only, oldest first, and stops at the first recent one."""
+        self._passes += 1
+        recent = self._passes - 1
+        gone = []
+        for pid, proc in self._procs.items():
+            if proc.seen >= recent:
+                break
+            if pid not in live:
+                gone.append(pid)
+        for pid in gone:
+            del self._procs[pid]
+        self.stats.forgotten += len(gone)
+        return len(gone)
 
     def seed(self, infos: Iterable[ProcInfo]) -> None:
         """Fill from a /proc scan (parents are linked when they are in the scan too)."""
@@ -414,7 +452,7 @@ class ProcessTable:
             proc.cgroup = self._cgroup(pid, proc.parent)
             self._put(proc)
             return proc
-        self._procs.move_to_end(pid)
+        self._used(proc)
         if (comm is not None and proc.comm != comm) or (exe is not None and proc.exe != exe):
             proc.comm = comm if comm is not None else proc.comm
             proc.exe = exe if exe is not None else proc.exe
@@ -454,7 +492,7 @@ class ProcessTable:
         if proc is not None and same:
             if ppid is not None and proc.ppid != ppid:
                 self._reparent(proc, ppid)
-            self._procs.move_to_end(pid)
+            self._used(proc)
         else:
             proc = Process(pid, ppid if ppid is not None else 0)
             proc.parent = self.lookup(proc.ppid) if ppid else None
@@ -478,6 +516,7 @@ class ProcessTable:
                 known.parent = parent
             known.forked = True
             known.touch()
+            self._used(known)
             return
         child = Process(child_pid, parent.pid)
         child.parent = parent

@@ -43,9 +43,9 @@ if TYPE_CHECKING:
 __all__ = ["Layout", "LineRenderer"]
 
 #: Records cached per type before the type's cache is dropped and started afresh.
-CACHE_LIMIT: Final = 4096
+CACHE_LIMIT: Final = 1024
 #: Whole-line tails cached (each holds a line's worth of text).
-TAIL_LIMIT: Final = 1024
+TAIL_LIMIT: Final = 256
 #: User and group management records: names may have changed.
 ID_CHANGES: Final = frozenset({1102, 1114, 1115, 1116, 1117, 1132})
 

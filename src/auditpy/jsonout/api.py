@@ -218,6 +218,7 @@ def follow(source: str | os.PathLike[str] | IO[bytes] | int, *,
             elif idle is not None and time.monotonic() - last >= idle:
                 break
             yield from _events(pipeline, pipeline.assembler.expire())
+            pipeline.forget_dead_when_due(time.monotonic())
         for _t, line in decoder.rest():
             yield from _events(pipeline, pipeline.assembler.add_line(line))
         yield from _events(pipeline, pipeline.assembler.flush())

@@ -64,10 +64,14 @@ class ProcAccess:
     scan: Callable[[], list[Any]] | None = procfs.scan_proc
     user_name: Callable[[int], str | None] | None = procfs.user_name
     group_name: Callable[[int], str | None] | None = procfs.group_name
+    live_pids: Callable[[], set[int] | None] | None = procfs.live_pids
 
 
 #: No /proc, no user database: what the Python API uses on saved logs.
-NO_ACCESS = ProcAccess(None, None, None, None, None, None)
+NO_ACCESS = ProcAccess(None, None, None, None, None, None, None)
+#: How often a live pipeline lets go of processes that are gone (`forget_dead_processes`):
+#: one that exited stays between one and two of these after its last event.
+FORGET_DEAD_SECONDS = 10.0
 
 
 @dataclass
@@ -115,6 +119,7 @@ class JsonPipeline:
         self._apply(config)
         self.sink = sink if sink is not None else self._open_sink(config)
         self._out: list[bytes] = []
+        self._forget_at = float("-inf")
 
     # -- configuration ------------------------------------------------------------------
 
@@ -173,6 +178,21 @@ class JsonPipeline:
 
     def next_deadline(self) -> float | None:
         return self.assembler.next_deadline()
+
+    def forget_dead_processes(self) -> int:
+        """Let the process table go of processes that are gone (ProcessTable.forget_dead).
+        Without /proc access (saved logs) nothing is known to be gone."""
+        live = self.access.live_pids() if self.access.live_pids is not None else None
+        return 0 if live is None else self.table.forget_dead(live)
+
+    def forget_dead_when_due(self, now: float) -> None:
+        """`forget_dead_processes` every FORGET_DEAD_SECONDS of `now` (clock units): what
+        a live stream's reader calls once per read, so that the table follows the
+        processes that run rather than growing to its capacity on a host that starts
+        many short ones."""
+        if now >= self._forget_at:
+            self._forget_at = now + FORGET_DEAD_SECONDS
+            self.forget_dead_processes()
 
     def flush(self) -> None:
         """Hand the lines made so far to the sink (one write)."""
@@ -327,4 +347,5 @@ class JsonPipeline:
             ("processes seeded from /proc", t.seeded),
             ("execs / forks / exits seen", f"{t.execs} / {t.forks} / {t.exits}"),
             ("processes evicted", t.evicted),
+            ("processes forgotten (gone from /proc)", t.forgotten),
         ]

@@ -16,6 +16,7 @@ from auditpy.events.lineage import ProcInfo, parse_cgroup
 
 __all__ = [
     "group_name",
+    "live_pids",
     "read_cgroup",
     "read_environ",
     "read_proc",
@@ -78,6 +79,16 @@ def scan_proc(proc: str = PROC) -> list[ProcInfo]:
             if info is not None:
                 out.append(info)
     return out
+
+
+def live_pids(proc: str = PROC) -> set[int] | None:
+    """The pids of the processes alive now (None when /proc cannot be listed: then nothing
+    is known to be gone)."""
+    try:
+        names = os.listdir(proc)
+    except OSError:
+        return None
+    return {int(name) for name in names if name.isdigit()}
 
 
 def read_environ(pid: int, names: Iterable[str], proc: str = PROC) -> dict[str, bytes] | None:
