@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Where the gap between the limit and pyauditd goes: the floors, measured side by side.
 
-    python3 bench/floors.py [--rounds 5] [--events 100000]
+    python3 bench/floors.py [--rounds 5] [--events 100000] [--only ROW,...]
 
 Issue #14 asks pyauditd for shares of the limit (bench/limit.c, a C reader that discards)
 that a logger may not reach in Python, or at all. This runs, in the same rounds and on the
@@ -12,7 +12,9 @@ same lossless RAW getppid load as bench/bench.py, a ladder of readers between th
 - the Python floors (bench/pyfloor.py, 64 KiB): one stdlib recv per record; recvmmsg through
   ctypes without and with a bytes object per record; and the Python writer floor, the
   same lines and one os.write per batch;
-- pyauditd (RAW, as bench.py runs it) and the C auditd.
+- pyauditd (RAW, as bench.py runs it) and the C auditd;
+- one plugin (bench.py's plugin1: a cat): pyauditd through pyaudispd, the C auditd, and a
+  one-process Python logger that writes each batch to the log and to the cat's pipe.
 
 Each step's drop is what that piece of work costs: the buffer, writing a log at all,
 Python's reading, Python's writing, and what pyauditd does beyond a floor (event and serial
@@ -71,14 +73,27 @@ def ladder(loadgen: Path) -> Ladder:
          lambda root: [*floor, "write", "--rcvbuf", str(LARGE), "--log", str(root / "floor.log")]),
         ("py", "pyauditd, RAW (64 KiB buffer)", None),
         ("c", "C auditd, RAW", None),
+        ("pyplugin", "Python, one process with one plugin: the writer floor, and the same "
+         "lines to a cat through its stdin pipe (a blocking write per batch)",
+         lambda root: [*floor, "plugin", "--log", str(root / "floor.log"),
+                       "--plugin", str(_shm(root) / f"{root.name}-floor-plugin.out")]),
+        ("py1", "pyauditd, RAW, 1 plugin (through pyaudispd)", None),
+        ("c1", "C auditd, RAW, 1 plugin", None),
     ]
+
+
+def _shm(root: Path) -> Path:
+    """Where the plugin floor's cat writes: tmpfs, as bench.py's plugins do."""
+    shm = Path("/dev/shm")
+    return shm if shm.is_dir() else root
 
 
 def one(name: str, reader: Callable[[Path], list[str]] | None, events: int, loadgen: Path,
         true_copy: Path, pyauditd: list[str]) -> bench.Run:
-    scenario = bench.SCENARIOS["raw"]
+    scenario = bench.SCENARIOS["plugin1" if name in ("py1", "c1") else "raw"]
     if reader is None:
-        return bench.one_run(name, scenario, events, loadgen, true_copy, pyauditd, 60)
+        daemon = "c" if name in ("c", "c1") else "py"
+        return bench.one_run(daemon, scenario, events, loadgen, true_copy, pyauditd, 60)
     return bench.limit_run(scenario, events, loadgen, true_copy, 60, reader)
 
 
@@ -251,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--pyauditd", default=f"{sys.executable} -m auditpy.auditd")
+    parser.add_argument("--only", help="comma-separated rows (limit always runs): a part of "
+                        "the ladder, without the memory tables")
     args = parser.parse_args(argv)
     if not bench.take_the_kernel():
         return 1
@@ -260,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
         true_copy = build / "bench-true"
         shutil.copy("/bin/true", true_copy)
         rows = ladder(loadgen)
+        if args.only:
+            wanted = {"limit", "limit64", *args.only.split(",")}
+            rows = [row for row in rows if row[0] in wanted]
         runs: dict[str, list[bench.Run]] = {key: [] for key, _l, _r in rows}
         for round_ in range(args.rounds):
             turn = round_ % len(rows)  # each goes first in turn
@@ -271,9 +291,14 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
         pythons = [p for p in dict.fromkeys([sys.executable, "/usr/bin/python3"])
                    if Path(p).exists()]
-        peaks = [running_rss(p, args.events, loadgen, true_copy) for p in pythons]
+        peaks = [] if args.only else [running_rss(p, args.events, loadgen, true_copy)
+                                      for p in pythons]
     finally:
         shutil.rmtree(build, ignore_errors=True)
+    if args.only:
+        print()
+        print(table(rows, runs, args.events, args.rounds))
+        return 0
     text = (table(rows, runs, args.events, args.rounds) + "\n"
             + rss_table(pythons, [rss_steps(p) for p in pythons], peaks, args.events) + "\n"
             + rss_sets_table(pythons, [rss_sets(p) for p in pythons]) + "\n"

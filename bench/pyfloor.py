@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The Python floors for bench/floors.py: the least a Python audit reader can do, registered.
 
-    pyfloor.py MODE [--rcvbuf BYTES] [--log LOGFILE] KEY COUNTFILE
+    pyfloor.py MODE [--rcvbuf BYTES] [--log LOGFILE] [--plugin OUTFILE] KEY COUNTFILE
 
 Registers with the kernel as its audit daemon, like bench/limit.c, and reads the record
 stream in one of these ways, so the gap between the limit and pyauditd can be split into
@@ -14,7 +14,12 @@ what reading costs in Python, what writing costs, and what pyauditd's own work c
   and the ctypes hand-over without Python's per-record copies; it counts SYSCALL records,
   as only the benchmark's rule makes any);
 - ``write``: ``mmsg``, and each batch's records as log lines ``type=NAME msg=PAYLOAD``
-  written to LOGFILE with one ``os.write``: the least any Python audit logger does.
+  written to LOGFILE with one ``os.write``: the least any Python audit logger does;
+- ``plugin``: ``write``, and the same lines written to a plugin, ``cat > OUTFILE``, through
+  its stdin pipe (a blocking write per batch): the least work a Python logger with one
+  plugin does, in one process. Not a bound on the rate: while the pipe is full, nothing is
+  read (pyauditd hands records to a dispatcher process, which queues them for its
+  plugins, and reads on meanwhile).
 
 --rcvbuf is the socket's receive buffer (default 64 KiB, pyauditd's while the kernel waits).
 
@@ -31,6 +36,7 @@ import os
 import signal
 import socket
 import struct
+import subprocess
 import sys
 from itertools import compress, repeat
 from operator import eq
@@ -58,14 +64,17 @@ def on_signal(_signum: int, _frame: object) -> None:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", choices=("recv", "mmsg", "mmsg-raw", "write"))
+    parser.add_argument("mode", choices=("recv", "mmsg", "mmsg-raw", "write", "plugin"))
     parser.add_argument("--rcvbuf", type=int, default=64 << 10)
     parser.add_argument("--log", type=Path)
+    parser.add_argument("--plugin", type=Path)
     parser.add_argument("key")
     parser.add_argument("count", type=Path)
     args = parser.parse_args(argv)
-    if (args.mode == "write") != (args.log is not None):
-        parser.error("--log goes with the write mode, and only with it")
+    if (args.mode in ("write", "plugin")) != (args.log is not None):
+        parser.error("--log goes with the write and plugin modes, and only with them")
+    if (args.mode == "plugin") != (args.plugin is not None):
+        parser.error("--plugin goes with the plugin mode, and only with it")
     mode = args.mode
     marker = f'key="{args.key}"'.encode()
     with open(args.count, "w+b") as f:
@@ -74,6 +83,13 @@ def main(argv: list[str]) -> int:
     log_fd = -1
     if args.log is not None:
         log_fd = os.open(args.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    plugin_fd = -1
+    plugin: subprocess.Popen[bytes] | None = None
+    if args.plugin is not None:
+        with open(args.plugin, "wb") as out:
+            plugin = subprocess.Popen(["/bin/cat"], stdin=subprocess.PIPE, stdout=out)
+        assert plugin.stdin is not None
+        plugin_fd = plugin.stdin.fileno()
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, on_signal)
     events, control = AuditSocket(rcvbuf=args.rcvbuf), AuditSocket()
@@ -84,10 +100,16 @@ def main(argv: list[str]) -> int:
         if mode == "recv":
             records, matched = read_one_by_one(events.sock, marker, counter)
         else:
-            records, matched = read_batches(mode, events.fileno(), marker, counter, log_fd)
+            records, matched = read_batches(mode, events.fileno(), marker, counter, log_fd,
+                                            plugin_fd)
     finally:
         control.unregister()
         events.close()
+        if plugin is not None:
+            assert plugin.stdin is not None
+            plugin.stdin.close()
+            plugin.wait(10)
+            args.plugin.unlink(missing_ok=True)
     print(f"pyfloor {mode}: {records} records, {matched} with key {args.key}", file=sys.stderr)
     return 0
 
@@ -113,7 +135,7 @@ def read_one_by_one(sock: socket.socket, marker: bytes, counter: mmap.mmap) -> t
 
 
 def read_batches(mode: str, fd: int, marker: bytes, counter: mmap.mmap,
-                 log_fd: int) -> tuple[int, int]:
+                 log_fd: int, plugin_fd: int = -1) -> tuple[int, int]:
     reader = RecordBatchReader(fd, SLOTS, MAX_AUDIT_MESSAGE_LENGTH)
     prefixes = {t: f"type={type_name(t)} msg=".encode() for t in range(1000, 2000)}
     records = matched = 0
@@ -150,7 +172,12 @@ def read_batches(mode: str, fd: int, marker: bytes, counter: mmap.mmap,
             parts = [b"\n"] * (3 * len(data))
             parts[0::3] = map(prefixes.__getitem__, types)
             parts[1::3] = data
-            os.write(log_fd, b"".join(parts))
+            lines = b"".join(parts)
+            os.write(log_fd, lines)
+            if plugin_fd >= 0:
+                view = memoryview(lines)
+                while view:
+                    view = view[os.write(plugin_fd, view):]
     return records, matched
 
 
