@@ -60,3 +60,22 @@ def test_programs_never_import_each_other_and_layers_never_import_programs() -> 
                 if other != name:
                     bad.append(f"{path.relative_to(PACKAGE)} imports program auditpy.{other}")
     assert not bad, "\n".join(bad)
+
+
+def test_every_public_name_exists_at_run_time() -> None:
+    """What a module lists in __all__ is there when it runs: names that exist only for the
+    type checker (inside `if TYPE_CHECKING:`) must not be listed. (__main__ modules run
+    their program when imported, and are left out.)"""
+    import importlib
+
+    missing = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "__main__.py":
+            continue
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        module = importlib.import_module(name)
+        absent = [n for n in getattr(module, "__all__", ()) if not hasattr(module, n)]
+        if absent:
+            missing[name] = absent
+    assert not missing

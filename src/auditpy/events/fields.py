@@ -40,10 +40,8 @@ __all__ = [
     "ENCODED",
     "HEX",
     "OCT",
-    "Field",
     "Hex",
     "Oct",
-    "Value",
     "parse_body",
     "split_body",
 ]
