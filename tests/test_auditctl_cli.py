@@ -202,3 +202,21 @@ def test_rules_file_keeps_order(tmp_path: Path) -> None:
     texts = [format_rule(d.unpack_rule(r), machine=1) for r in link.list_rules()]
     assert texts == ["-a always,exit -F arch=b64 -S close -F key=a",
                      "-a always,exit -F arch=b64 -S open -F key=b"]
+
+
+class _ClosedPipe(io.StringIO):
+    """An output whose reader went away after the first line."""
+
+    def write(self, text: str) -> int:
+        if self.getvalue():
+            raise BrokenPipeError(32, "Broken pipe")
+        return super().write(text.split("\n", 1)[0] + "\n")
+
+
+def test_a_closed_output_ends_quietly_as_sigpipe_ends_auditctl() -> None:
+    """`pyauditctl -s | head -1`: no kernel error is claimed, nothing is said, and the
+    status is the one a shell shows for the C auditctl (128 + SIGPIPE)."""
+    out, err = _ClosedPipe(), io.StringIO()
+    rc = cli.main(["-s"], out=out, err=err, link_factory=FakeLink)
+    assert (rc, out.getvalue(), err.getvalue()) == (141, "enabled 1\n", "")
+    assert run(FakeLink(), "-s")[0] == 0

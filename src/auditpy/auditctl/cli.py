@@ -35,6 +35,8 @@ EXIT_FAIL = 1
 #: auditctl returns -1 from main() for a bad command line.
 EXIT_ERROR = 255
 EXIT_NOT_ROOT = 4
+#: 128 + SIGPIPE: what a shell reports for the C auditctl when its output's reader is gone
+EXIT_SIGPIPE = 141
 
 USAGE = """usage: pyauditctl [options]
     -a <l,a>                          Append rule to end of <l>ist with <a>ction
@@ -306,6 +308,15 @@ def main(argv: list[str] | None = None, *, out: TextIO | None = None,
     cli = Cli(out or sys.stdout, err or sys.stderr, link_factory or KernelLink)
     try:
         return _main(cli, args)
+    except BrokenPipeError:
+        # The output's reader went away (`pyauditctl -l | head -1`): end quietly with the
+        # status a shell shows for the C auditctl, which SIGPIPE ends.
+        if out is None:
+            # Python flushes stdout again at exit: let that go nowhere.
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, sys.stdout.fileno())
+            os.close(null)
+        return EXIT_SIGPIPE
     finally:
         cli.close()
 
@@ -364,6 +375,8 @@ def _main(cli: Cli, args: list[str]) -> int:
             continue
         try:
             rc = cli.run_command(cmd)
+        except BrokenPipeError:
+            raise  # the output's reader, not the kernel (main)
         except OSError as exc:
             cli.say(f"Error sending request to the kernel ({exc.strerror or exc})")
             return EXIT_ERROR
