@@ -13,8 +13,9 @@ same lossless RAW getppid load as bench/bench.py, a ladder of readers between th
   ctypes without and with a bytes object per record; and the Python writer floor, the
   same lines and one os.write per batch;
 - pyauditd (RAW, as bench.py runs it) and the C auditd;
-- one plugin (bench.py's plugin1: a cat): pyauditd through pyaudispd, the C auditd, and a
-  one-process Python logger that writes each batch to the log and to the cat's pipe.
+- one plugin (bench.py's plugin1: a cat): pyauditd through pyaudispd, the C auditd, and the
+  Python floor with one plugin, which writes each batch to the log and hands it to the
+  cat's pipe without ever waiting for it.
 
 Each step's drop is what that piece of work costs: the buffer, writing a log at all,
 Python's reading, Python's writing, and what pyauditd does beyond a floor (event and serial
@@ -73,8 +74,8 @@ def ladder(loadgen: Path) -> Ladder:
          lambda root: [*floor, "write", "--rcvbuf", str(LARGE), "--log", str(root / "floor.log")]),
         ("py", "pyauditd, RAW (64 KiB buffer)", None),
         ("c", "C auditd, RAW", None),
-        ("pyplugin", "Python, one process with one plugin: the writer floor, and the same "
-         "lines to a cat through its stdin pipe (a blocking write per batch)",
+        ("pyplugin", "Python floor with one plugin: the writer floor, and the same lines to "
+         "a cat's stdin pipe without blocking (what it does not take waits in memory)",
          lambda root: [*floor, "plugin", "--log", str(root / "floor.log"),
                        "--plugin", str(_shm(root) / f"{root.name}-floor-plugin.out")]),
         ("py1", "pyauditd, RAW, 1 plugin (through pyaudispd)", None),

@@ -15,11 +15,11 @@ what reading costs in Python, what writing costs, and what pyauditd's own work c
   as only the benchmark's rule makes any);
 - ``write``: ``mmsg``, and each batch's records as log lines ``type=NAME msg=PAYLOAD``
   written to LOGFILE with one ``os.write``: the least any Python audit logger does;
-- ``plugin``: ``write``, and the same lines written to a plugin, ``cat > OUTFILE``, through
-  its stdin pipe (a blocking write per batch): the least work a Python logger with one
-  plugin does, in one process. Not a bound on the rate: while the pipe is full, nothing is
-  read (pyauditd hands records to a dispatcher process, which queues them for its
-  plugins, and reads on meanwhile).
+- ``plugin``: ``write``, and the same lines handed to a plugin, ``cat > OUTFILE``, through
+  its stdin pipe, without blocking: what the pipe does not take waits in memory and goes
+  with the next batch, so reading never waits for the plugin. The least a Python logger
+  with one plugin does, in one process (pyauditd hands records to a dispatcher process,
+  which queues them for its plugins).
 
 --rcvbuf is the socket's receive buffer (default 64 KiB, pyauditd's while the kernel waits).
 
@@ -90,6 +90,7 @@ def main(argv: list[str]) -> int:
             plugin = subprocess.Popen(["/bin/cat"], stdin=subprocess.PIPE, stdout=out)
         assert plugin.stdin is not None
         plugin_fd = plugin.stdin.fileno()
+        os.set_blocking(plugin_fd, False)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, on_signal)
     events, control = AuditSocket(rcvbuf=args.rcvbuf), AuditSocket()
@@ -139,6 +140,8 @@ def read_batches(mode: str, fd: int, marker: bytes, counter: mmap.mmap,
     reader = RecordBatchReader(fd, SLOTS, MAX_AUDIT_MESSAGE_LENGTH)
     prefixes = {t: f"type={type_name(t)} msg=".encode() for t in range(1000, 2000)}
     records = matched = 0
+    #: what the plugin's pipe has not taken yet
+    pending = bytearray()
     if mode == "mmsg-raw":
         # The batch reader's own buffers (a benchmark of its internals), read without
         # making a bytes object per record.
@@ -175,10 +178,25 @@ def read_batches(mode: str, fd: int, marker: bytes, counter: mmap.mmap,
             lines = b"".join(parts)
             os.write(log_fd, lines)
             if plugin_fd >= 0:
-                view = memoryview(lines)
-                while view:
-                    view = view[os.write(plugin_fd, view):]
+                if pending:
+                    pending += lines
+                else:
+                    pending = bytearray(memoryview(lines)[_write_some(plugin_fd, lines):])
+                if pending:
+                    del pending[:_write_some(plugin_fd, pending)]
+    if plugin_fd >= 0:
+        os.set_blocking(plugin_fd, True)
+        while pending:
+            del pending[:os.write(plugin_fd, pending)]
     return records, matched
+
+
+def _write_some(fd: int, data: bytes | bytearray) -> int:
+    """What a non-blocking write takes of `data` (0 while the pipe is full)."""
+    try:
+        return os.write(fd, data)
+    except BlockingIOError:
+        return 0
 
 
 if __name__ == "__main__":
