@@ -74,3 +74,39 @@ def test_hostile_configs_give_a_clean_answer(
     assert "Traceback" not in out.err
     if code == 1:
         assert str(tmp_path / "auditd.conf") in out.err
+
+
+#: A stand-in daemon for --state: on SIGCONT it writes its state report.
+_REPORTER = """
+import os, signal, sys
+path = sys.argv[1]
+def report(_signum, _frame):
+    with open(path + ".tmp", "w") as f:
+        f.write("a line of the state report\\n")
+    os.rename(path + ".tmp", path)
+signal.signal(signal.SIGCONT, report)
+print("ready", flush=True)
+while True:
+    signal.pause()
+"""
+
+
+def test_state_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    """`pyauditd --state | head -0`: the report's reader is gone; pyauditd says nothing and
+    exits as the C tools do when SIGPIPE ends them (141)."""
+    reporter = subprocess.Popen([sys.executable, "-c", _REPORTER, str(tmp_path / "auditd.state")],
+                                stdout=subprocess.PIPE, text=True)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody will read the report
+    try:
+        assert reporter.stdout is not None and reporter.stdout.readline() == "ready\n"
+        (tmp_path / "auditd.pid").write_text(f"{reporter.pid}\n")
+        state = subprocess.run([sys.executable, "-m", "auditpy.auditd", "--state",
+                                "--run-dir", str(tmp_path)],
+                               stdout=write_end, stderr=subprocess.PIPE, timeout=60)
+        assert (state.returncode, state.stderr) == (141, b"")
+        assert (tmp_path / "auditd.state").exists()  # the report was asked for and written
+    finally:
+        os.close(write_end)
+        reporter.kill()
+        reporter.wait()

@@ -35,8 +35,6 @@ EXIT_FAIL = 1
 #: auditctl returns -1 from main() for a bad command line.
 EXIT_ERROR = 255
 EXIT_NOT_ROOT = 4
-#: 128 + SIGPIPE: what a shell reports for the C auditctl when its output's reader is gone
-EXIT_SIGPIPE = 141
 
 USAGE = """usage: pyauditctl [options]
     -a <l,a>                          Append rule to end of <l>ist with <a>ction
@@ -309,14 +307,11 @@ def main(argv: list[str] | None = None, *, out: TextIO | None = None,
     try:
         return _main(cli, args)
     except BrokenPipeError:
-        # The output's reader went away (`pyauditctl -l | head -1`): end quietly with the
-        # status a shell shows for the C auditctl, which SIGPIPE ends.
-        if out is None:
-            # Python flushes stdout again at exit: let that go nowhere.
-            null = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(null, sys.stdout.fileno())
-            os.close(null)
-        return EXIT_SIGPIPE
+        # The output's reader went away (`pyauditctl -l | head -1`): end quietly, as the C
+        # auditctl does when SIGPIPE ends it. (Imported here: argparse comes with it.)
+        from auditpy.system import cmdline
+
+        return cmdline.stdout_gone() if out is None else cmdline.EXIT_SIGPIPE
     finally:
         cli.close()
 

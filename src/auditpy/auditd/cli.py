@@ -19,7 +19,7 @@ from auditpy import __version__
 from auditpy.auditd.signals import HANDLED_SIGNALS
 from auditpy.config.auditd_conf import load_auditd_conf
 from auditpy.config.errors import ConfigError
-from auditpy.system.cmdline import argument_parser
+from auditpy.system.cmdline import argument_parser, stdout_gone
 from auditpy.system.logsetup import message_handler
 
 EXIT_FAILURE = 1
@@ -100,8 +100,8 @@ def state(run_dir: str, timeout: float = 10.0) -> int:
         try:
             if os.stat(state_file).st_mtime_ns != before:
                 with open(state_file) as f:
-                    sys.stdout.write(f.read())
-                return 0
+                    report = f.read()
+                break
         except OSError:
             pass
         if time.monotonic() > deadline:
@@ -109,6 +109,12 @@ def state(run_dir: str, timeout: float = 10.0) -> int:
                   file=sys.stderr)
             return 1
         time.sleep(0.05)
+    try:
+        sys.stdout.write(report)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `pyauditd --state | head`
+        return stdout_gone()
+    return 0
 
 
 def daemonize() -> int:

@@ -1,4 +1,5 @@
-"""The command-line parser every auditpy program starts from.
+"""The command line of every auditpy program: its parser, and its end when the reader of
+its output went away.
 
 argparse's own help formatter asks shutil for the terminal's width, and importing shutil loads
 zlib, bz2 and lzma: resident memory in every daemon and plugin that builds a parser, for a
@@ -10,6 +11,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import sys
+
+#: 128 + SIGPIPE: the status a shell shows for a C program that SIGPIPE ended
+EXIT_SIGPIPE = 141
 
 
 def terminal_columns() -> int:
@@ -35,3 +40,13 @@ def argument_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """An ArgumentParser for `prog` whose help never imports shutil."""
     return argparse.ArgumentParser(prog=prog, description=description,
                                    formatter_class=_HelpFormatter)
+
+
+def stdout_gone() -> int:
+    """After a BrokenPipeError on standard output (`prog | head -1`): standard output goes to
+    /dev/null, so that the interpreter's own flush at exit has nowhere to fail, and the
+    status is the one a shell shows for the C tools, which SIGPIPE ends quietly."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, sys.stdout.fileno())
+    os.close(null)
+    return EXIT_SIGPIPE
