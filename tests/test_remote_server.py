@@ -8,6 +8,7 @@ with plain blocking sockets, the way audisp-remote does.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import socket
@@ -594,6 +595,73 @@ def test_random_streams_never_hurt_the_listener(shared_server: Server,
     wait_for(lambda: srv.active() == 0, 3)
     opened = len(srv.sink.texts(DAEMON_ACCEPT))
     assert opened == len(srv.sink.texts(DAEMON_CLOSE))
+
+
+def stored_as(payload: bytes) -> bytes | None:
+    """The model of what a record frame's payload becomes in the log (None: nothing): one
+    trailing newline is the line's own, a NUL ends the text, other newlines become spaces."""
+    if payload.endswith(b"\n"):
+        payload = payload[:-1]
+    payload = payload.split(b"\0", 1)[0].replace(b"\n", b" ")
+    return payload + b"\n" if payload else None
+
+
+_honest_frame = st.tuples(
+    st.sampled_from([TYPE_MESSAGE, TYPE_MESSAGE, TYPE_MESSAGE, TYPE_HEARTBEAT]),
+    st.binary(max_size=120) | st.sampled_from([b"", b"\n", b"x", b"a\nb", b"c\0d\n"]),
+)
+
+
+@settings(max_examples=80, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(frames=st.lists(_honest_frame, min_size=1, max_size=12),
+       cuts=st.lists(st.integers(0, 2000), max_size=6))
+def test_any_split_of_honest_frames_stores_and_answers_them_in_order(
+    shared_server: Server, frames: list[tuple[int, bytes]], cuts: list[int]
+) -> None:
+    """Frames of one client cut into reads anywhere (whole frames alone, several, parts),
+    the client waiting after each piece for the replies to the frames it completed: every
+    frame is answered with an ACK in order and stored as the model says, whichever of the
+    listener's paths (its read of one whole frame, the general one) took it."""
+    srv = shared_server
+    wire = [pack_frame(kind, seq, payload) for seq, (kind, payload) in enumerate(frames)]
+    stream = b"".join(wire)
+    ends = list(itertools.accumulate(len(frame) for frame in wire))
+    bounds = sorted({0, len(stream), *(c % (len(stream) + 1) for c in cuts), *ends[::2]})
+    before = len(srv.sink.lines)
+    client = Client(srv.port)
+    answered = 0
+    for start, stop in itertools.pairwise(bounds):
+        client.send(stream[start:stop])
+        complete = sum(1 for end in ends if end <= stop)
+        replies = client.replies(complete - answered)
+        assert [(r.msg_type, r.seq) for r in replies] == [
+            (TYPE_ACK, seq) for seq in range(answered, complete)]
+        answered = complete
+    client.close()
+    expected = [line for kind, payload in frames if kind == TYPE_MESSAGE
+                for line in [stored_as(payload)] if line is not None]
+    assert srv.sink.lines[before:] == expected
+    wait_for(lambda: srv.active() == 0, 3)
+    assert srv.errors == []
+
+
+def test_a_frame_inside_a_payload_is_never_read_as_a_frame(server: Server) -> None:
+    """A record whose payload ends with the bytes of another whole frame, sent in two parts
+    so that the second read is exactly that inner frame: it is the rest of the first one
+    (the listener's read of one whole frame must know a frame is still open)."""
+    inner = pack_frame(TYPE_MESSAGE, 77, b"type=USER msg=forged")
+    payload = b"type=USER msg=real " + inner
+    frame = pack_frame(TYPE_MESSAGE, 1, payload)
+    client = Client(server.port)
+    client.send(frame[: len(frame) - len(inner)])
+    wait_for(lambda: server.call(
+        lambda: any(c.reader.buffered for c in server.listener.clients)), 3)
+    client.send(inner)
+    reply = client.replies(1)[0]
+    assert (reply.msg_type, reply.seq) == (TYPE_ACK, 1)
+    assert server.sink.lines == [stored_as(payload)]
+    client.close()
 
 
 # --------------------------------------------------------------------------------------

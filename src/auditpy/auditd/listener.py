@@ -294,6 +294,9 @@ class _Client(transports.BufferedProtocol):
         self.replies: list[tuple[int, bool]] = []
         #: a protocol fault seen after frames that still deserve their replies
         self.fault: str | None = None
+        #: the reader holds part of a frame (`reader.buffered`, kept as a plain attribute
+        #: for RemoteListener._read_plain, which looks at it for every record)
+        self.partial = False
 
     # -- protocol callbacks ---------------------------------------------------------------
 
@@ -316,33 +319,17 @@ class _Client(transports.BufferedProtocol):
         if not self.accepted:  # TLS data can arrive before the handshake task resumes
             self.listener.accepted(self)
         self.last_rx = self._now()
-        if nbytes >= HEADER_SIZE and not self.replies and not self.reader.buffered:
-            # The usual read: one whole record frame from a client waiting for its reply.
-            # Its line is made with one copy: the newline goes into the buffer after the
-            # payload (past what was read), the checks search the buffer in place.
-            raw = self._raw
-            magic, hver, _mver, msg_type, length, seq = HEADER.unpack_from(raw)
-            end = nbytes
-            if (end == HEADER_SIZE + length and magic == MAGIC and msg_type == TYPE_MESSAGE
-                    and hver in SUPPORTED_HEADER_VERSIONS and length <= MAX_PAYLOAD):
-                if raw[end - 1] == NEWLINE:  # (a header byte when the payload is empty)
-                    end -= 1
-                if (HEADER_SIZE < end < MAX_FRAME and raw.find(b"\n", HEADER_SIZE, end) < 0
-                        and raw.find(b"\0", HEADER_SIZE, end) < 0):
-                    raw[end] = NEWLINE
-                    self.replies.append((seq, True))
-                    self.listener.submit_line(self, bytes(self._buffer[HEADER_SIZE : end + 1]))
-                    return
-        items, done = self._whole_frames(nbytes) if not self.reader.buffered else ([], 0)
+        items, done = self._whole_frames(nbytes) if not self.partial else ([], 0)
         fault = None
         if done < nbytes:
-            continued = self.reader.buffered  # a frame begun by an earlier read
+            continued = self.partial  # a frame begun by an earlier read
             try:
                 frames = self.reader.feed(self._buffer[done:nbytes])
             except ProtocolError as exc:
                 frames = exc.frames
                 fault = exc.reason
-            if self.reader.buffered and (frames or not continued):
+            self.partial = self.reader.buffered > 0
+            if self.partial and (frames or not continued):
                 self.frame_start = self.last_rx  # a new partial frame began in this read
             items += [(f.msg_type, f.seq, f.payload) for f in frames]
         lines: list[bytes] = []
@@ -492,14 +479,16 @@ class _PlainTransport(transports.Transport):
     what `_Client` uses: write with a bound on unsent output (pause_writing), close (after what is
     unsent), abort, and connection_lost called soon after, as StreamTransport calls it."""
 
-    def __init__(self, owner: _PlainSockets, sock: socket.socket,
-                 protocol: transports.BufferedProtocol) -> None:
+    def __init__(self, owner: _PlainSockets, sock: socket.socket, protocol: _Client) -> None:
         super().__init__({"socket": sock, "peername": sock.getpeername()})
         self._owner = owner
         self._sock: socket.socket | None = sock
         self._fd = sock.fileno()
         self._protocol = protocol
-        # _Client (the only protocol here) hands out the same buffer every time
+        #: the protocol, for the listener's own read of the usual frame
+        #: (RemoteListener._read_plain)
+        self.client = protocol
+        # _Client hands out the same buffer every time
         self._into = protocol.get_buffer(-1)
         self._out = bytearray()
         self._high = 64 * 1024
@@ -507,6 +496,9 @@ class _PlainTransport(transports.Transport):
         self._paused = False  # protocol told to pause writing
         self._reading = True
         self._closing = False
+        #: reading, nothing unsent, not closing (`events` is EPOLLIN alone): the
+        #: listener's read may recv for the protocol itself (kept by _PlainSockets)
+        self.plain = False
         sock.setblocking(False)
         owner.add(self)
 
@@ -532,7 +524,11 @@ class _PlainTransport(transports.Transport):
             return
         if n:
             self._protocol.buffer_updated(n)
-        elif not self._closing:
+        else:
+            self.on_eof()
+
+    def on_eof(self) -> None:
+        if not self._closing:
             self._protocol.eof_received()
             self.close()
 
@@ -632,12 +628,19 @@ class _PlainTransport(transports.Transport):
 
 
 class _PlainSockets:
-    """The listener's epoll of plain TCP connections, watched by the loop as one reader;
-    `after` runs once every ready connection has been read (the batch write and replies
-    then go out in the same wakeup, not one loop iteration later)."""
+    """The listener's epoll of plain TCP connections, watched by the loop as one reader:
+    `read` gets what one poll found ready, `after` runs once every ready connection has
+    been read (the batch write and replies then go out in the same wakeup, not one loop
+    iteration later)."""
 
-    def __init__(self, loop: evloop.Loop, after: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        loop: evloop.Loop,
+        read: Callable[[list[tuple[int, int]], dict[int, _PlainTransport]], None],
+        after: Callable[[], None],
+    ) -> None:
         self.loop = loop
+        self._read = read
         self._after = after
         self._epoll: select.epoll | None = None
         self._by_fd: dict[int, _PlainTransport] = {}
@@ -650,13 +653,17 @@ class _PlainSockets:
             self.loop.add_reader(self._epoll.fileno(), self._ready)
         self._epoll.register(transport._fd, select.EPOLLIN)
         self._by_fd[transport._fd] = transport
+        transport.plain = True
 
     def update(self, transport: _PlainTransport) -> None:
         """The transport's interest changed (output waits or not, reading or not)."""
+        events = transport.events
+        transport.plain = events == select.EPOLLIN
         if self._epoll is not None and transport._fd in self._by_fd:
-            self._epoll.modify(transport._fd, transport.events)
+            self._epoll.modify(transport._fd, events)
 
     def remove(self, transport: _PlainTransport) -> None:
+        transport.plain = False
         if self._by_fd.pop(transport._fd, None) is not None and self._epoll is not None:
             with contextlib.suppress(OSError):
                 self._epoll.unregister(transport._fd)
@@ -670,13 +677,9 @@ class _PlainSockets:
         epoll = self._epoll
         if epoll is None:
             return
-        by_fd = self._by_fd
         self.reading = True
         try:
-            for fd, events in epoll.poll(0, 256):
-                transport = by_fd.get(fd)
-                if transport is not None:
-                    transport.on_event(events)
+            self._read(epoll.poll(0, 256), self._by_fd)
         finally:
             self.reading = False
         self._after()
@@ -706,7 +709,7 @@ class RemoteListener:
         self._sweeper: evloop.TimerHandle | None = None
         self._paused_accept: evloop.TimerHandle | None = None
         self._closing: set[_Client] = set()
-        self._plain = _PlainSockets(loop, self._flush_now)
+        self._plain = _PlainSockets(loop, self._read_plain, self._flush_now)
         #: no client can have been idle evict_min_idle before this time (see _make_room)
         self._none_idle_until = 0.0
         self.running = False
@@ -998,12 +1001,60 @@ class RemoteListener:
         if self._flush_handle is None and not self._plain.reading:
             self._flush_handle = self.loop.call_soon(self.flush)
 
-    def submit_line(self, client: _Client, line: bytes) -> None:
-        """`submit` for the usual read: one record of a client waiting for its reply."""
-        self._lines.append(line)
-        self._waiting.append(client)
-        if self._flush_handle is None and not self._plain.reading:
-            self._flush_handle = self.loop.call_soon(self.flush)
+    def _read_plain(
+        self, ready: list[tuple[int, int]], by_fd: dict[int, _PlainTransport]
+    ) -> None:
+        """Read the plain connections one poll found ready.
+
+        The usual read, one whole record frame from a client that waits for nothing else,
+        is taken here: recv into the client's buffer, the checks in place, the line made with
+        one copy (its newline goes into the buffer after the payload). Going through the
+        transport, the protocol and `submit` for it cost a Python call per layer and record,
+        most of the listener's own time per record (bench/fanin.py). Anything else (output
+        waiting, a partial frame, a reply owed, a fault, other frame types, an unclean
+        payload, EOF and errors) takes the transport's and `_Client`'s general path."""
+        now = time.monotonic()
+        unpack = HEADER.unpack_from
+        lines, waiting = self._lines, self._waiting
+        for fd, events in ready:
+            transport = by_fd.get(fd)
+            if transport is None:
+                continue
+            client = transport.client
+            if (events != select.EPOLLIN or not transport.plain or client.replies
+                    or client.partial or client.fault is not None or not client.accepted):
+                transport.on_event(events)
+                continue
+            sock = transport._sock
+            if sock is None:
+                continue
+            try:
+                n = sock.recv_into(transport._into)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError as exc:
+                transport._lost(exc)
+                continue
+            raw = client._raw
+            if n >= HEADER_SIZE:
+                magic, hver, _mver, msg_type, length, seq = unpack(raw)
+                end = n
+                if (end == HEADER_SIZE + length and magic == MAGIC and msg_type == TYPE_MESSAGE
+                        and hver in SUPPORTED_HEADER_VERSIONS and length <= MAX_PAYLOAD):
+                    if raw[end - 1] == NEWLINE:  # (a header byte when the payload is empty)
+                        end -= 1
+                    if (HEADER_SIZE < end < MAX_FRAME and raw.find(b"\n", HEADER_SIZE, end) < 0
+                            and raw.find(b"\0", HEADER_SIZE, end) < 0):
+                        raw[end] = NEWLINE
+                        client.last_rx = now
+                        client.replies.append((seq, True))
+                        lines.append(bytes(client._buffer[HEADER_SIZE : end + 1]))
+                        waiting.append(client)
+                        continue
+            if n:
+                client.buffer_updated(n)
+            else:
+                transport.on_eof()
 
     def submit_more(self, lines: list[bytes]) -> None:
         """More records of a client that already waits for this batch."""
@@ -1029,12 +1080,23 @@ class RemoteListener:
             except Exception:  # the daemon must keep serving; the client may retry
                 log.exception("Storing %d network records failed", len(lines))
                 reply = DISKERROR
+        pack = HEADER.pack
+        usual = reply is ACK
         for client in waiting:
-            if client.replies:
-                try:
+            pending = client.replies
+            if not pending:
+                continue
+            try:
+                if usual and len(pending) == 1 and client.fault is None:
+                    # The usual reply, sent as send_replies would, without its call.
+                    client.replies = []
+                    transport = client.transport
+                    if transport is not None and not client.closed:
+                        transport.write(pack(MAGIC, 0, 0, TYPE_ACK, 0, pending[0][0]))
+                else:
                     client.send_replies(reply)
-                except Exception as exc:
-                    client.close(f"cannot send replies ({exc})", logging.WARNING, True)
+            except Exception as exc:
+                client.close(f"cannot send replies ({exc})", logging.WARNING, True)
 
     # -- timers ---------------------------------------------------------------------------
 
