@@ -19,10 +19,13 @@ import pytest
 from auditpy.config.errors import ConfigError
 from auditpy.config.jsonout import JsonConfig, load_json_conf, parse_json_conf
 from auditpy.config.plugins import parse_json_args
+from auditpy.events.lineage import ProcInfo
 from auditpy.jsonout.api import follow, log_files, read_lines, read_log
 from auditpy.jsonout.decode import StreamDecoder
 from auditpy.jsonout.pipeline import (
     FORGET_DEAD_SECONDS,
+    FORGET_GROWTH,
+    FORGET_SOON_SECONDS,
     NO_ACCESS,
     JsonPipeline,
     ProcAccess,
@@ -225,6 +228,32 @@ def test_gone_processes_leave_the_table_every_forget_period() -> None:
     for now in (0.0, 100.0, 200.0):
         kept.forget_dead_when_due(now)
     assert len(kept.table) == 1
+
+
+def test_a_burst_of_new_processes_is_let_go_of_sooner() -> None:
+    """Once the table grew by FORGET_GROWTH entries since the last pass, the next comes
+    FORGET_SOON_SECONDS after it rather than FORGET_DEAD_SECONDS; growth below that waits
+    for the whole period."""
+    scans: list[float] = []
+    access = ProcAccess(read_proc=lambda pid: ProcInfo(pid, 1), read_cgroup=None,
+                        read_environ=None, scan=None, user_name=None, group_name=None,
+                        live_pids=lambda: scans.append(0) or {1})
+    pipe, _sink = pipeline(JsonConfig(), access)
+    pipe.forget_dead_when_due(0.0)
+    assert len(scans) == 1
+    for pid in range(1000, 1000 + FORGET_GROWTH - 1):
+        pipe.table.lookup(pid)
+    pipe.forget_dead_when_due(FORGET_SOON_SECONDS)
+    assert len(scans) == 1  # one entry short of the growth
+    pipe.table.lookup(5000)
+    pipe.forget_dead_when_due(FORGET_SOON_SECONDS - 0.01)
+    assert len(scans) == 1  # too soon after the last pass
+    pipe.forget_dead_when_due(FORGET_SOON_SECONDS)
+    assert len(scans) == 2 and len(pipe.table) == FORGET_GROWTH  # used since the pass before
+    pipe.forget_dead_when_due(2 * FORGET_SOON_SECONDS)
+    assert len(scans) == 2  # the table did not grow since
+    pipe.forget_dead_when_due(FORGET_SOON_SECONDS + FORGET_DEAD_SECONDS)
+    assert len(scans) == 3 and len(pipe.table) == 0
 
 
 def test_reconfigure_keeps_events_in_flight() -> None:

@@ -70,8 +70,14 @@ class ProcAccess:
 #: No /proc, no user database: what the Python API uses on saved logs.
 NO_ACCESS = ProcAccess(None, None, None, None, None, None, None)
 #: How often a live pipeline lets go of processes that are gone (`forget_dead_processes`):
-#: one that exited stays between one and two of these after its last event.
+#: one that exited stays between one and two passes after its last event.
 FORGET_DEAD_SECONDS = 10.0
+#: A pass comes sooner, but no sooner than FORGET_SOON_SECONDS after the last, once the
+#: table has grown by FORGET_GROWTH entries since it: a burst of short processes (a build,
+#: a fork bomb) is let go of within seconds instead of filling the table towards its
+#: capacity, at the cost of listing /proc at most once a second while it lasts.
+FORGET_SOON_SECONDS = 1.0
+FORGET_GROWTH = 1024
 
 
 @dataclass
@@ -119,7 +125,9 @@ class JsonPipeline:
         self._apply(config)
         self.sink = sink if sink is not None else self._open_sink(config)
         self._out: list[bytes] = []
-        self._forget_at = float("-inf")
+        #: when the last `forget_dead_when_due` pass was, and the table's size after it
+        self._forgot_at = float("-inf")
+        self._forgot_size = 0
 
     # -- configuration ------------------------------------------------------------------
 
@@ -186,13 +194,18 @@ class JsonPipeline:
         return 0 if live is None else self.table.forget_dead(live)
 
     def forget_dead_when_due(self, now: float) -> None:
-        """`forget_dead_processes` every FORGET_DEAD_SECONDS of `now` (clock units): what
-        a live stream's reader calls once per read, so that the table follows the
-        processes that run rather than growing to its capacity on a host that starts
-        many short ones."""
-        if now >= self._forget_at:
-            self._forget_at = now + FORGET_DEAD_SECONDS
+        """`forget_dead_processes` every FORGET_DEAD_SECONDS of `now` (clock units), or
+        after FORGET_SOON_SECONDS once the table grew by FORGET_GROWTH: what a live
+        stream's reader calls once per read, so that the table follows the processes that
+        run rather than growing to its capacity on a host that starts many short ones."""
+        since = now - self._forgot_at
+        if since >= FORGET_DEAD_SECONDS or (
+            since >= FORGET_SOON_SECONDS
+            and len(self.table) - self._forgot_size >= FORGET_GROWTH
+        ):
+            self._forgot_at = now
             self.forget_dead_processes()
+            self._forgot_size = len(self.table)
 
     def flush(self) -> None:
         """Hand the lines made so far to the sink (one write)."""
