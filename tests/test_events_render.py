@@ -44,9 +44,35 @@ def test_fast_lines_equal_generic_lines(source: str, translate: bool) -> None:
     config = JsonConfig(translate_universal=translate, translate_userdb=translate,
                         label_keys=frozenset({"corpus-exec"}),
                         propagate_labels=frozenset({"corpus-exec"}))
-    fast = lines_of(lines * 2, config, generic=False)
-    assert fast == lines_of(lines * 2, config, generic=True)
+    # three times: records rendered once (not cached), a second time (cached then) and
+    # taken from the cache, with the caches of shapes and line tails
+    fast = lines_of(lines * 3, config, generic=False)
+    assert fast == lines_of(lines * 3, config, generic=True)
     assert len(fast) >= len(lines) // 6
+
+
+def test_a_record_is_cached_the_second_time_it_is_rendered() -> None:
+    """Bodies that never repeat leave nothing behind: the first rendering of a body is not
+    cached (nor the shape and line of its event), the second is."""
+    renderer = LineRenderer(Encoder(EncodeOptions(), NAMES))
+    body = b'cwd="/root"'
+    first = renderer.record(1307, body)
+    assert first.serial < 0 and renderer.misses == 1
+    second = renderer.record(1307, body)
+    assert second.serial > 0 and second.frag == first.frag and renderer.misses == 2
+    assert renderer.record(1307, body) is second and renderer.misses == 2
+    for n in range(3000):  # more new bodies than any cache holds
+        assert renderer.record(1307, b'cwd="/tmp/%d"' % n).serial < 0
+    assert renderer.record(1307, body) is second
+    assert len(renderer._caches[1307]) == 1
+    sink = MemorySink()
+    pipe = JsonPipeline(JsonConfig(), sink=sink, clock=None, access=NO_ACCESS)
+    for n in range(200):
+        pipe.add_line(b'type=CWD msg=audit(1700000000.100:%d): cwd="/tmp/%d"\n' % (n, n))
+        pipe.add_line(b"type=EOE msg=audit(1700000000.100:%d): \n" % n)
+    pipe.close()
+    assert len(sink.lines) == 200
+    assert pipe.renderer._shapes == {} and pipe.renderer._tails == {}
 
 
 _hex = st.integers(0, 2**64 - 1).map(lambda n: f"{n:x}")
@@ -81,7 +107,7 @@ def syscall_bodies(draw: st.DrawFn) -> bytes:
 def test_fast_syscall_record_equals_generic(body: bytes, translate: bool) -> None:
     encoder = Encoder(EncodeOptions(universal=translate, userdb=translate), NAMES)
     renderer = LineRenderer(encoder)
-    fast = renderer._syscall(body)
+    fast = renderer._syscall(body, 1)
     assert fast is not None, body
-    generic = renderer._generic(1300, body)
+    generic = renderer._generic(1300, body, 2)
     assert fast[:3] == generic[:3]  # type, fragment, facts (the serials differ)

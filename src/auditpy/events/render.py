@@ -6,7 +6,9 @@ on records seen before: a process that makes the same syscall again writes the s
 body, an exec of the same program the same EXECVE, PATH, CWD and PROCTITLE records.  So:
 
 * each record's JSON object (without its braces: a *fragment*) is cached by record type and
-  body, with what the process table needs from a SYSCALL record (`SyscallFacts`);
+  body, with what the process table needs from a SYSCALL record (`SyscallFacts`), from the
+  second time a body is rendered: records that never repeat (a new pid in every SYSCALL
+  record of a fork/exec load) would fill the caches with fragments nobody asks for again;
 * a SYSCALL record of the kernel's usual shape is rendered from one regular-expression match
   and a template when it is not in the cache, instead of being split into typed fields;
 * the event is assembled by concatenating fragments, and the enrichment (PPID, ENV,
@@ -54,7 +56,8 @@ class RecordInfo(NamedTuple):
     msg_type: int
     frag: str
     facts: SyscallFacts | None
-    #: unique per fragment made (never reused), to key the caches of whole lines
+    #: unique per fragment made (never reused), to key the caches of whole lines;
+    #: negative for a fragment that is not cached (its body was not seen before)
     serial: int
 
 
@@ -74,6 +77,8 @@ class Layout(NamedTuple):
     key: tuple[int, ...]
     shape: Shape
     facts: SyscallFacts | None
+    #: a record is not cached: nothing made from the layout is worth caching either
+    transient: bool = False
 
     @property
     def has_execve(self) -> bool:
@@ -130,6 +135,9 @@ class LineRenderer:
     def __init__(self, encoder: Encoder) -> None:
         self.encoder = encoder
         self._caches: dict[int, dict[bytes, RecordInfo]] = {}
+        #: per record type, the hashes of bodies rendered once and not cached: a body is
+        #: cached the second time it is rendered
+        self._seen: dict[int, set[int]] = {}
         self._ids: dict[bytes, str] = {}
         self._names: dict[tuple[int, int], str] = {}
         #: record serials -> Shape, or None when only the generic path can lay it out
@@ -142,6 +150,7 @@ class LineRenderer:
 
     def clear(self) -> None:
         self._caches.clear()
+        self._seen.clear()
         self._ids.clear()
         self._names.clear()
         self._shapes.clear()
@@ -157,29 +166,41 @@ class LineRenderer:
         if info is not None:
             return info
         self.misses += 1
+        self._serial += 1
         if msg_type in ID_CHANGES:
             self.encoder.names.clear()
             self.clear()
-            return self._generic(msg_type, body)  # its effect must happen every time
+            # its effect must happen every time: never cached
+            return self._generic(msg_type, body, -self._serial)
+        seen = self._seen.get(msg_type)
+        if seen is None:
+            seen = self._seen[msg_type] = set()
+        digest = hash(body)  # (computed by cache.get above, and kept by the bytes object)
+        keep = digest in seen
+        if not keep:
+            if len(seen) >= CACHE_LIMIT:
+                seen.clear()
+            seen.add(digest)
+        serial = self._serial if keep else -self._serial
         info = None
         if msg_type == AUDIT_SYSCALL:
-            info = self._syscall(body)
+            info = self._syscall(body, serial)
         if info is None:
-            info = self._generic(msg_type, body)
-        if len(cache) >= CACHE_LIMIT:
-            cache.clear()
-        cache[body] = info
+            info = self._generic(msg_type, body, serial)
+        if keep:
+            if len(cache) >= CACHE_LIMIT:
+                cache.clear()
+            cache[body] = info
         return info
 
-    def _generic(self, msg_type: int, body: bytes) -> RecordInfo:
+    def _generic(self, msg_type: int, body: bytes, serial: int) -> RecordInfo:
         encoder = self.encoder
         fields = encoder.fields_of(msg_type, body)
         frag = dumps(encoder.record_object(msg_type, fields))[1:-1]
         facts = syscall_facts(fields) if msg_type == AUDIT_SYSCALL else None
-        self._serial += 1
-        return RecordInfo(msg_type, frag, facts, self._serial)
+        return RecordInfo(msg_type, frag, facts, serial)
 
-    def _syscall(self, body: bytes) -> RecordInfo | None:
+    def _syscall(self, body: bytes, serial: int) -> RecordInfo | None:
         opts = self.encoder.options
         if opts.universal or opts.userdb:
             cut = body.find(b"\x1d")
@@ -214,8 +235,7 @@ class LineRenderer:
             parts.append(self._arch_syscall(arch, nr))
         facts = SyscallFacts(int(pid_t), int(ppid_t), arch, nr, exit_, a0, comm, exe, key,
                              success == b"yes")
-        self._serial += 1
-        return RecordInfo(AUDIT_SYSCALL, "".join(parts), facts, self._serial)
+        return RecordInfo(AUDIT_SYSCALL, "".join(parts), facts, serial)
 
     def _translated_ids(self, text_: bytes, ids: list[int]) -> str:
         hit = self._ids.get(text_)
@@ -268,6 +288,10 @@ class LineRenderer:
         if not infos:
             return None
         key = tuple([info.serial for info in infos])
+        if min(key) < 0:
+            shape = self._shape(infos)
+            return None if shape is None else Layout(event, tuple(infos), key, shape, facts,
+                                                      True)
         shapes = self._shapes
         if key in shapes:
             shape = shapes[key]
@@ -305,6 +329,8 @@ class LineRenderer:
         event = layout.event
         eid = event.eid
         head = '{"ID":' + (f'"{eid}"' if _PLAIN_ID.match(eid) else dumps(eid or None))
+        if layout.transient:
+            return head + self._tail(layout, syscall_extra, execve_extra, top_extra)
         key = (layout.key, event.node, syscall_extra, execve_extra, top_extra,
                event.incomplete)
         tail = self._tails.get(key)
