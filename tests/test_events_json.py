@@ -21,7 +21,9 @@ from auditpy.events.encode import (
 from auditpy.events.fields import Hex, Oct, parse_body
 from auditpy.events.filters import EventFilter, split_keys
 from auditpy.events.lineage import (
+    SHARED_NAMES,
     LabelRules,
+    Process,
     ProcessTable,
     ProcInfo,
     container_id,
@@ -278,6 +280,28 @@ def test_labels_from_keys_exe_and_propagation() -> None:
     assert table.enrichment(child)["LABELS"] == [b"admin", b"tr"]  # type: ignore[arg-type]
     child = observe(table, "1.0:4", syscall(59, pid=41, ppid=40, exe="/bin/sh"))
     assert table.enrichment(child)["LABELS"] == [b"admin"]  # type: ignore[arg-type]
+
+
+def test_entries_share_names_and_empty_labels() -> None:
+    """Processes running the same program hold one comm and one exe object between them,
+    and those without labels one empty set: what is the same in every entry is not paid
+    for in every entry (a host runs the same few programs in many processes)."""
+    table = ProcessTable(read_proc=lambda pid: None)
+    procs = [observe(table, f"1.0:{pid}", syscall(59, pid=pid, ppid=1, comm="true",
+                                                  exe="/bin/true"))
+             for pid in range(100, 110)]
+    procs += [observe(table, f"1.0:{pid}", syscall(0, pid=pid, ppid=1, comm="true",
+                                                   exe="/bin/true"))
+              for pid in range(200, 210)]
+    assert all(isinstance(p, Process) for p in procs)
+    entries = [p for p in procs if isinstance(p, Process)]
+    assert len({id(p.comm) for p in entries}) == 1 and len({id(p.exe) for p in entries}) == 1
+    assert entries[0].comm == b"true" and entries[0].exe == b"/bin/true"
+    assert len({id(p.labels) for p in entries}) == 1 and not entries[0].labels
+    for n in range(SHARED_NAMES + 10):  # many distinct programs: still correct, still bounded
+        proc = observe(table, f"2.0:{n}", syscall(59, pid=1000 + n, ppid=1, exe=f"/x/{n}"))
+        assert isinstance(proc, Process) and proc.exe == b"/x/%d" % n
+    assert len(table._names) <= SHARED_NAMES
 
 
 def test_table_is_bounded_and_seeded() -> None:

@@ -59,6 +59,11 @@ __all__ = [
 
 DEFAULT_CAPACITY: Final = 16384
 CLONE_THREAD: Final = 0x10000
+#: The labels of a process without any: one object for all (every ``frozenset()`` is a new
+#: 216-byte object, which was a fifth of a table entry).
+NO_LABELS: Final[frozenset[str]] = frozenset()
+#: Distinct comm and exe values the table shares among its entries before it starts afresh.
+SHARED_NAMES: Final = 4096
 
 EXEC, FORK, CLONE, EXIT = 1, 2, 3, 4
 _KINDS: Final = {
@@ -235,7 +240,7 @@ class Process:
         self.exe: bytes | None = None
         #: EVENT_ID of its last execve
         self.exec_id: str | None = None
-        self.labels: frozenset[str] = frozenset()
+        self.labels: frozenset[str] = NO_LABELS
         self.cgroup: str | None = None
         self.exited = False
         #: created by a fork event seen here
@@ -295,6 +300,8 @@ class ProcessTable:
         self._procs: OrderedDict[int, Process] = OrderedDict()
         #: `forget_dead` passes so far
         self._passes = 0
+        #: comm and exe values, one object each for every entry that has them
+        self._names: dict[bytes, bytes] = {}
 
     def __len__(self) -> int:
         return len(self._procs)
@@ -366,7 +373,7 @@ class ProcessTable:
         proc.exe = info.exe
         proc.cgroup = info.cgroup
         if proc.exe is not None and self.rules.exe:
-            proc.labels = self._exe_labels(proc.exe, frozenset())
+            proc.labels = self._exe_labels(proc.exe, NO_LABELS)
         return proc
 
     def lookup(self, pid: int) -> Process | None:
@@ -386,6 +393,19 @@ class ProcessTable:
         self._put(proc)
         return proc
 
+    def _shared(self, name: bytes | None) -> bytes | None:
+        """`name` as the object other entries already hold (each record's value is a new
+        one; a host runs the same few programs in many processes)."""
+        if name is None:
+            return None
+        names = self._names
+        found = names.get(name)
+        if found is None:
+            if len(names) >= SHARED_NAMES:
+                names.clear()
+            found = names[name] = name
+        return found
+
     # -- labels -------------------------------------------------------------------------
 
     def _exe_labels(self, exe: bytes, labels: frozenset[str]) -> frozenset[str]:
@@ -400,12 +420,12 @@ class ProcessTable:
         for pattern, label in rules.unlabel_exe:
             if pattern.search(path):
                 out.discard(label)
-        return frozenset(out)
+        return frozenset(out) if out else NO_LABELS
 
     def _inherited(self, parent: Process | None) -> frozenset[str]:
         if parent is None or not parent.labels or not self.rules.propagate:
-            return frozenset()
-        return parent.labels & self.rules.propagate
+            return NO_LABELS
+        return parent.labels & self.rules.propagate or NO_LABELS
 
     # -- events -------------------------------------------------------------------------
 
@@ -446,7 +466,7 @@ class ProcessTable:
         proc = self.lookup(pid)
         if proc is None or proc.exited:
             proc = Process(pid, ppid if ppid is not None else 0)
-            proc.comm, proc.exe = comm, exe
+            proc.comm, proc.exe = self._shared(comm), self._shared(exe)
             proc.parent = self.lookup(proc.ppid) if ppid else None
             proc.labels = self._inherited(proc.parent)
             proc.cgroup = self._cgroup(pid, proc.parent)
@@ -454,8 +474,8 @@ class ProcessTable:
             return proc
         self._used(proc)
         if (comm is not None and proc.comm != comm) or (exe is not None and proc.exe != exe):
-            proc.comm = comm if comm is not None else proc.comm
-            proc.exe = exe if exe is not None else proc.exe
+            proc.comm = self._shared(comm) if comm is not None else proc.comm
+            proc.exe = self._shared(exe) if exe is not None else proc.exe
             proc.touch()
         if ppid is not None and proc.ppid != ppid:
             self._reparent(proc, ppid)
@@ -498,8 +518,8 @@ class ProcessTable:
             proc.parent = self.lookup(proc.ppid) if ppid else None
             self._put(proc)
         inherited = self._inherited(proc.parent)
-        proc.comm, proc.exe, proc.exec_id = comm, exe, eid
-        labels = proc.labels | inherited
+        proc.comm, proc.exe, proc.exec_id = self._shared(comm), self._shared(exe), eid
+        labels = proc.labels | inherited if inherited else proc.labels
         proc.labels = self._exe_labels(exe, labels) if exe is not None else labels
         proc.cgroup = self._cgroup(pid, proc.parent) or proc.cgroup
         proc.touch()
