@@ -513,19 +513,27 @@ class _PlainTransport(transports.Transport):
     def on_event(self, events: int) -> None:
         if self._out and events & _WRITABLE:
             self._flush()  # on an error the send says which
-        if self._sock is None or not self._reading or self._closing or not events & _READABLE:
+        if not self._reading or self._closing or not events & _READABLE:
             return
+        n = self.recv()
+        if n > 0:
+            self._protocol.buffer_updated(n)
+        elif n == 0:
+            self.on_eof()
+
+    def recv(self) -> int:
+        """Read into the protocol's buffer: the bytes read, 0 at EOF, -1 when there was
+        nothing after all or the connection is lost (connection_lost follows)."""
+        sock = self._sock
+        if sock is None:
+            return -1
         try:
-            n = self._sock.recv_into(self._into)
+            return sock.recv_into(self._into)
         except (BlockingIOError, InterruptedError):
-            return
+            return -1
         except OSError as exc:
             self._lost(exc)
-            return
-        if n:
-            self._protocol.buffer_updated(n)
-        else:
-            self.on_eof()
+            return -1
 
     def on_eof(self) -> None:
         if not self._closing:
@@ -1025,15 +1033,8 @@ class RemoteListener:
                     or client.partial or client.fault is not None or not client.accepted):
                 transport.on_event(events)
                 continue
-            sock = transport._sock
-            if sock is None:
-                continue
-            try:
-                n = sock.recv_into(transport._into)
-            except (BlockingIOError, InterruptedError):
-                continue
-            except OSError as exc:
-                transport._lost(exc)
+            n = transport.recv()
+            if n < 0:
                 continue
             raw = client._raw
             if n >= HEADER_SIZE:
