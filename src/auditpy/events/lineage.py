@@ -369,8 +369,8 @@ class ProcessTable:
 
     def _from_info(self, info: ProcInfo) -> Process:
         proc = Process(info.pid, info.ppid)
-        proc.comm = info.comm
-        proc.exe = info.exe
+        proc.comm = self._shared(info.comm)
+        proc.exe = self._shared(info.exe)
         proc.cgroup = info.cgroup
         if proc.exe is not None and self.rules.exe:
             proc.labels = self._exe_labels(proc.exe, NO_LABELS)
