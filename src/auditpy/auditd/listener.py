@@ -484,10 +484,8 @@ class _PlainTransport(transports.Transport):
         self._owner = owner
         self._sock: socket.socket | None = sock
         self._fd = sock.fileno()
+        #: also read by the listener's own read of the usual frame (RemoteListener._read_plain)
         self._protocol = protocol
-        #: the protocol, for the listener's own read of the usual frame
-        #: (RemoteListener._read_plain)
-        self.client = protocol
         # _Client hands out the same buffer every time
         self._into = protocol.get_buffer(-1)
         self._out = bytearray()
@@ -1028,7 +1026,7 @@ class RemoteListener:
             transport = by_fd.get(fd)
             if transport is None:
                 continue
-            client = transport.client
+            client = transport._protocol
             if (events != select.EPOLLIN or not transport.plain or client.replies
                     or client.partial or client.fault is not None or not client.accepted):
                 transport.on_event(events)
