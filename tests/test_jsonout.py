@@ -256,6 +256,33 @@ def test_a_burst_of_new_processes_is_let_go_of_sooner() -> None:
     assert len(scans) == 3 and len(pipe.table) == 0
 
 
+def test_a_process_caches_its_fragments_from_its_second_event() -> None:
+    """A process seen once (most of a fork/exec load) keeps no rendered fragments in its
+    table entry; from its second event on they are cached and used, and the lines are the
+    same either way."""
+    access = ProcAccess(read_proc=lambda pid: ProcInfo(1, 0, b"init") if pid == 1 else None,
+                        read_cgroup=None, read_environ=None, scan=None, user_name=None,
+                        group_name=None, live_pids=None)
+    pipe, sink = pipeline(JsonConfig(), access)
+    for line in EXEC_EVENT:
+        pipe.add_line(line)
+    entry = pipe.table.get(4242)
+    assert entry is not None and not isinstance(entry.cache, tuple)
+    getpid = [line.replace(b"syscall=59", b"syscall=39") for line in EXEC_EVENT
+              if not line.startswith(b"type=EXECVE")]
+    cached = []
+    for serial in (8, 9):
+        for line in getpid:
+            pipe.add_line(line.replace(b":7)", b":%d)" % serial))
+        cached.append(entry.cache)
+    assert isinstance(cached[0], tuple) and cached[1] is cached[0]
+    pipe.close()
+    lines = [json.loads(line) for line in sink.lines]
+    assert len(lines) == 3
+    context = [(line["SYSCALL"]["PPID"], line["SYSCALL"]["PID"]) for line in lines]
+    assert context == [({"comm": "init", "pid": 1}, {"EVENT_ID": "1700000000.100:7"})] * 3
+
+
 def test_reconfigure_keeps_events_in_flight() -> None:
     pipe, sink = pipeline(JsonConfig())
     for line in EXEC_EVENT[:2]:

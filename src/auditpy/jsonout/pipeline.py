@@ -43,7 +43,7 @@ from auditpy.structs import dataclass
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, Final
 
     from auditpy.events.fields import Value
 
@@ -78,6 +78,8 @@ FORGET_DEAD_SECONDS = 10.0
 #: capacity, at the cost of listing /proc at most once a second while it lasts.
 FORGET_SOON_SECONDS = 1.0
 FORGET_GROWTH = 1024
+#: what a process table entry's cache holds after its first event's fragments were rendered
+_RENDERED_ONCE: Final = True
 
 
 @dataclass
@@ -305,7 +307,9 @@ class JsonPipeline:
 
     def _proc_fragments(self, proc: Process) -> tuple[str, str]:
         """SYSCALL and top-level extras of `proc`, cached on its entry until it, its parent
-        or the configuration changes."""
+        or the configuration changes. Only from its second event on: most processes a
+        fork/exec load shows have one event, and the cache would be a third of their entry
+        for as long as the table keeps them."""
         parent = self.table.parent_of(proc)
         key = (proc.version, parent, -1 if parent is None else parent.version,
                self._generation)
@@ -314,7 +318,7 @@ class JsonPipeline:
             return cached[1], cached[2]
         _proc, info, top = self._context_of(proc)
         frags = (fragment(info) if info else "", fragment(top) if top else "")
-        proc.cache = (key, *frags)
+        proc.cache = (key, *frags) if cached is not None else _RENDERED_ONCE
         return frags
 
     def _context_of(self, proc: Process) -> tuple[Process, dict[str, Value], dict[str, Value]]:
