@@ -30,7 +30,8 @@ def _run(code: str, *flags: str, **env: str) -> subprocess.CompletedProcess[str]
 
 def test_no_program_loads_asyncio() -> None:
     """Every program runs on auditpy's own loop (system.evloop): none of their modules, the
-    network ones included, brings in asyncio or concurrent.futures."""
+    network ones included, brings in asyncio or concurrent.futures; nor argparse (their
+    options are parsed by system.cmdline)."""
     result = _run("""
         import sys
         import auditpy.auditd.cli, auditpy.auditd.daemon, auditpy.auditd.listener
@@ -38,7 +39,7 @@ def test_no_program_loads_asyncio() -> None:
         import auditpy.audispd.dispatcher, auditpy.audispd.builtin_nats
         import auditpy.audisp_remote.plugin, auditpy.audisp_nats.plugin
         import auditpy.audisp_json.plugin
-        loaded = [m for m in ("asyncio", "concurrent.futures") if m in sys.modules]
+        loaded = [m for m in ("asyncio", "concurrent.futures", "argparse") if m in sys.modules]
         assert not loaded, loaded
     """, "-S", PYTHONPATH=str(SRC))
     assert result.returncode == 0, result.stderr
@@ -111,7 +112,8 @@ def test_the_dispatcher_imports_builtins_only_when_configured() -> None:
 def test_the_daemon_imports_what_a_configuration_needs_only_when_configured() -> None:
     """pyauditd's modules, as its start imports them, and pyaudispd's: no network listener,
     collector, metrics server or address parser (ipaddress) before a configuration asks for
-    one, no random (hashlib) for the serials, and no typing, dataclasses or inspect, neither
+    one, no random (hashlib) for the serials, no argparse (system.cmdline parses), and no
+    typing, dataclasses or inspect, neither
     with the listener, metrics, ENRICHED or builtin_json configured (types are for the type
     checker, records come from auditpy.structs). Without site: this
     machine's .pth files import some of these themselves."""
@@ -123,7 +125,8 @@ def test_the_daemon_imports_what_a_configuration_needs_only_when_configured() ->
         import auditpy.audispd.main, auditpy.audispd.dispatcher
         loaded = [m for m in ("ssl", "ipaddress", "random", "hashlib", "auditpy.auditd.listener",
                               "auditpy.auditd.collector", "auditpy.auditd.metrics",
-                              "auditpy.nats", "typing", "dataclasses", "inspect", "asyncio")
+                              "auditpy.nats", "typing", "dataclasses", "inspect", "asyncio",
+                              "argparse", "gettext")
                   if m in sys.modules and m not in before]
         assert not loaded, loaded
         assert metrics_address("[::1]:9101").host == "::1" and "ipaddress" in sys.modules
@@ -138,7 +141,8 @@ def test_the_daemon_imports_what_a_configuration_needs_only_when_configured() ->
 
 def test_parsers_never_load_shutil_and_its_compression_libraries() -> None:
     """argparse's own help formatter imports shutil (zlib, bz2, lzma) for the terminal's
-    width; both daemons' parsers parse, and the shared one wraps help at $COLUMNS, without."""
+    width; both daemons' parsers parse, and the shared one wraps help at $COLUMNS as
+    argparse does, without."""
     result = _run("""
         import sys
         from auditpy.auditd.cli import parse_args

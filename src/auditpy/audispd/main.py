@@ -16,7 +16,6 @@ unkillable by the OOM killer.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -32,21 +31,21 @@ from auditpy.audispd.dispatcher import (
 from auditpy.audispd.runner import BACKOFF_INITIAL, BACKOFF_MAX, STABLE_AFTER, STOP_TIMEOUT
 from auditpy.system import evloop
 from auditpy.system.children import INIT_PATH
-from auditpy.system.cmdline import argument_parser
+from auditpy.system.cmdline import HIDDEN, OptionParser, argument_parser
 from auditpy.system.logsetup import message_handler
 from auditpy.system.service import hold_signals, seal_inherited_fds, set_oom_score_adj
 
 log = logging.getLogger("auditpy.audispd")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> OptionParser:
     parser = argument_parser("pyaudispd", "audit event dispatcher: feeds records to plugins")
     parser.add_argument("-c", "--config-dir", default="/etc/audit", help="auditd.conf directory")
     parser.add_argument("--base-dir", default="/", help="anchor for relative paths")
     parser.add_argument("--run-dir", default="/var/run", help="where audispd.state goes")
     parser.add_argument("-f", "--foreground", action="store_true", help="messages to stderr")
     parser.add_argument("-d", "--debug", action="store_true", help="debug messages")
-    hidden = argparse.SUPPRESS
+    hidden = HIDDEN
     # Test hooks: never run the real init, and shorten timers.
     parser.add_argument("--init-path", default=INIT_PATH, help=hidden)
     parser.add_argument("--stable-after", type=float, default=STABLE_AFTER, help=hidden)

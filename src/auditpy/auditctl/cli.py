@@ -308,7 +308,8 @@ def main(argv: list[str] | None = None, *, out: TextIO | None = None,
         return _main(cli, args)
     except BrokenPipeError:
         # The output's reader went away (`pyauditctl -l | head -1`): end quietly, as the C
-        # auditctl does when SIGPIPE ends it. (Imported here: argparse comes with it.)
+        # auditctl does when SIGPIPE ends it. (Imported here: the option parser comes with
+        # it, which pyauditctl does not use.)
         from auditpy.system import cmdline
 
         return cmdline.stdout_gone() if out is None else cmdline.EXIT_SIGPIPE

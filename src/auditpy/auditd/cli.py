@@ -6,7 +6,6 @@ configuration.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
@@ -14,6 +13,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from types import SimpleNamespace
 
 from auditpy import __version__
 from auditpy.auditd.signals import HANDLED_SIGNALS
@@ -30,7 +30,7 @@ EXIT_CONFIG = 6
 log = logging.getLogger("auditpy")
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None) -> SimpleNamespace:
     parser = argument_parser("pyauditd", "The Linux audit daemon, in Python.")
     parser.add_argument("-f", dest="foreground", action="store_true",
                         help="stay in the foreground, messages to stderr")
