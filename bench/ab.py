@@ -10,7 +10,9 @@ by 10-20% between whole benchmark runs. Each TREE is a source tree (a checkout o
 
 prints every run, then the median events/s and CPU seconds per 100,000 events of each.
 With --limit the limit reader (bench/limit.c) runs in each round too, and each median is
-also given as a share of the limit's.
+also given as a share of the limit's. With --pythons each tree runs under each of the given
+interpreters in every round (`--pythons python3,/usr/bin/python3`: how much the interpreter's
+build moves the figures).
 Same rules as bench.py: root, no daemon registered; kernel settings and rules are put back.
 """
 
@@ -36,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("trees", nargs="+", type=Path, metavar="TREE")
     parser.add_argument("--limit", action="store_true",
                         help="run the limit reader in every round as well")
+    parser.add_argument("--pythons", default=sys.executable,
+                        help="interpreters to run each tree under, comma-separated")
     args = parser.parse_args(argv)
     if not bench.take_the_kernel(this_tree=False):
         return 1
@@ -46,19 +50,25 @@ def main(argv: list[str] | None = None) -> int:
         loadgen = bench.build_tools(build)
         true_copy = build / "bench-true"
         shutil.copy("/bin/true", true_copy)
+        pythons = args.pythons.split(",")
+        runners = {
+            (f"{tree} [{python}]" if len(pythons) > 1 else str(tree)): (tree, python)
+            for tree in args.trees for python in pythons
+        }
         for _ in range(args.rounds):
-            for who in ["C auditd", *map(str, args.trees), *(["limit"] if args.limit else [])]:
+            for who in ["C auditd", *runners, *(["limit"] if args.limit else [])]:
                 if who == "C auditd":
                     run = bench.one_run("c", scenario, args.events, loadgen, true_copy, [], 120)
                 elif who == "limit":
                     run = bench.one_run("limit", scenario, args.events, loadgen, true_copy, [],
                                         120)
                 else:
-                    src = (Path(who) / "src").resolve()
+                    tree, python = runners[who]
+                    src = (tree / "src").resolve()
                     # trees from before the package layout run the daemon as auditpy.cli
                     module = ("auditpy.auditd" if (src / "auditpy" / "auditd").is_dir()
                               else "auditpy.cli")
-                    command = ["env", f"PYTHONPATH={src}", sys.executable, "-m", module]
+                    command = ["env", f"PYTHONPATH={src}", python, "-m", module]
                     run = bench.one_run("py", scenario, args.events, loadgen, true_copy,
                                         command, 120)
                 runs.setdefault(who, []).append(run)
