@@ -133,7 +133,7 @@ def table(rows: Ladder, runs: dict[str, list[bench.Run]], events: int, rounds: i
 RSS_STEPS = [
     ("interpreter with -S (no site)", ""),
     ("site (.pth files of this machine)", "import site; site.main()"),
-    ("argparse, logging", "import argparse, logging"),
+    ("logging", "import logging"),
     ("ctypes, json, socket, select, mmap, threading",
      "import ctypes, json, socket, select, mmap, threading"),
     ("auditpy's own event loop (system.evloop)", "import auditpy.system.evloop"),
@@ -145,9 +145,8 @@ RSS_STEPS = [
 #: What the standard library alone weighs: what pyauditd imports from it today, then what its
 #: modules imported before auditpy.structs and type checking without typing, then asyncio,
 #: which it stood on before its own loop. Each set in a fresh interpreter after site.
-_LEAST = ("selectors, socket, select, logging, threading, argparse, ctypes, struct, signal, "
-          "json, mmap")
-_MORE = "dataclasses, typing, concurrent.futures, subprocess"
+_LEAST = "selectors, socket, select, logging, threading, ctypes, struct, signal, json, mmap"
+_MORE = "argparse, dataclasses, typing, concurrent.futures, subprocess"
 RSS_SETS = [
     ("interpreter and site", ""),
     (f"what pyauditd imports: {_LEAST}", f"import {_LEAST}"),

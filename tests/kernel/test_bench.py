@@ -3,6 +3,7 @@ timing belongs to the benchmark, not to the test suite)."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -64,7 +65,7 @@ def test_benchmark_runs_and_writes_its_table(kernel_state: AuditStatus, tmp_path
     assert auditctl("-l").stdout == rules_before
 
 
-def test_build_comparison_runs(kernel_state: AuditStatus) -> None:
+def test_build_comparison_runs(kernel_state: AuditStatus, tmp_path: Path) -> None:
     repo = BENCH.parents[1]
     proc = subprocess.run(
         [sys.executable, str(BENCH.with_name("ab.py")), "raw", "200", "1", str(repo), "--limit"],
@@ -74,6 +75,19 @@ def test_build_comparison_runs(kernel_state: AuditStatus) -> None:
     medians = [ln for ln in proc.stdout.splitlines() if " median " in ln]
     assert [ln.split()[0] for ln in medians] == ["C", str(repo), "limit"]
     assert all("of the limit" in ln for ln in medians)
+    assert get_status().pid == 0
+    # each tree under each interpreter (here the same one under a second name)
+    python = str(tmp_path / "python3")
+    os.symlink(sys.executable, python)
+    proc = subprocess.run(
+        [sys.executable, str(BENCH.with_name("ab.py")), "raw", "200", "1", str(repo),
+         "--pythons", f"{sys.executable},{python}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    medians = [ln for ln in proc.stdout.splitlines() if " median " in ln]
+    assert [ln.split(" median ")[0].strip() for ln in medians] == [
+        "C auditd", f"{repo} [{sys.executable}]", f"{repo} [{python}]"]
     assert get_status().pid == 0
 
 
