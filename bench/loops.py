@@ -7,8 +7,8 @@ process (the fan-in server wakes once per batch of clients).
 The second table is the daemon at low rates, which reads about fifty times a second, each
 time after a pause: a wakeup after sleeping finds cold caches, so each loop is woken by its
 own timer after --pause-ms with nothing else to do (a callback that schedules the next),
-beside a bare `select.epoll` poll with that timeout and the same in C (bench/wake.c, built
-with gcc, left out without it).
+beside a bare `select.epoll` poll with that timeout, libc's epoll_wait called through
+ctypes, and the same in C (bench/wake.c, built with gcc, left out without it).
 
     python3 bench/loops.py [--wakeups 100000] [--rounds 5] [--pause-ms 20]
                            [--paused-wakeups 100]
@@ -144,6 +144,26 @@ def paused_epoll(wakeups: int, pause: float) -> float:
     return spent
 
 
+def paused_ctypes_epoll(wakeups: int, pause: float) -> float:
+    """libc's epoll_wait through ctypes, as pyauditd reads with recvmmsg: what a libc call
+    in place of select.epoll's would buy for the wait."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    epoll_wait = libc.epoll_wait
+    epoll_wait.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+    epoll_wait.restype = ctypes.c_int
+    epoll = select.epoll()
+    events = ctypes.create_string_buffer(12 * 8)  # struct epoll_event, packed: 12 bytes
+    fd, timeout = epoll.fileno(), round(pause * 1000)
+    start = time.process_time()
+    for _ in range(wakeups):
+        epoll_wait(fd, events, 8, timeout)
+    spent = time.process_time() - start
+    epoll.close()
+    return spent
+
+
 def paused_c(binary: Path, wakeups: int, pause: float) -> float:
     done = subprocess.run([str(binary), str(round(pause * 1000)), str(wakeups)],
                           capture_output=True, text=True, check=True, timeout=wakeups * pause + 60)
@@ -172,6 +192,7 @@ PAUSED: dict[str, Callable[[int, float], float]] = {
     "asyncio": functools.partial(paused_on_loop, asyncio.new_event_loop),
     "auditpy.system.evloop (pyauditd's loop)": functools.partial(paused_on_loop, Loop),
     "select.epoll": paused_epoll,
+    "ctypes: libc epoll_wait": paused_ctypes_epoll,
 }
 
 

@@ -27,5 +27,5 @@ def test_loops_prints_each_loop() -> None:
                         "selectors.DefaultSelector", "select.epoll"}
     c_figure = {"C: epoll_wait (bench/wake.c)"} if shutil.which("gcc") else set()
     assert set(paused) == {"asyncio", "auditpy.system.evloop (pyauditd's loop)",
-                           "select.epoll"} | c_figure
+                           "select.epoll", "ctypes: libc epoll_wait"} | c_figure
     assert all(value > 0 for value in [*hot.values(), *paused.values()])
