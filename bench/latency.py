@@ -12,6 +12,10 @@ in `audit(SEC.MSEC:SERIAL)` has only millisecond resolution, so it is not used.
 For each rate, the C auditd and pyauditd run in turn with the same configuration, without
 a plugin (log latency) and with the probe plugin (log and plugin latency), and the limit
 reader (bench/limit.c, which stamps what it reads) gives the kernel's own hand-over time.
+Beside them, without a plugin, the Python floor at a low rate (`bench/pyfloor.py write
+--pause-ms 20`: recvmmsg through ctypes, the lines, one write, and a 20 ms sleep after a
+read of fewer than a batch, pyauditd's pause): the least CPU per event a Python logger
+spends under the same latency bound.
 Percentiles are over every event of every round. Run as root with no daemon registered:
 
     python3 bench/latency.py [--rates 100,10000] [--seconds 10,2] [--rounds 1]
@@ -38,6 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench
 
 KEY = "lat"
+#: the Python floor's pause after a small read: pyauditd's longest (auditd.daemon)
+COALESCE_MS = 20.0
 
 
 @dataclass(frozen=True)
@@ -132,6 +138,14 @@ def one_run(daemon: str, setup: Setup, rate: float, events: int, loadgen: Path,
                 proc = subprocess.Popen(
                     [str(loadgen.with_name("limit")), KEY, str(root / "count"), str(log_out)],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            elif daemon == "pyfloor":
+                (root / "log").mkdir()
+                with open(root / "daemon.err", "wb") as errors:
+                    proc = subprocess.Popen(
+                        [pyauditd[0], str(bench.HERE / "pyfloor.py"), "write", "--log",
+                         str(root / "log" / "audit.log"), "--pause-ms",
+                         f"{COALESCE_MS:g}", KEY, str(root / "count")],
+                        stdout=subprocess.DEVNULL, stderr=errors)
             else:
                 proc = start_daemon(daemon, root, setup, probe, pyauditd)
             try:
@@ -165,8 +179,8 @@ def one_run(daemon: str, setup: Setup, rate: float, events: int, loadgen: Path,
                 if follower is not None:
                     follower.send_signal(signal.SIGTERM)
                     follower.wait(10)
-                if daemon == "limit":
-                    bench.stop_reader(proc)  # it writes its stamps as it exits
+                if daemon in ("limit", "pyfloor"):
+                    bench.stop_reader(proc)  # (the limit writes its stamps as it exits)
                 else:
                     stop_daemon(proc)
         sent = read_pairs(stamps)
@@ -189,10 +203,11 @@ def run_all(rates: list[float], seconds: list[float], rounds: int, loadgen: Path
     for rate, duration in zip(rates, seconds, strict=True):
         events = max(1, round(rate * duration))
         for round_ in range(rounds):
-            runs = [(d, s) for s in SETUPS for d in ("c", "py")] + [("limit", SETUPS[0])]
+            runs = [(d, s) for s in SETUPS for d in ("c", "py")] + [
+                ("limit", SETUPS[0]), ("pyfloor", SETUPS[0])]
             turn = round_ % len(runs)
             for daemon, setup in runs[turn:] + runs[:turn]:
-                key = (rate, daemon, "-" if daemon == "limit" else setup.name)
+                key = (rate, daemon, "-" if daemon in ("limit", "pyfloor") else setup.name)
                 samples = results.setdefault(key, Samples())
                 one_run(daemon, setup, rate, events, loadgen, pyauditd, samples)
                 print(f"latency {rate:8,.0f}/s {daemon:5} {key[2]:6} round {round_ + 1}: "
@@ -205,7 +220,8 @@ def run_all(rates: list[float], seconds: list[float], rounds: int, loadgen: Path
 
 
 def table(results: dict[tuple[float, str, str], Samples], rounds: int) -> str:
-    names = {"c": "C auditd", "py": "pyauditd", "limit": "limit (C reader)"}
+    names = {"c": "C auditd", "py": "pyauditd", "limit": "limit (C reader)",
+             "pyfloor": f"Python floor ({COALESCE_MS:g} ms pause)"}
     titles = {s.name: s.title for s in SETUPS}
     lines = [
         f"Latency from the call to the record (ms), {rounds} round(s), every event counted:",
@@ -233,8 +249,11 @@ def table(results: dict[tuple[float, str, str], Samples], rounds: int) -> str:
         "evenly at the rate; log: when a follower woken by inotify read the record's line "
         "from the log file; plugin: when a `format = string` plugin read it from its input; "
         "limit: when the C reader (bench/limit.c) got it from recvmmsg, the kernel's own "
-        "hand-over. Both daemons use the benchmark's auditd.conf (flush INCREMENTAL_ASYNC, "
-        "freq 50). CPU: the reader's process tree (daemon, dispatcher, plugin) from the "
+        "hand-over; Python floor: bench/pyfloor.py's write mode (recvmmsg through ctypes, "
+        f"the lines, one write per read, a {COALESCE_MS:g} ms sleep after a read of fewer "
+        "than a batch), its log followed as the daemons' are. Both daemons use the "
+        "benchmark's auditd.conf (flush INCREMENTAL_ASYNC, freq 50). CPU: the reader's "
+        "process tree (daemon, dispatcher, plugin) from the "
         "first call until every event was read, per event sent.",
     ]
     return "\n".join(lines) + "\n"

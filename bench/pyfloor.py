@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The Python floors for bench/floors.py: the least a Python audit reader can do, registered.
 
-    pyfloor.py MODE [--rcvbuf BYTES] [--log LOGFILE] [--plugin OUTFILE] KEY COUNTFILE
+    pyfloor.py MODE [--rcvbuf BYTES] [--log LOGFILE] [--plugin OUTFILE] [--pause-ms MS]
+               KEY COUNTFILE
 
 Registers with the kernel as its audit daemon, like bench/limit.c, and reads the record
 stream in one of these ways, so the gap between the limit and pyauditd can be split into
@@ -22,6 +23,10 @@ what reading costs in Python, what writing costs, and what pyauditd's own work c
   which queues them for its plugins).
 
 --rcvbuf is the socket's receive buffer (default 64 KiB, pyauditd's while the kernel waits).
+--pause-ms (the batch modes): after a read of fewer than a batch's records, sleep that long
+before reading again, so that records trickling in are read together, as pyauditd pauses
+(up to 20 ms) at low rates: with it, ``write`` is the least a Python logger does per event
+at a low rate under the same latency bound (bench/latency.py).
 
 Progress as limit.c reports it: COUNTFILE holds a 64-bit count (host order, in an mmap) of
 SYSCALL records carrying ``key="KEY"``. SIGTERM/SIGINT stop it; it unregisters before it exits.
@@ -38,6 +43,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from itertools import compress, repeat
 from operator import eq
 from pathlib import Path
@@ -68,6 +74,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rcvbuf", type=int, default=64 << 10)
     parser.add_argument("--log", type=Path)
     parser.add_argument("--plugin", type=Path)
+    parser.add_argument("--pause-ms", type=float, default=0.0)
     parser.add_argument("key")
     parser.add_argument("count", type=Path)
     args = parser.parse_args(argv)
@@ -102,7 +109,7 @@ def main(argv: list[str]) -> int:
             records, matched = read_one_by_one(events.sock, marker, counter)
         else:
             records, matched = read_batches(mode, events.fileno(), marker, counter, log_fd,
-                                            plugin_fd)
+                                            plugin_fd, args.pause_ms / 1000)
     finally:
         control.unregister()
         events.close()
@@ -136,7 +143,7 @@ def read_one_by_one(sock: socket.socket, marker: bytes, counter: mmap.mmap) -> t
 
 
 def read_batches(mode: str, fd: int, marker: bytes, counter: mmap.mmap,
-                 log_fd: int, plugin_fd: int = -1) -> tuple[int, int]:
+                 log_fd: int, plugin_fd: int = -1, pause: float = 0.0) -> tuple[int, int]:
     reader = RecordBatchReader(fd, SLOTS, MAX_AUDIT_MESSAGE_LENGTH)
     prefixes = {t: f"type={type_name(t)} msg=".encode() for t in range(1000, 2000)}
     records = matched = 0
@@ -157,6 +164,8 @@ def read_batches(mode: str, fd: int, marker: bytes, counter: mmap.mmap,
             records += n
             matched += types[:n].tolist().count(AUDIT_SYSCALL)
             counter[:8] = matched.to_bytes(8, sys.byteorder)
+            if pause and n < SLOTS:
+                time.sleep(pause)
         return records, matched
     while not stopping:
         try:
@@ -184,6 +193,8 @@ def read_batches(mode: str, fd: int, marker: bytes, counter: mmap.mmap,
                     pending = bytearray(memoryview(lines)[_write_some(plugin_fd, lines):])
                 if pending:
                     del pending[:_write_some(plugin_fd, pending)]
+        if pause and n < SLOTS:
+            time.sleep(pause)
     if plugin_fd >= 0:
         os.set_blocking(plugin_fd, True)
         while pending:
