@@ -12,10 +12,10 @@ in `audit(SEC.MSEC:SERIAL)` has only millisecond resolution, so it is not used.
 For each rate, the C auditd and pyauditd run in turn with the same configuration, without
 a plugin (log latency) and with the probe plugin (log and plugin latency), and the limit
 reader (bench/limit.c, which stamps what it reads) gives the kernel's own hand-over time.
-Beside them, without a plugin, the Python floor at a low rate (`bench/pyfloor.py write
---pause-ms 20`: recvmmsg through ctypes, the lines, one write, and a 20 ms sleep after a
-read of fewer than a batch, pyauditd's pause): the least CPU per event a Python logger
-spends under the same latency bound.
+Beside them, without a plugin, the Python floor (`bench/pyfloor.py write --pause-ms 20`:
+recvmmsg through ctypes, the lines, one write per read, and pyauditd's pause while records
+trickle in, as a sleep): the least CPU per event a Python logger spends under the same
+latency bound.
 Percentiles are over every event of every round. Run as root with no daemon registered:
 
     python3 bench/latency.py [--rates 100,10000] [--seconds 10,2] [--rounds 1]
@@ -221,7 +221,7 @@ def run_all(rates: list[float], seconds: list[float], rounds: int, loadgen: Path
 
 def table(results: dict[tuple[float, str, str], Samples], rounds: int) -> str:
     names = {"c": "C auditd", "py": "pyauditd", "limit": "limit (C reader)",
-             "pyfloor": f"Python floor ({COALESCE_MS:g} ms pause)"}
+             "pyfloor": "Python floor (bench/pyfloor.py)"}
     titles = {s.name: s.title for s in SETUPS}
     lines = [
         f"Latency from the call to the record (ms), {rounds} round(s), every event counted:",
@@ -250,8 +250,9 @@ def table(results: dict[tuple[float, str, str], Samples], rounds: int) -> str:
         "from the log file; plugin: when a `format = string` plugin read it from its input; "
         "limit: when the C reader (bench/limit.c) got it from recvmmsg, the kernel's own "
         "hand-over; Python floor: bench/pyfloor.py's write mode (recvmmsg through ctypes, "
-        f"the lines, one write per read, a {COALESCE_MS:g} ms sleep after a read of fewer "
-        "than a batch), its log followed as the daemons' are. Both daemons use the "
+        "the lines, one write per read) with pyauditd's pause while records trickle in (a "
+        f"sleep after a small read, at most {COALESCE_MS:g} ms), its log followed as the "
+        "daemons' are. Both daemons use the "
         "benchmark's auditd.conf (flush INCREMENTAL_ASYNC, freq 50). CPU: the reader's "
         "process tree (daemon, dispatcher, plugin) from the "
         "first call until every event was read, per event sent.",

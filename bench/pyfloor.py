@@ -23,10 +23,11 @@ what reading costs in Python, what writing costs, and what pyauditd's own work c
   which queues them for its plugins).
 
 --rcvbuf is the socket's receive buffer (default 64 KiB, pyauditd's while the kernel waits).
---pause-ms (the batch modes): after a read of fewer than a batch's records, sleep that long
-before reading again, so that records trickling in are read together, as pyauditd pauses
-(up to 20 ms) at low rates: with it, ``write`` is the least a Python logger does per event
-at a low rate under the same latency bound (bench/latency.py).
+--pause-ms (the batch modes): pyauditd's pause between reads while records trickle in
+(auditpy.auditd.daemon): after a read of fewer than `trickle_below` records, sleep until
+about `pause_records` more can be expected at the rate they came, at most this long, so
+that they are read together. With it, ``write`` is the least a Python logger does per event
+under the same latency bound (bench/latency.py).
 
 Progress as limit.c reports it: COUNTFILE holds a 64-bit count (host order, in an mmap) of
 SYSCALL records carrying ``key="KEY"``. SIGTERM/SIGINT stop it; it unregisters before it exits.
@@ -50,6 +51,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
+from auditpy.auditd.startup import pause_records, trickle_below
 from auditpy.proto.records import type_name
 from auditpy.system.mmsg import NLMSG_HDRLEN, RecordBatchReader
 from auditpy.system.netlink import MAX_AUDIT_MESSAGE_LENGTH, AuditSocket
@@ -109,7 +111,7 @@ def main(argv: list[str]) -> int:
             records, matched = read_one_by_one(events.sock, marker, counter)
         else:
             records, matched = read_batches(mode, events.fileno(), marker, counter, log_fd,
-                                            plugin_fd, args.pause_ms / 1000)
+                                            plugin_fd, args.pause_ms / 1000, args.rcvbuf)
     finally:
         control.unregister()
         events.close()
@@ -142,9 +144,27 @@ def read_one_by_one(sock: socket.socket, marker: bytes, counter: mmap.mmap) -> t
     return records, matched
 
 
-def read_batches(mode: str, fd: int, marker: bytes, counter: mmap.mmap,
-                 log_fd: int, plugin_fd: int = -1, pause: float = 0.0) -> tuple[int, int]:
+class Pacer:
+    """pyauditd's pause while records trickle in (Daemon._read_batch), as sleeps."""
+
+    def __init__(self, longest: float, rcvbuf: int) -> None:
+        self.longest = longest
+        self.trickle, self.wait_for = trickle_below(rcvbuf), pause_records(rcvbuf)
+        self.last = time.monotonic()
+
+    def after(self, count: int) -> None:
+        """After a read of `count` records: sleep if they trickle in."""
+        now = time.monotonic()
+        elapsed, self.last = now - self.last, now
+        if self.longest and 0 < count < self.trickle:
+            time.sleep(min(self.longest, self.wait_for * elapsed / count))
+
+
+def read_batches(mode: str, fd: int, marker: bytes, counter: mmap.mmap, log_fd: int,
+                 plugin_fd: int = -1, pause: float = 0.0,
+                 rcvbuf: int = 64 << 10) -> tuple[int, int]:
     reader = RecordBatchReader(fd, SLOTS, MAX_AUDIT_MESSAGE_LENGTH)
+    pacer = Pacer(pause, rcvbuf)
     prefixes = {t: f"type={type_name(t)} msg=".encode() for t in range(1000, 2000)}
     records = matched = 0
     #: what the plugin's pipe has not taken yet
@@ -164,8 +184,7 @@ def read_batches(mode: str, fd: int, marker: bytes, counter: mmap.mmap,
             records += n
             matched += types[:n].tolist().count(AUDIT_SYSCALL)
             counter[:8] = matched.to_bytes(8, sys.byteorder)
-            if pause and n < SLOTS:
-                time.sleep(pause)
+            pacer.after(n)
         return records, matched
     while not stopping:
         try:
@@ -193,8 +212,7 @@ def read_batches(mode: str, fd: int, marker: bytes, counter: mmap.mmap,
                     pending = bytearray(memoryview(lines)[_write_some(plugin_fd, lines):])
                 if pending:
                     del pending[:_write_some(plugin_fd, pending)]
-        if pause and n < SLOTS:
-            time.sleep(pause)
+        pacer.after(n)
     if plugin_fd >= 0:
         os.set_blocking(plugin_fd, True)
         while pending:

@@ -4,9 +4,10 @@ its output went away.
 The parser is argparse's subset that the programs use (options only: flags, options with one
 value, a type, choices, a default, hidden options, ``--help`` and ``--version``), with
 argparse's syntax and exit statuses, in a module of its own: argparse and the gettext it
-brings are a quarter of a megabyte of resident memory in every daemon and plugin, for a
-parser that runs once at start-up. Parsing (`OptionParser.parse`) is pure; `parse_args`
-prints and exits as argparse does.
+brings would stay resident in every daemon and plugin for a parser that runs once at
+start-up (bench/floors.py weighs the imports). Parsing (`OptionParser.parse`) is pure but for
+the terminal's width a help text is wrapped at; `parse_args` prints and exits as argparse
+does.
 """
 
 from __future__ import annotations
