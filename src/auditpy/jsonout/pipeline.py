@@ -75,9 +75,9 @@ FORGET_DEAD_SECONDS = 10.0
 #: A pass comes sooner, but no sooner than FORGET_SOON_SECONDS after the last, once the
 #: table has grown by FORGET_GROWTH entries since it: a burst of short processes (a build,
 #: a fork bomb) is let go of within seconds instead of filling the table towards its
-#: capacity, at the cost of listing /proc at most once a second while it lasts.
-FORGET_SOON_SECONDS = 1.0
-FORGET_GROWTH = 1024
+#: capacity, at the cost of listing /proc at most twice a second while it lasts.
+FORGET_SOON_SECONDS = 0.5
+FORGET_GROWTH = 512
 #: what a process table entry's cache holds after its first event's fragments were rendered
 _RENDERED_ONCE: Final = True
 
