@@ -139,10 +139,13 @@ def one_run(daemon: str, setup: Setup, rate: float, events: int, loadgen: Path,
                     [str(loadgen.with_name("limit")), KEY, str(root / "count"), str(log_out)],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             elif daemon == "pyfloor":
+                # the daemon's interpreter, where its command names one
+                python = (pyauditd[0] if "python" in Path(pyauditd[0]).name
+                          else sys.executable)
                 (root / "log").mkdir()
                 with open(root / "daemon.err", "wb") as errors:
                     proc = subprocess.Popen(
-                        [pyauditd[0], str(bench.HERE / "pyfloor.py"), "write", "--log",
+                        [python, str(bench.HERE / "pyfloor.py"), "write", "--log",
                          str(root / "log" / "audit.log"), "--pause-ms",
                          f"{COALESCE_MS:g}", KEY, str(root / "count")],
                         stdout=subprocess.DEVNULL, stderr=errors)
