@@ -60,7 +60,7 @@ __all__ = [
 DEFAULT_CAPACITY: Final = 16384
 CLONE_THREAD: Final = 0x10000
 #: The labels of a process without any: one object for all (every ``frozenset()`` is a new
-#: 216-byte object, which was a fifth of a table entry).
+#: object, a large part of a table entry).
 NO_LABELS: Final[frozenset[str]] = frozenset()
 #: Distinct comm and exe values the table shares among its entries before it starts afresh.
 SHARED_NAMES: Final = 4096

@@ -308,8 +308,8 @@ class JsonPipeline:
     def _proc_fragments(self, proc: Process) -> tuple[str, str]:
         """SYSCALL and top-level extras of `proc`, cached on its entry until it, its parent
         or the configuration changes. Only from its second event on: most processes a
-        fork/exec load shows have one event, and the cache would be a third of their entry
-        for as long as the table keeps them."""
+        fork/exec load shows have one event, and the cache would be a large part of their
+        entry for as long as the table keeps them."""
         parent = self.table.parent_of(proc)
         key = (proc.version, parent, -1 if parent is None else parent.version,
                self._generation)
